@@ -1,0 +1,183 @@
+"""Reference baselines: predictors computed from a split with no learning, scored with the protocol's metrics.
+
+Every learner's table should beat these; a cold-start method that does not beat `item_user_offset` has learned
+nothing a few averages do not already know. "Training rows" are all rows of `split.tasks['train']` (support
+and query); mu is their mean target; `lam` (default 5) shrinks every mean toward its prior.
+
+  random            uniform scores in the target scale (the rating scale; [0, 1] in a click setting), seeded.
+  constant          the midpoint of the target scale for every item: all scores tie, so every ranking metric
+                    is exactly its random-ranking expectation (`metrics` breaks ties by expectation).
+  global_mean       mu for every item (also all tied).
+  item_mean         per item, (sum of its training targets + lam * mu) / (its training count + lam);
+                    an item with no training rows (a new item) gets mu.
+  item_user_offset  item_mean + the task user's offset: the sum of the user's support residuals
+                    (target - item_mean) / (support size + lam).
+
+User-as-task splits (task_kind 'user') read the definitions as written. Item-as-task splits (task_kind
+'item', e.g. `item_cold`) use the symmetric ones, since a new item has no training rows but its support
+holds its ratings: `item_mean` is then the mean of the query USER over training rows, and
+`item_user_offset` adds the task ITEM's offset from its support residuals. The names stay so one table can
+hold both kinds; `ROLES` documents this and the experiment tables carry it as a note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from transfer_meta import metrics as metrics_lib
+from transfer_meta.data.interactions import DataError, Interactions
+from transfer_meta.data.split import ColdStartSplit, TaskSet
+from transfer_meta.data.tasks import bucket
+from transfer_meta.registry import lookup
+
+ROLES = {
+  "user": "item_mean = item mean over training rows; offset = the task user's support residual",
+  "item": "item_mean = the query user's mean over training rows; offset = the task item's support residual",
+}
+
+
+def target_scale(data: Interactions, split: ColdStartSplit) -> tuple[float, float]:
+  """(low, high) of the split's target: [0, 1] in a click setting, else the data's rating scale."""
+  return (0.0, 1.0) if split.params.get("setting") == "click" else tuple(map(float, data.rating_scale))
+
+
+def _query_side(data: Interactions, split: ColdStartSplit) -> np.ndarray:
+  """int32 [N]: per row, the entity that varies within a task (item for user tasks, user for item tasks)."""
+  return data.item if split.task_kind == "user" else data.user
+
+
+def _shrunk_means(keys: np.ndarray, values: np.ndarray, n: int, prior: float, lam: float) -> np.ndarray:
+  """f32 [n]: (sum of values + lam * prior) / (count + lam) per key in [0, n)."""
+  sums = np.bincount(keys, weights=values, minlength=n)
+  counts = np.bincount(keys, minlength=n)
+  return ((sums + lam * prior) / (counts + lam)).astype(np.float32)
+
+
+def _global_mean(split: ColdStartSplit) -> float:
+  return float(split.target[split.tasks["train"].all_rows()].mean())
+
+
+def _entity_mean_rows(data: Interactions, split: ColdStartSplit, rows: np.ndarray, lam: float) -> np.ndarray:
+  """f32 [len(rows)]: the shrunk training mean of each row's query-side entity."""
+  side = _query_side(data, split)
+  train = split.tasks["train"].all_rows()
+  n = data.n_items if split.task_kind == "user" else data.n_users
+  means = _shrunk_means(side[train], split.target[train].astype(np.float64), n, _global_mean(split), lam)
+  return means[side[rows]]
+
+
+def _random(data, split, taskset, seed, lam):
+  low, high = target_scale(data, split)
+  return np.random.default_rng(seed).uniform(low, high, taskset.query_rows.shape[0]).astype(np.float32)
+
+
+def _constant(data, split, taskset, seed, lam):
+  low, high = target_scale(data, split)
+  return np.full(taskset.query_rows.shape[0], (low + high) / 2, np.float32)
+
+
+def _global(data, split, taskset, seed, lam):
+  return np.full(taskset.query_rows.shape[0], _global_mean(split), np.float32)
+
+
+def _item_mean(data, split, taskset, seed, lam):
+  return _entity_mean_rows(data, split, taskset.query_rows, lam)
+
+
+def _item_user_offset(data, split, taskset, seed, lam):
+  residual = split.target[taskset.support_rows] - _entity_mean_rows(data, split, taskset.support_rows, lam)
+  sizes = taskset.support_sizes()
+  task_of_row = np.repeat(np.arange(len(taskset)), sizes)
+  offset = np.bincount(task_of_row, weights=residual, minlength=len(taskset)) / (sizes + lam)
+  return (_item_mean(data, split, taskset, seed, lam) + np.repeat(offset, taskset.query_sizes())).astype(np.float32)
+
+
+# name -> fn(data, split, taskset, seed, lam) -> f32 [sum of query sizes], aligned with taskset.query_rows.
+BASELINES: dict[str, Callable] = {
+  "random": _random,
+  "constant": _constant,
+  "global_mean": _global,
+  "item_mean": _item_mean,
+  "item_user_offset": _item_user_offset,
+}
+
+
+def baseline_scores(
+  name: str, data: Interactions, split: ColdStartSplit, taskset: TaskSet, seed: int = 0, lam: float = 5.0
+) -> np.ndarray:
+  """Scores of baseline `name` for every query row of `taskset`.
+
+  Args:
+    name: a key of `BASELINES` (unknown names list the valid ones).
+    data, split: the interactions and the split made from them (training rows: split.tasks['train']).
+    taskset: the tasks to score (a scenario of `split`).
+    seed: seeds 'random'. lam: shrinkage strength (>= 0).
+  Returns:
+    f32 [sum of query sizes] aligned with `taskset.query_rows` (task t: `query_ptr[t]:query_ptr[t+1]`).
+  """
+  if lam < 0:
+    raise ValueError(f"parameter lam={lam} must be >= 0")
+  return lookup(BASELINES, name, "baseline")(data, split, taskset, seed, float(lam))
+
+
+def pad_queries(taskset: TaskSet, values: np.ndarray, width: int, n_tasks: int) -> tuple[np.ndarray, np.ndarray]:
+  """Flat per-query-row `values` [sum of query sizes] -> (f32 [n_tasks, width], mask bool [n_tasks, width])."""
+  sizes = taskset.query_sizes()
+  t = np.repeat(np.arange(len(taskset)), sizes)
+  pos = np.arange(values.shape[0]) - np.repeat(taskset.query_ptr[:-1], sizes)
+  out, mask = np.zeros((n_tasks, width), np.float32), np.zeros((n_tasks, width), bool)
+  out[t, pos], mask[t, pos] = values, True
+  return out, mask
+
+
+def evaluate_baselines(
+  data: Interactions,
+  split: ColdStartSplit,
+  names: Sequence[str] | None = None,
+  seed: int | None = None,
+  lam: float = 5.0,
+) -> dict:
+  """Every baseline on every scenario of `split`, scored with the split's metrics and relevance.
+
+  Args:
+    data, split: as in `baseline_scores`.
+    names: baselines to run (default: all of `BASELINES`, in order).
+    seed: seeds 'random' (default: the split's seed).
+    lam: shrinkage strength.
+  Returns:
+    {baseline: {scenario: {metric: mean over the scenario's tasks}}} (AUC adds '<metric>/tasks').
+  """
+  names = list(BASELINES) if names is None else list(names)
+  seed = split.seed if seed is None else seed
+  out = {name: {} for name in names}
+  train_rows = split.tasks["train"].all_rows()
+  for scenario in split.scenarios:
+    taskset = split.tasks[scenario]
+    metrics_lib.check_cutoffs(split.metrics, taskset.query_sizes())
+    leaked = np.intersect1d(train_rows, taskset.query_rows)
+    if leaked.size:
+      raise DataError(
+        f"{split.protocol}: {leaked.size} query rows of scenario {scenario!r} are training rows "
+        f"(e.g. rows {leaked[:5].tolist()}); a baseline would see its answers"
+      )
+    width = bucket(int(taskset.query_sizes().max()))
+    n_tasks = -(-len(taskset) // 128) * 128  # a few shapes, so few compiles across seeds
+    target, mask = pad_queries(taskset, split.target[taskset.query_rows], width, n_tasks)
+    scores = [
+      pad_queries(taskset, baseline_scores(n, data, split, taskset, seed, lam), width, n_tasks)[0] for n in names
+    ]
+    # All baselines in one call: stack them along the task axis.
+    per_task = metrics_lib.evaluate_batch(
+      split.metrics,
+      np.concatenate(scores),
+      np.tile(target, (len(names), 1)),
+      np.tile(mask, (len(names), 1)),
+      split.params.get("relevance"),
+    )
+    task_mask = np.arange(n_tasks) < len(taskset)
+    for b, name in enumerate(names):
+      chunk = {m: np.asarray(v)[b * n_tasks : (b + 1) * n_tasks] for m, v in per_task.items()}
+      out[name][scenario] = metrics_lib.aggregate(chunk, task_mask)
+  return out

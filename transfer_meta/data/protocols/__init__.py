@@ -1,0 +1,26 @@
+"""Cold-start protocols: named, versioned, seeded pure functions `Interactions -> ColdStartSplit`.
+
+    split = make_protocol("melu", data, seed=0, n_query=10)
+    split.manifest["hash"]   # proves two runs evaluated the same tasks
+
+Every protocol is `fn(data, seed=0, **params)`; its module holds `NAME`, `VERSION`, `SCENARIOS`, `METRICS`.
+"""
+
+from __future__ import annotations
+
+from transfer_meta.data.interactions import Interactions
+from transfer_meta.data.protocols.item_cold import item_cold
+from transfer_meta.data.protocols.melu import melu
+from transfer_meta.data.protocols.recbole_metarec import recbole_metarec
+from transfer_meta.data.split import ColdStartSplit
+from transfer_meta.registry import lookup
+
+PROTOCOLS = {"melu": melu, "recbole_metarec": recbole_metarec, "item_cold": item_cold}
+
+
+def make_protocol(name: str, interactions: Interactions, seed: int = 0, **kwargs) -> ColdStartSplit:
+  """Splits `interactions` by protocol `name` (see `PROTOCOLS`); kwargs are the protocol's parameters.
+
+  Unknown names raise ValueError listing the valid ones; unknown parameters raise TypeError naming them.
+  """
+  return lookup(PROTOCOLS, name, "protocol")(interactions, seed, **kwargs)

@@ -1,0 +1,155 @@
+"""Small pure numpy pieces the protocols are built from: checks, seeded streams, eligibility, splits.
+
+Every random choice draws from a stream named after its stage (`stream(seed, "warm")`), so changing
+one stage (say, `n_query`) never shifts the draws of another (say, which users are new).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from transfer_meta.data.interactions import DataError, Interactions
+from transfer_meta.data.split import TaskSet
+
+# Release-year cutoffs (new item = year > cutoff) for datasets whose papers fix one; matched by name prefix.
+#   MeLU (Lee et al., KDD'19, Sec. 4.1) on MovieLens-1M: "movies released before 1997" are existing and
+#   "after 1998" new (about 8:2); the paper leaves 1997 itself unassigned, we count it as existing.
+#   MovieLens-100K was collected 1997-98, so its newest films are 1997-98 (288 of 1682): cutoff 1996.
+YEAR_CUTOFFS = (("ml-100k", 1996), ("movielens/100k", 1996), ("ml-1m", 1997), ("movielens/1m", 1997))
+# Without a known cutoff, aim for this share of new items (MeLU's ~8:2).
+NEW_ITEM_SHARE = 0.2
+
+
+def check_int(name: str, value, minimum: int) -> int:
+  """`value` as an int >= `minimum`, else ValueError naming the parameter."""
+  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+    raise ValueError(f"parameter {name}={value!r} must be an integer >= {minimum}")
+  return int(value)
+
+
+def check_fraction(name: str, value) -> float:
+  """`value` as a float strictly inside (0, 1), else ValueError naming the parameter."""
+  if isinstance(value, bool) or not isinstance(value, float | int | np.floating) or not 0.0 < value < 1.0:
+    raise ValueError(f"parameter {name}={value!r} must be a fraction strictly between 0 and 1")
+  return float(value)
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+  if value not in choices:
+    raise ValueError(f"parameter {name}={value!r} must be one of {list(choices)}")
+  return value
+
+
+def stream(seed: int, stage: str) -> np.random.Generator:
+  """The random stream of one protocol stage: a pure function of (seed, stage name)."""
+  check_int("seed", seed, 0)
+  return np.random.default_rng([int(seed), zlib.crc32(stage.encode())])
+
+
+def eligible_users(data: Interactions, min_ratings: int, max_ratings: int) -> tuple[np.ndarray, dict]:
+  """Users with `min_ratings..max_ratings` ratings (inclusive).
+
+  Returns:
+    users: int32 [n] ascending dense user ids.
+    excluded: {reason: count} for every user left out (users with no ratings at all included).
+  """
+  counts = data.user_counts()
+  ok = (counts >= min_ratings) & (counts <= max_ratings)
+  excluded = {
+    f"fewer than {min_ratings} ratings": int((counts < min_ratings).sum()),
+    f"more than {max_ratings} ratings": int((counts > max_ratings).sum()),
+  }
+  return np.flatnonzero(ok).astype(np.int32), excluded
+
+
+def resolve_year_cutoff(data: Interactions, year_cutoff: int | None) -> tuple[int, str]:
+  """The release-year cutoff (new item = year > cutoff) and where it came from.
+
+  Order: the given value; the dataset's default (`YEAR_CUTOFFS`, by name prefix); else the year that
+  leaves the share of new items (among those with a known year) closest to `NEW_ITEM_SHARE` (earlier
+  year on a tie). Unknown years (-1) never count as new.
+  """
+  if data.item_year is None:
+    raise DataError(f"{data.name}: item release years are needed (item_year is None); use a source with years")
+  if year_cutoff is not None:
+    return check_int("year_cutoff", year_cutoff, 0), "given"
+  name = data.name.lower().removeprefix("tfds:")
+  for prefix, cutoff in YEAR_CUTOFFS:
+    if name.startswith(prefix):
+      return cutoff, f"default for {prefix}"
+  known = data.item_year[data.item_year >= 0]
+  if known.size == 0:
+    raise DataError(f"{data.name}: no item has a known release year; pass year_cutoff or use new_by='random'")
+  years, counts = np.unique(known, return_counts=True)
+  share_new = 1.0 - np.cumsum(counts) / known.size  # share of dated items released after years[j]
+  cutoff = int(years[np.argmin(np.abs(share_new - NEW_ITEM_SHARE))])
+  return cutoff, f"year leaving the share of new dated items closest to {NEW_ITEM_SHARE}"
+
+
+def permuted_chunks(ids: np.ndarray, sizes: Sequence[int], rng: np.random.Generator) -> list[np.ndarray]:
+  """Splits `ids` at random into chunks of the given `sizes` (summing to len(ids)); each chunk sorted."""
+  assert sum(sizes) == len(ids), (sizes, len(ids))
+  perm = np.asarray(ids)[rng.permutation(len(ids))]
+  bounds = np.cumsum([0, *sizes])
+  return [np.sort(perm[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def make_tasks(
+  task_ids: np.ndarray,
+  rows: np.ndarray,
+  keys: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  head: int,
+  min_tail: int,
+  max_tail: int | None = None,
+  head_is: str = "query",
+) -> tuple[TaskSet, dict]:
+  """Groups candidate `rows` into tasks and cuts each task into a random head and tail.
+
+  Each task's rows are shuffled; the first `head` form one part ('query' or 'support', per `head_is`) and
+  the next up to `max_tail` (all when None) the other. A task with fewer than `head + min_tail` rows is
+  excluded and counted. Support rows stay in random order (so `TaskSet.cap_support` is a random subset).
+
+  Args:
+    task_ids: int [T] ascending ids of the intended tasks (users or items).
+    rows: int [n] candidate interaction rows; keys: int [n] the task id of each row (all in `task_ids`).
+    rng: the stage's stream. head, min_tail, max_tail: sizes as above.
+    head_is: 'query' (user tasks: fixed query) or 'support' (item tasks: K-shot support).
+  Returns:
+    (TaskSet of the kept tasks in ascending id order, {reason: count} of the excluded tasks).
+  """
+  assert head_is in ("query", "support"), head_is
+  task_ids = np.asarray(task_ids, np.int64)
+  rows, keys = np.asarray(rows, np.int64), np.asarray(keys, np.int64)
+  order = np.lexsort((rng.random(rows.shape[0]), keys))
+  rows, keys = rows[order], keys[order]
+  slot = np.searchsorted(task_ids, keys)
+  assert np.all(slot < len(task_ids)) and np.all(task_ids[slot] == keys), "rows of tasks outside task_ids"
+  counts = np.bincount(slot, minlength=len(task_ids))
+  need = head + min_tail
+  keep = counts >= need
+  pos = np.arange(rows.shape[0]) - np.concatenate([[0], np.cumsum(counts)])[slot]
+  n_tail = (counts - head if max_tail is None else np.minimum(counts - head, max_tail))[keep]
+  head_mask = keep[slot] & (pos < head)
+  tail_mask = keep[slot] & (pos >= head) & (max_tail is None or pos < head + max_tail)
+  n_head = np.full(int(keep.sum()), head, np.int64)
+  ptr = lambda n: np.concatenate([[0], np.cumsum(n)]).astype(np.int64)  # noqa: E731
+  head_part, tail_part = (ptr(n_head), rows[head_mask]), (ptr(n_tail), rows[tail_mask])
+  support, query = (tail_part, head_part) if head_is == "query" else (head_part, tail_part)
+  tasks = TaskSet(task_ids[keep].astype(np.int32), *support, *query)
+  excluded = {"no ratings": int((counts == 0).sum()), f"fewer than {need} ratings": int(((counts > 0) & ~keep).sum())}
+  return tasks, excluded
+
+
+def require_tasks(protocol: str, tasks: Mapping[str, TaskSet], params: Mapping, excluded: Mapping) -> None:
+  """DataError naming the first empty task set, the parameters, and why its tasks were excluded."""
+  for name, ts in tasks.items():
+    if len(ts) == 0:
+      raise DataError(
+        f"{protocol}: task set {name!r} has zero tasks (excluded: {dict(excluded.get(name, {}))}) "
+        f"with parameters {dict(params)}; loosen the parameters or use a larger dataset"
+      )
