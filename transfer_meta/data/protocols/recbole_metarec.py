@@ -9,7 +9,8 @@ so this puts heavier users in train: on ML-100K (seed 0) the mean support is abo
 
 Each task: exactly `n_query` (10) random ratings are the query, the rest the support. Setting 'rating'
 fits raw ratings; 'click' fits 1.0 where rating >= click_threshold (4) else 0.0. Ranking metrics are
-computed inside each task's query set with relevance = its 5 highest-rated items ("top:5"); both the
+computed inside each task's query set with relevance = its 5 highest-rated items ("top:5"; in the click
+setting relevance = clicked, "threshold:1"); both the
 tie-aware variants and the peer-compatible ":index" ones (ties broken by position) are declared.
 """
 
@@ -86,7 +87,8 @@ def recbole_metarec(
     "n_query": n_query,
     "ratios": list(ratios),
     "click_threshold": float(click_threshold),
-    "relevance": "top:5",
+    # Click targets are 0/1: "top:5" would make every item relevant in a query with < 5 clicks.
+    "relevance": "top:5" if setting == "rating" else "threshold:1",
     "user_order": "first appearance in shuffled interactions",
   }
 
