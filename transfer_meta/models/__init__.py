@@ -1,0 +1,37 @@
+"""Backbones. `get_model(name, spec, **kwargs)` builds a `Model` (see `models/base.py`) by name.
+
+model = get_model("melu", FeatureSpec.from_interactions(data), emb_dim=32)
+params = model.init(key, query, support)
+scores = model.apply(params, query, support)   # f32 [Q]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from transfer_meta.data.examples import FeatureSpec
+from transfer_meta.models.base import Model, adapt_mask, from_module
+from transfer_meta.models.melu import melu
+from transfer_meta.models.mf import mf
+from transfer_meta.models.transformer import transformer
+from transfer_meta.models.two_tower import two_tower
+from transfer_meta.registry import lookup
+
+# Name -> factory(spec: FeatureSpec, **kwargs) -> Model.
+MODELS: dict[str, Callable[..., Model]] = {
+  "melu": melu,
+  "mf": mf,
+  "two_tower": two_tower,
+  "transformer": transformer,
+}
+
+
+def get_model(name: str, spec: FeatureSpec, **kwargs) -> Model:
+  """Builds backbone `name` for a dataset with feature sizes `spec`; kwargs go to its factory.
+
+  Raises ValueError listing the valid names when `name` is unknown.
+  """
+  return lookup(MODELS, name, "model")(spec, **kwargs)
+
+
+__all__ = ["MODELS", "Model", "adapt_mask", "from_module", "get_model"]
