@@ -1,8 +1,8 @@
 """transfer_meta: meta-learning and transfer learning for cold-start recommendation (JAX/Flax).
 
-    import transfer_meta as tm
-    data = tm.load_dataset("ml-100k")
-    split = tm.make_protocol("melu", data, seed=0)
+import transfer_meta as tm
+data = tm.load_dataset("ml-100k")
+split = tm.make_protocol("melu", data, seed=0)
 """
 
 from transfer_meta.data import DATASETS, load_dataset

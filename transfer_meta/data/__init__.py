@@ -8,16 +8,19 @@ from transfer_meta.registry import lookup
 
 def _ml100k(**kw):
   from transfer_meta.data.movielens import load_ml100k
+
   return load_ml100k(**kw)
 
 
 def _synthetic(**kw):
   from transfer_meta.data.synthetic import generate
+
   return generate(**kw)
 
 
 def _csv(**kw):
   from transfer_meta.data.csv_source import load_csv
+
   return load_csv(**kw)
 
 
@@ -29,5 +32,6 @@ def load_dataset(name: str, **kwargs) -> Interactions:
   """Loads a dataset by name: 'ml-100k', 'synthetic', 'csv', or 'tfds:movielens/<variant>-ratings'."""
   if name.startswith("tfds:"):
     from transfer_meta.data.tfds_source import load_tfds
-    return load_tfds(name[len("tfds:"):], **kwargs)
+
+    return load_tfds(name[len("tfds:") :], **kwargs)
   return lookup(DATASETS, name, "dataset")(**kwargs)

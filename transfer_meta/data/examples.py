@@ -26,8 +26,18 @@ import numpy as np
 
 from transfer_meta.data.interactions import DataError, Interactions
 
-KEYS = ("user", "item", "target", "mask", "user_cat", "item_cat", "user_multi", "item_multi", "user_dense",
-        "item_dense")
+KEYS = (
+  "user",
+  "item",
+  "target",
+  "mask",
+  "user_cat",
+  "item_cat",
+  "user_multi",
+  "item_multi",
+  "user_dense",
+  "item_dense",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +56,16 @@ class FeatureSpec:
   @classmethod
   def from_interactions(cls, data: Interactions) -> "FeatureSpec":
     u, i = data.user_features, data.item_features
-    return cls(data.n_users, data.n_items, u.cat_sizes(), i.cat_sizes(), u.multi_matrix().shape[1],
-               i.multi_matrix().shape[1], u.dense_matrix().shape[1], i.dense_matrix().shape[1])
+    return cls(
+      data.n_users,
+      data.n_items,
+      u.cat_sizes(),
+      i.cat_sizes(),
+      u.multi_matrix().shape[1],
+      i.multi_matrix().shape[1],
+      u.dense_matrix().shape[1],
+      i.dense_matrix().shape[1],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +82,16 @@ class FeatureMatrices:
   @classmethod
   def from_interactions(cls, data: Interactions) -> "FeatureMatrices":
     u, i = data.user_features, data.item_features
-    return cls(u.cat_matrix(), i.cat_matrix(), u.multi_matrix(), i.multi_matrix(), u.dense_matrix(),
-               i.dense_matrix())
+    return cls(u.cat_matrix(), i.cat_matrix(), u.multi_matrix(), i.multi_matrix(), u.dense_matrix(), i.dense_matrix())
 
 
-def make_examples(feats: FeatureMatrices, users: np.ndarray, items: np.ndarray,
-                  target: np.ndarray | None = None, mask: np.ndarray | None = None) -> dict:
+def make_examples(
+  feats: FeatureMatrices,
+  users: np.ndarray,
+  items: np.ndarray,
+  target: np.ndarray | None = None,
+  mask: np.ndarray | None = None,
+) -> dict:
   """Examples for (user, item) pairs of any leading shape `[...]`.
 
   Args:
@@ -90,21 +112,22 @@ def make_examples(feats: FeatureMatrices, users: np.ndarray, items: np.ndarray,
   if items.size and (items.min() < 0 or items.max() >= n_items):
     raise DataError(f"unknown item id: dense ids must be in [0, {n_items}), got {items.min()}..{items.max()}")
   return {
-      "user": users,
-      "item": items,
-      "target": np.zeros(users.shape, np.float32) if target is None else np.asarray(target, np.float32),
-      "mask": np.ones(users.shape, bool) if mask is None else np.asarray(mask, bool),
-      "user_cat": feats.user_cat[users],
-      "item_cat": feats.item_cat[items],
-      "user_multi": feats.user_multi[users],
-      "item_multi": feats.item_multi[items],
-      "user_dense": feats.user_dense[users],
-      "item_dense": feats.item_dense[items],
+    "user": users,
+    "item": items,
+    "target": np.zeros(users.shape, np.float32) if target is None else np.asarray(target, np.float32),
+    "mask": np.ones(users.shape, bool) if mask is None else np.asarray(mask, bool),
+    "user_cat": feats.user_cat[users],
+    "item_cat": feats.item_cat[items],
+    "user_multi": feats.user_multi[users],
+    "item_multi": feats.item_multi[items],
+    "user_dense": feats.user_dense[users],
+    "item_dense": feats.item_dense[items],
   }
 
 
-def gather_rows(data: Interactions, feats: FeatureMatrices, target: np.ndarray, rows: np.ndarray,
-                length: int | None = None) -> dict:
+def gather_rows(
+  data: Interactions, feats: FeatureMatrices, target: np.ndarray, rows: np.ndarray, length: int | None = None
+) -> dict:
   """Examples for interaction `rows` [n], padded to `length` (>= n) with mask False.
 
   Padded entries repeat row 0's ids with target 0 and mask False, so they are valid gather

@@ -21,133 +21,141 @@ UNKNOWN = "<unk>"
 
 
 class DataError(ValueError):
-    """Bad input data: the message names the file/column/row and the problem."""
+  """Bad input data: the message names the file/column/row and the problem."""
 
 
 def _frozen(mapping: Mapping | None) -> dict:
-    return dict(sorted((mapping or {}).items()))
+  return dict(sorted((mapping or {}).items()))
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureTable:
-    """Side features of `n` entities (all users or all items)."""
+  """Side features of `n` entities (all users or all items)."""
 
-    n: int
-    categorical: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> int32 [n]
-    multi_hot: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> f32 [n, V]
-    dense: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> f32 [n, D]
-    text: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> object [n]
-    vocab: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  n: int
+  categorical: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> int32 [n]
+  multi_hot: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> f32 [n, V]
+  dense: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> f32 [n, D]
+  text: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> object [n]
+  vocab: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
-    def __post_init__(self):
-        for field in ("categorical", "multi_hot", "dense", "text", "vocab"):
-            object.__setattr__(self, field, _frozen(getattr(self, field)))
-        for name, arr in self.categorical.items():
-            _check(arr.shape == (self.n,), f"categorical feature {name!r} has shape {arr.shape}, want ({self.n},)")
-            _check(arr.dtype == np.int32, f"categorical feature {name!r} has dtype {arr.dtype}, want int32")
-            _check(name in self.vocab, f"categorical feature {name!r} has no vocab")
-            _check(self.vocab[name][0] == UNKNOWN, f"vocab of {name!r} must start with {UNKNOWN!r}")
-            if self.n:
-                _check(arr.min() >= 0 and arr.max() < len(self.vocab[name]),
-                              f"categorical feature {name!r} has ids outside its vocab of {len(self.vocab[name])}")
-        for name, arr in self.multi_hot.items():
-            _check(arr.ndim == 2 and arr.shape[0] == self.n, f"multi_hot {name!r} has shape {arr.shape}, want ({self.n}, V)")
-            _check(arr.dtype == np.float32, f"multi_hot {name!r} has dtype {arr.dtype}, want float32")
-            _check(len(self.vocab.get(name, ())) == arr.shape[1], f"multi_hot {name!r} vocab length != {arr.shape[1]}")
-        for name, arr in self.dense.items():
-            _check(arr.ndim == 2 and arr.shape[0] == self.n, f"dense {name!r} has shape {arr.shape}, want ({self.n}, D)")
-            _check(arr.dtype == np.float32, f"dense {name!r} has dtype {arr.dtype}, want float32")
-            _check(bool(np.isfinite(arr).all()), f"dense {name!r} has non-finite values")
-        for name, arr in self.text.items():
-            _check(arr.shape == (self.n,), f"text {name!r} has shape {arr.shape}, want ({self.n},)")
+  def __post_init__(self):
+    for field in ("categorical", "multi_hot", "dense", "text", "vocab"):
+      object.__setattr__(self, field, _frozen(getattr(self, field)))
+    for name, arr in self.categorical.items():
+      _check(arr.shape == (self.n,), f"categorical feature {name!r} has shape {arr.shape}, want ({self.n},)")
+      _check(arr.dtype == np.int32, f"categorical feature {name!r} has dtype {arr.dtype}, want int32")
+      _check(name in self.vocab, f"categorical feature {name!r} has no vocab")
+      _check(self.vocab[name][0] == UNKNOWN, f"vocab of {name!r} must start with {UNKNOWN!r}")
+      if self.n:
+        _check(
+          arr.min() >= 0 and arr.max() < len(self.vocab[name]),
+          f"categorical feature {name!r} has ids outside its vocab of {len(self.vocab[name])}",
+        )
+    for name, arr in self.multi_hot.items():
+      _check(arr.ndim == 2 and arr.shape[0] == self.n, f"multi_hot {name!r} has shape {arr.shape}, want ({self.n}, V)")
+      _check(arr.dtype == np.float32, f"multi_hot {name!r} has dtype {arr.dtype}, want float32")
+      _check(len(self.vocab.get(name, ())) == arr.shape[1], f"multi_hot {name!r} vocab length != {arr.shape[1]}")
+    for name, arr in self.dense.items():
+      _check(arr.ndim == 2 and arr.shape[0] == self.n, f"dense {name!r} has shape {arr.shape}, want ({self.n}, D)")
+      _check(arr.dtype == np.float32, f"dense {name!r} has dtype {arr.dtype}, want float32")
+      _check(bool(np.isfinite(arr).all()), f"dense {name!r} has non-finite values")
+    for name, arr in self.text.items():
+      _check(arr.shape == (self.n,), f"text {name!r} has shape {arr.shape}, want ({self.n},)")
 
-    # Stacked views, in sorted-name order: what task batches and models consume.
-    def cat_matrix(self) -> np.ndarray:
-        """int32 [n, F]: all categorical features side by side (F may be 0)."""
-        cols = [self.categorical[k] for k in self.categorical]
-        return np.stack(cols, axis=1) if cols else np.zeros((self.n, 0), np.int32)
+  # Stacked views, in sorted-name order: what task batches and models consume.
+  def cat_matrix(self) -> np.ndarray:
+    """int32 [n, F]: all categorical features side by side (F may be 0)."""
+    cols = [self.categorical[k] for k in self.categorical]
+    return np.stack(cols, axis=1) if cols else np.zeros((self.n, 0), np.int32)
 
-    def cat_sizes(self) -> tuple[int, ...]:
-        return tuple(len(self.vocab[k]) for k in self.categorical)
+  def cat_sizes(self) -> tuple[int, ...]:
+    return tuple(len(self.vocab[k]) for k in self.categorical)
 
-    def multi_matrix(self) -> np.ndarray:
-        """float32 [n, sum V]: all multi-hot features concatenated (width may be 0)."""
-        cols = list(self.multi_hot.values())
-        return np.concatenate(cols, axis=1) if cols else np.zeros((self.n, 0), np.float32)
+  def multi_matrix(self) -> np.ndarray:
+    """float32 [n, sum V]: all multi-hot features concatenated (width may be 0)."""
+    cols = list(self.multi_hot.values())
+    return np.concatenate(cols, axis=1) if cols else np.zeros((self.n, 0), np.float32)
 
-    def dense_matrix(self) -> np.ndarray:
-        """float32 [n, sum D]: all dense features concatenated (width may be 0)."""
-        cols = list(self.dense.values())
-        return np.concatenate(cols, axis=1) if cols else np.zeros((self.n, 0), np.float32)
+  def dense_matrix(self) -> np.ndarray:
+    """float32 [n, sum D]: all dense features concatenated (width may be 0)."""
+    cols = list(self.dense.values())
+    return np.concatenate(cols, axis=1) if cols else np.zeros((self.n, 0), np.float32)
 
 
 def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise DataError(msg)
+  if not ok:
+    raise DataError(msg)
 
 
 @dataclasses.dataclass(frozen=True)
 class Interactions:
-    """Ratings with user/item side features. N interactions, U users, I items."""
+  """Ratings with user/item side features. N interactions, U users, I items."""
 
-    name: str
-    user: np.ndarray  # int32 [N], dense id in [0, U)
-    item: np.ndarray  # int32 [N], dense id in [0, I)
-    rating: np.ndarray  # float32 [N], finite, inside rating_scale
-    timestamp: np.ndarray  # int64 [N]
-    user_features: FeatureTable  # n = U
-    item_features: FeatureTable  # n = I
-    user_raw_ids: np.ndarray  # object [U]: the source's id of dense user u
-    item_raw_ids: np.ndarray  # object [I]
-    rating_scale: tuple[float, float] = (1.0, 5.0)
-    item_year: np.ndarray | None = None  # int32 [I] release year, -1 where unknown (None: no years)
+  name: str
+  user: np.ndarray  # int32 [N], dense id in [0, U)
+  item: np.ndarray  # int32 [N], dense id in [0, I)
+  rating: np.ndarray  # float32 [N], finite, inside rating_scale
+  timestamp: np.ndarray  # int64 [N]
+  user_features: FeatureTable  # n = U
+  item_features: FeatureTable  # n = I
+  user_raw_ids: np.ndarray  # object [U]: the source's id of dense user u
+  item_raw_ids: np.ndarray  # object [I]
+  rating_scale: tuple[float, float] = (1.0, 5.0)
+  item_year: np.ndarray | None = None  # int32 [I] release year, -1 where unknown (None: no years)
 
-    def __post_init__(self):
-        n = self.user.shape[0]
-        for field, dtype in (("user", np.int32), ("item", np.int32), ("rating", np.float32), ("timestamp", np.int64)):
-            arr = getattr(self, field)
-            _check(arr.shape == (n,), f"{self.name}: {field} has shape {arr.shape}, want ({n},)")
-            _check(arr.dtype == dtype, f"{self.name}: {field} has dtype {arr.dtype}, want {np.dtype(dtype)}")
-        U, I = self.n_users, self.n_items
-        _check(self.user_raw_ids.shape == (U,), f"{self.name}: user_raw_ids has {self.user_raw_ids.shape}, want ({U},)")
-        _check(self.item_raw_ids.shape == (I,), f"{self.name}: item_raw_ids has {self.item_raw_ids.shape}, want ({I},)")
-        if n:
-            _check(self.user.min() >= 0 and self.user.max() < U, f"{self.name}: user ids outside [0, {U})")
-            _check(self.item.min() >= 0 and self.item.max() < I, f"{self.name}: item ids outside [0, {I})")
-            bad = np.flatnonzero(~np.isfinite(self.rating))
-            _check(bad.size == 0, f"{self.name}: non-finite rating at interaction rows {bad[:5].tolist()}")
-            lo, hi = self.rating_scale
-            bad = np.flatnonzero((self.rating < lo) | (self.rating > hi))
-            _check(bad.size == 0, f"{self.name}: rating outside {self.rating_scale} at rows {bad[:5].tolist()}")
-            key = self.user.astype(np.int64) * I + self.item
-            uniq, counts = np.unique(key, return_counts=True)
-            dup = uniq[counts > 1]
-            _check(dup.size == 0, f"{self.name}: duplicate (user, item) pairs, e.g. dense ids "
-                          f"{[(int(k // I), int(k % I)) for k in dup[:3]]}; loaders must resolve duplicates")
-        if self.item_year is not None:
-            _check(self.item_year.shape == (I,) and self.item_year.dtype == np.int32,
-                          f"{self.name}: item_year must be int32 [{I}]")
+  def __post_init__(self):
+    n = self.user.shape[0]
+    for field, dtype in (("user", np.int32), ("item", np.int32), ("rating", np.float32), ("timestamp", np.int64)):
+      arr = getattr(self, field)
+      _check(arr.shape == (n,), f"{self.name}: {field} has shape {arr.shape}, want ({n},)")
+      _check(arr.dtype == dtype, f"{self.name}: {field} has dtype {arr.dtype}, want {np.dtype(dtype)}")
+    U, I = self.n_users, self.n_items
+    _check(self.user_raw_ids.shape == (U,), f"{self.name}: user_raw_ids has {self.user_raw_ids.shape}, want ({U},)")
+    _check(self.item_raw_ids.shape == (I,), f"{self.name}: item_raw_ids has {self.item_raw_ids.shape}, want ({I},)")
+    if n:
+      _check(self.user.min() >= 0 and self.user.max() < U, f"{self.name}: user ids outside [0, {U})")
+      _check(self.item.min() >= 0 and self.item.max() < I, f"{self.name}: item ids outside [0, {I})")
+      bad = np.flatnonzero(~np.isfinite(self.rating))
+      _check(bad.size == 0, f"{self.name}: non-finite rating at interaction rows {bad[:5].tolist()}")
+      lo, hi = self.rating_scale
+      bad = np.flatnonzero((self.rating < lo) | (self.rating > hi))
+      _check(bad.size == 0, f"{self.name}: rating outside {self.rating_scale} at rows {bad[:5].tolist()}")
+      key = self.user.astype(np.int64) * I + self.item
+      uniq, counts = np.unique(key, return_counts=True)
+      dup = uniq[counts > 1]
+      _check(
+        dup.size == 0,
+        f"{self.name}: duplicate (user, item) pairs, e.g. dense ids "
+        f"{[(int(k // I), int(k % I)) for k in dup[:3]]}; loaders must resolve duplicates",
+      )
+    if self.item_year is not None:
+      _check(
+        self.item_year.shape == (I,) and self.item_year.dtype == np.int32, f"{self.name}: item_year must be int32 [{I}]"
+      )
 
-    @property
-    def n_users(self) -> int:
-        return self.user_features.n
+  @property
+  def n_users(self) -> int:
+    return self.user_features.n
 
-    @property
-    def n_items(self) -> int:
-        return self.item_features.n
+  @property
+  def n_items(self) -> int:
+    return self.item_features.n
 
-    def __len__(self) -> int:
-        return int(self.user.shape[0])
+  def __len__(self) -> int:
+    return int(self.user.shape[0])
 
-    def user_counts(self) -> np.ndarray:
-        """int64 [U]: ratings per user."""
-        return np.bincount(self.user, minlength=self.n_users)
+  def user_counts(self) -> np.ndarray:
+    """int64 [U]: ratings per user."""
+    return np.bincount(self.user, minlength=self.n_users)
 
-    def item_counts(self) -> np.ndarray:
-        """int64 [I]: ratings per item."""
-        return np.bincount(self.item, minlength=self.n_items)
+  def item_counts(self) -> np.ndarray:
+    """int64 [I]: ratings per item."""
+    return np.bincount(self.item, minlength=self.n_items)
 
-    def summary(self) -> str:
-        return (f"{self.name}: {len(self)} ratings, {self.n_users} users, {self.n_items} items, "
-                        f"user features {list(self.user_features.categorical) + list(self.user_features.multi_hot)}, "
-                        f"item features {list(self.item_features.categorical) + list(self.item_features.multi_hot)}")
+  def summary(self) -> str:
+    return (
+      f"{self.name}: {len(self)} ratings, {self.n_users} users, {self.n_items} items, "
+      f"user features {list(self.user_features.categorical) + list(self.user_features.multi_hot)}, "
+      f"item features {list(self.item_features.categorical) + list(self.item_features.multi_hot)}"
+    )

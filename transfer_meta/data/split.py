@@ -41,11 +41,13 @@ class TaskSet:
   @classmethod
   def from_lists(cls, task_ids, support: list, query: list) -> "TaskSet":
     """Builds from per-task lists of row indices."""
+
     def csr(lists):
       sizes = np.array([len(x) for x in lists], np.int64)
       ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
       rows = np.concatenate([np.asarray(x, np.int64) for x in lists]) if lists else np.zeros(0, np.int64)
       return ptr, rows.astype(np.int64)
+
     sp, sr = csr(support)
     qp, qr = csr(query)
     return cls(np.asarray(task_ids, np.int32), sp, sr, qp, qr)
@@ -60,10 +62,10 @@ class TaskSet:
     return np.diff(self.query_ptr)
 
   def support(self, t: int) -> np.ndarray:
-    return self.support_rows[self.support_ptr[t]:self.support_ptr[t + 1]]
+    return self.support_rows[self.support_ptr[t] : self.support_ptr[t + 1]]
 
   def query(self, t: int) -> np.ndarray:
-    return self.query_rows[self.query_ptr[t]:self.query_ptr[t + 1]]
+    return self.query_rows[self.query_ptr[t] : self.query_ptr[t + 1]]
 
   def all_rows(self) -> np.ndarray:
     return np.concatenate([self.support_rows, self.query_rows])
@@ -80,15 +82,21 @@ class TaskSet:
       return self
     if k < 1:
       raise ValueError(f"support cap must be >= 1, got {k}")
-    return TaskSet.from_lists(self.task_ids, [self.support(t)[:k] for t in range(len(self))],
-                              [self.query(t) for t in range(len(self))])
+    return TaskSet.from_lists(
+      self.task_ids, [self.support(t)[:k] for t in range(len(self))], [self.query(t) for t in range(len(self))]
+    )
 
   def stats(self) -> dict:
     s, q = self.support_sizes(), self.query_sizes()
     f = lambda a: float(a.mean()) if a.size else 0.0  # noqa: E731
-    return {"tasks": len(self), "support_mean": round(f(s), 2), "support_min": int(s.min()) if s.size else 0,
-            "support_max": int(s.max()) if s.size else 0, "query_mean": round(f(q), 2),
-            "query_min": int(q.min()) if q.size else 0}
+    return {
+      "tasks": len(self),
+      "support_mean": round(f(s), 2),
+      "support_min": int(s.min()) if s.size else 0,
+      "support_max": int(s.max()) if s.size else 0,
+      "query_mean": round(f(q), 2),
+      "query_min": int(q.min()) if q.size else 0,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,11 +138,18 @@ class ColdStartSplit:
       for arr in (ts.task_ids, ts.support_ptr, ts.support_rows, ts.query_ptr, ts.query_rows):
         digest.update(np.ascontiguousarray(arr).astype(np.int64).tobytes())
     digest.update(np.ascontiguousarray(self.target, np.float32).tobytes())
-    return {"protocol": self.protocol, "version": self.version, "seed": int(self.seed),
-            "params": json.loads(json.dumps(dict(self.params), default=str)), "task_kind": self.task_kind,
-            "scenarios": list(self.scenarios), "metrics": list(self.metrics),
-            "excluded": json.loads(json.dumps(dict(self.excluded), default=str)),
-            "sets": sets, "hash": digest.hexdigest()}
+    return {
+      "protocol": self.protocol,
+      "version": self.version,
+      "seed": int(self.seed),
+      "params": json.loads(json.dumps(dict(self.params), default=str)),
+      "task_kind": self.task_kind,
+      "scenarios": list(self.scenarios),
+      "metrics": list(self.metrics),
+      "excluded": json.loads(json.dumps(dict(self.excluded), default=str)),
+      "sets": sets,
+      "hash": digest.hexdigest(),
+    }
 
   def write_manifest(self, path) -> None:
     with open(path, "w") as f:

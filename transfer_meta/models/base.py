@@ -33,6 +33,7 @@ class Model(NamedTuple):
 
 def from_module(name: str, module, adapt_regex: str, head_regex: str) -> Model:
   """Wraps a Flax linen module whose `__call__(x, context)` returns scores [N]."""
+
   def init(key, x, context=None):
     return module.init(key, x, context)
 

@@ -1,0 +1,11 @@
+"""Shared pytest fixtures."""
+
+import pytest
+
+import transfer_meta as tm
+
+
+@pytest.fixture(scope="session")
+def ml100k():
+  """MovieLens-100K `Interactions` (fetched once into the cache, ~2 MB; offline afterwards)."""
+  return tm.load_dataset("ml-100k")
