@@ -1,0 +1,231 @@
+"""Shared smoke tests: every learner in LEARNERS x every model (a tiny test model, plus MODELS).
+
+`check_learners` is the one smoke check (init, adapt, finite task_grad, padded task -> zero grads,
+vmap == loop, compiles once); a new learner or model is covered with no new test code.
+The tiny model and task builders here are reused by test_learner_maths.py and
+test_add_learner_example.py.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
+from transfer_meta.learners import LEARNERS, get_learner
+from transfer_meta.learners.base import Learner
+from transfer_meta.losses import masked_mean
+from transfer_meta.models import MODELS, get_model
+from transfer_meta.models.base import Model
+
+N_USERS, N_ITEMS, F, D = 5, 7, 3, 4  # users, items, item multi-hot width, hidden width
+S, Q, T = 6, 4, 3  # support length, query length, tasks per batch
+INNER_KEYS = ("outer_loss", "inner_loss_before", "inner_loss_after")
+# The smoke checks compile ~50 learner x model graphs: XLA's backend optimizations would double the
+# file's runtime and change no assertion here (finiteness, exact zeros, shapes, trace counts).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+# Feature matrices of a tiny dataset: 2 user categorical features; items: 1 categorical, 3 genres, 2 dense.
+_rng = np.random.default_rng(0)
+FEATS = FeatureMatrices(
+  user_cat=_rng.integers(0, 3, (N_USERS, 2)).astype(np.int32),
+  item_cat=_rng.integers(0, 4, (N_ITEMS, 1)).astype(np.int32),
+  user_multi=np.zeros((N_USERS, 0), np.float32),
+  item_multi=(_rng.random((N_ITEMS, F)) < 0.5).astype(np.float32),
+  user_dense=np.zeros((N_USERS, 0), np.float32),
+  item_dense=_rng.normal(size=(N_ITEMS, 2)).astype(np.float32),
+)
+SPEC = FeatureSpec(N_USERS, N_ITEMS, (3, 3), (4,), 0, F, 0, 2)
+# Narrow backbones so every learner x model pair compiles fast; a model missing here runs at its defaults.
+# The transformer keeps its cross-attention over the support (what couples it to the learners) but
+# no self-attention block (tests/test_models.py covers those): a third of this file's compile time.
+SMALL = {
+  "melu": {"emb_dim": 4, "hidden": (4,)},
+  "mf": {"dim": 4},
+  "two_tower": {"emb_dim": 4, "hidden": (4,), "out_dim": 4},
+  "transformer": {"emb_dim": 4, "width": 4, "num_heads": 1, "num_layers": 0, "mlp_dim": 4, "hidden": (4,)},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny model: tanh features of the item (id embedding + genres), a linear head, and a term that
+# reads the context (the support's mean rating), so a learner that forgets the context is caught.
+
+
+def _tiny_init(key, x, context=None):
+  del x, context
+  k1, k2, k3 = jax.random.split(key, 3)
+  dtype = jnp.zeros(()).dtype  # float64 under enable_x64
+  return {
+    "params": {
+      "item_emb": {"embedding": 0.5 * jax.random.normal(k1, (N_ITEMS, D), dtype)},
+      "body": {"kernel": 0.5 * jax.random.normal(k2, (F, D), dtype)},
+      "head": {"kernel": jax.random.normal(k3, (D,), dtype), "bias": jnp.asarray(3.0, dtype)},
+      "context": {"scale": jnp.asarray(0.2, dtype)},
+    }
+  }
+
+
+def _tiny_apply(params, x, context=None):
+  p = params["params"]
+  h = jnp.tanh(x["item_multi"] @ p["body"]["kernel"] + p["item_emb"]["embedding"][x["item"]])
+  scores = h @ p["head"]["kernel"] + p["head"]["bias"]
+  if context is not None:
+    scores = scores + p["context"]["scale"] * masked_mean(context["target"], context["mask"])
+  return scores
+
+
+def tiny_model() -> Model:
+  """Adapts 'body' and 'head' by default (decision layers, not the embedding); head = 'head'."""
+  return Model("tiny", _tiny_init, _tiny_apply, adapt_regex="body|head", head_regex="head")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks.
+
+
+def examples(rng: np.random.Generator, n_real: int, length: int, user: int = 0) -> dict:
+  """Examples of one user: `n_real` real interactions then padding to `length`.
+
+  Padding carries garbage (random items, target 100) behind mask False, so a loss or model that
+  ignores the mask is caught.
+  """
+  items = rng.integers(0, N_ITEMS, length)
+  target = np.where(np.arange(length) < n_real, rng.integers(1, 6, length), 100.0)
+  mask = np.arange(length) < n_real
+  return make_examples(FEATS, np.full(length, user), items, target, mask)
+
+
+def make_task(seed: int, n_support: int = S, n_query: int = Q) -> dict:
+  """One task {'support': [S], 'query': [Q]} with n_support/n_query real items (0, 0: a padded task)."""
+  rng = np.random.default_rng(seed)
+  user = int(rng.integers(0, N_USERS))
+  return {"support": examples(rng, n_support, S, user), "query": examples(rng, n_query, Q, user)}
+
+
+def stack(tasks: list[dict]) -> dict:
+  return jax.tree.map(lambda *xs: np.stack(xs), *tasks)
+
+
+def unstack(tree, n: int) -> list:
+  return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared smoke check.
+
+
+def check_learners(
+  learners: Mapping[str, Learner], model_params, batch: dict, key: jax.Array, compare_loop: bool = True
+) -> None:
+  """Smoke-checks each learner on a batch of T tasks whose LAST task is padded (all masks False).
+
+  Checks, per learner: init; adapt keeps the model's tree/shapes/dtypes and is finite; task_grad is
+  finite and shaped like meta_params, reports the metrics, gives zero grads and losses on the padded
+  task and non-zero grads on a real one; with `compare_loop`, vmap equals a loop of single-task
+  calls. All learners go through ONE jitted function (XLA compile time is what these tests spend),
+  which must trace once across two batches.
+  """
+  n = batch["support"]["mask"].shape[0]
+  metas = {name: learner.init(key, model_params) for name, learner in learners.items()}
+
+  def probe(metas, batch, key):  # adapt one task, and the trainer's vmap over tasks (meta broadcast)
+    support0 = jax.tree.map(lambda a: a[0], batch["support"])
+    return {
+      name: (
+        learner.adapt(metas[name], support0, key),
+        jax.vmap(learner.task_grad, in_axes=(None, 0, None))(metas[name], batch, key),
+      )
+      for name, learner in learners.items()
+    }
+
+  chex.clear_trace_counter()  # the counter is keyed by function source, shared across parametrized calls
+  step = jax.jit(chex.assert_max_traces(probe, n=1), compiler_options=FAST_COMPILE)
+  out = step(metas, batch, key)
+  for name, (task_params, (grads, metrics)) in out.items():
+    chex.assert_trees_all_equal_shapes_and_dtypes(task_params, model_params)
+    chex.assert_tree_all_finite((task_params, grads, metrics))
+    per_task = unstack((grads, metrics), n)
+    chex.assert_trees_all_equal_shapes_and_dtypes(per_task[0][0], metas[name])
+    for key_name in INNER_KEYS:
+      assert metrics[key_name].shape == (n,), (name, key_name, metrics[key_name].shape)
+      assert float(metrics[key_name][-1]) == 0.0, (name, key_name)
+    for leaf in jax.tree.leaves(grads):  # the padded task contributes nothing
+      np.testing.assert_array_equal(leaf[-1], 0.0, err_msg=name)
+    assert float(jnp.max(jnp.abs(ravel_pytree(per_task[0][0])[0]))) > 0, name
+    if compare_loop:
+      single = jax.jit(learners[name].task_grad, compiler_options=FAST_COMPILE)
+      for i, task in enumerate(unstack(batch, n)):
+        chex.assert_trees_all_close(single(metas[name], task, key), per_task[i], rtol=1e-4, atol=1e-5)
+
+  shuffled = jax.tree.map(lambda a: a[np.r_[1 : n - 1, 0, n - 1]], batch)  # same shapes, other data
+  step(metas, shuffled, key)  # assert_max_traces raises if this re-traced
+
+
+def check_learner(learner: Learner, model_params, batch: dict, key: jax.Array, compare_loop: bool = True) -> None:
+  """`check_learners` for one learner."""
+  check_learners({learner.name: learner}, model_params, batch, key, compare_loop)
+
+
+def tiny_batch(n_tasks: int = T) -> dict:
+  """`n_tasks` tasks [T, ...]: real ones, then one padded task (all masks False)."""
+  return stack([make_task(seed) for seed in range(n_tasks - 1)] + [make_task(99, 0, 0)])
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_learner_smoke_tiny_model(name):
+  model = tiny_model()
+  batch = tiny_batch()
+  support0 = jax.tree.map(lambda a: a[0], batch["support"])
+  params = model.init(jax.random.key(0), support0, support0)
+  check_learner(get_learner(name, model), params, batch, jax.random.key(1))
+
+
+@functools.cache
+def built_model(name: str) -> tuple[Model, dict]:
+  """(model, params) of a registered backbone, narrowed by SMALL, built once per session."""
+  model = get_model(name, SPEC, **SMALL.get(name, {}))
+  support0 = jax.tree.map(lambda a: a[0], tiny_batch()["support"])
+  return model, model.init(jax.random.key(0), support0, support0)
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_every_learner_on_every_model(model_name):
+  model, params = built_model(model_name)
+  learners = {name: get_learner(name, model) for name in LEARNERS}
+  # One real task and a padded one: batching itself (vmap == loop) is checked on the tiny model.
+  check_learners(learners, params, tiny_batch(2), jax.random.key(1), compare_loop=False)
+
+
+def test_unknown_learner_lists_valid_names():
+  with pytest.raises(ValueError, match="valid learners.*maml"):
+    get_learner("mamll", tiny_model())
+
+
+def test_bad_keywords_fail_clearly():
+  model = tiny_model()
+  params = model.init(jax.random.key(0), None, None)
+  with pytest.raises(ValueError, match="inner_steps"):
+    get_learner("maml", model, inner_steps=-1)
+  with pytest.raises(ValueError, match="unknown loss"):
+    get_learner("fomaml", model, loss="mae")
+  with pytest.raises(ValueError, match="matches no parameter"):
+    get_learner("maml", model, adapt_regex="decoder").init(jax.random.key(0), params)
+  with pytest.raises(TypeError, match="inner_steps"):
+    get_learner("none", model, inner_steps=3)
+
+
+def test_registry_variants_are_keywords():
+  model = tiny_model()
+  assert get_learner("anil", model).name == "anil"
+  assert get_learner("fomaml", model, inner_steps=2).name == "fomaml"
+  for name in LEARNERS:
+    learner = get_learner(name, model)
+    assert learner.name == name and learner.model is model
