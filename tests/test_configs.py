@@ -1,0 +1,110 @@
+"""Experiment configs: locked, complete, documented, their variants and sweeps valid, and every component they name
+resolves (dataset, protocol, metrics, model, learners and adapt sets) without training."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from transfer_meta import train
+from transfer_meta.learners import get_learner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+  os.path.basename(p)[:-3]
+  for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+  if not os.path.basename(p).startswith("_")
+)
+SMALL = {"smoke_synthetic": "tiny"}  # the seconds-long variant of each config (default 'smoke')
+
+
+def _module(name: str):
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _apply(config: ml_collections.ConfigDict, overrides: dict) -> None:
+  """Sets dotted keys on a locked config: a key that does not exist raises."""
+  for key, value in overrides.items():
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    setattr(node, last, value)
+
+
+def test_the_required_configs_exist():
+  assert {"smoke_synthetic", "melu_ml100k", "recbole_metarec_ml100k", "item_cold_ml100k"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_is_locked_complete_and_documented(name):
+  module = _module(name)
+  config = module.get_config()
+  assert config.is_locked
+  assert set(config.keys()) == set(train.default_config().keys())
+  with pytest.raises(AttributeError):
+    config.learner_nam = "maml"  # a typo fails instead of being ignored
+  config.num_steps = 7  # point overrides of existing fields work
+  doc = module.__doc__
+  assert f"python -m transfer_meta.main --config=configs/{name}.py --workdir=" in doc
+  assert "2 CPU cores" in doc and "TODO" not in doc
+  with pytest.raises(ValueError, match="unknown config arg"):
+    module.get_config("no-such-variant")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_sweep_overrides_apply_to_the_locked_config(name):
+  module = _module(name)
+  sweep = module.sweep()
+  assert sweep and all(isinstance(o, dict) and o for o in sweep)
+  for overrides in sweep:
+    config = module.get_config()
+    _apply(config, overrides)
+    for key, value in overrides.items():
+      got = config
+      for part in key.split("."):
+        got = got[part]
+      assert got == value or (isinstance(value, dict) and got.to_dict() == value), key
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_components_resolve(name):
+  config = _module(name).get_config(SMALL.get(name, "smoke"))
+  exp = train.build_experiment(config)  # dataset, protocol per seed, task sets, metric cutoffs, mesh
+  assert len(exp.seeds) == config.seeds
+  batch = exp.seeds[0].tasks["train"].batch(np.arange(1))
+  example = {"support": train.unstack(batch["support"], 0), "query": train.unstack(batch["query"], 0)}
+  for learner_name, kwargs in train._learner_specs(config):
+    learner = get_learner(learner_name, exp.model, **kwargs)
+    params = jax.eval_shape(exp.model.init, jax.random.key(0), example["query"], example["support"])
+    jax.eval_shape(learner.init, jax.random.key(0), params)  # adapt regexes must match parameters
+
+
+def test_command_line_typo_fails_before_training(tmp_path):
+  done = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "transfer_meta.main",
+      "--config=configs/smoke_synthetic.py:tiny",
+      f"--workdir={tmp_path}",
+      "--config.learner.inner_stepz=3",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert done.returncode != 0 and "inner_stepz" in done.stderr
+  assert not os.path.exists(tmp_path / "results.json")

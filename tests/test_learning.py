@@ -1,0 +1,49 @@
+"""Learning, not just running: on planted synthetic structure MAML's adaptation beats the unadapted `none` model on
+new users, and the MeLU pipeline on real ML-100K clears a quality floor that a broken pipeline cannot."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+from transfer_meta import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(name: str, arg: str | None) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_maml_adaptation_beats_none_on_new_users_of_planted_data(tmp_path):
+  """Synthetic users differ by a per-user taste the features cannot reveal (user_deviation): only adapting to the
+  support can recover it, so after a few hundred meta-steps MAML's new-user query loss must be clearly lower."""
+  config = _config("smoke_synthetic", "tiny")
+  with config.unlocked():
+    config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 200, 50, 200
+    config.log_every, config.baselines = 50, ("global_mean",)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  maml = results["metrics"]["new_user"]["rmse"]["mean"] ** 2  # new-user query MSE, per-task mean of RMSE squared
+  none = results["comparisons"]["none"]["new_user"]["rmse"]["mean"] ** 2
+  assert maml < 0.85 * none, (maml, none)
+  assert results["metrics"]["new_user"]["mae"]["mean"] < results["baselines"]["global_mean"]["new_user"]["mae"]["mean"]
+
+
+def test_melu_on_ml100k_clears_a_quality_floor(tmp_path):
+  """melu protocol on real ML-100K, 1 seed, 60 meta-steps. Global mean ~0.86 and item mean ~0.80 new-user MAE here;
+  an untrained MeLU predicts ~3.5 everywhere (~0.9). The full config reaches ~0.79; 0.83 separates working from
+  broken."""
+  config = _config("melu_ml100k", None)
+  with config.unlocked():
+    config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 60, 20, 60
+    config.compare_learners, config.compare_kwargs = (), ml_collections.ConfigDict()
+    config.baselines, config.progress = ("global_mean",), False
+  results = train.train_and_evaluate(config, str(tmp_path))
+  mae = results["metrics"]["new_user"]["mae"]["mean"]
+  assert mae < 0.83, mae
+  assert mae < results["baselines"]["global_mean"]["new_user"]["mae"]["mean"] - 0.03

@@ -1,0 +1,111 @@
+"""Kill-and-resume: `python -m transfer_meta.main` SIGKILLed mid-run, rerun with the same command, ends with the
+results.json (timings aside), metrics.jsonl and manifests of an uninterrupted run; a corrupted latest checkpoint
+is skipped with a warning."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/smoke_synthetic.py:tiny"  # maml then none, 2 seeds, 8 steps, checkpoints every 2 steps
+
+
+def _command(workdir: str, cache: str) -> list[str]:
+  return [
+    sys.executable,
+    "-m",
+    "transfer_meta.main",
+    f"--config={CONFIG}",
+    f"--workdir={workdir}",
+    f"--compilation_cache={cache}",
+  ]
+
+
+def _run(workdir: str, cache: str) -> subprocess.CompletedProcess:
+  done = subprocess.run(_command(workdir, cache), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done
+
+
+def _run_and_kill_when(workdir: str, cache: str, marker: str) -> None:
+  """Starts the run, SIGKILLs it as soon as `marker` (a path under workdir) exists, while it still runs."""
+  proc = subprocess.Popen(
+    _command(workdir, cache), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
+  path = os.path.join(workdir, marker)
+  deadline = time.time() + 300
+  while not os.path.exists(path):
+    if proc.poll() is not None:
+      pytest.fail(f"run ended (rc {proc.returncode}) before {marker} appeared: {proc.stderr.read()[-3000:]}")
+    if time.time() > deadline:
+      proc.kill()
+      pytest.fail(f"{marker} did not appear within 300 s")
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run finished before it could be killed: the test would prove nothing"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  proc.stderr.close()
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def _read(workdir: str, name: str):
+  with open(os.path.join(workdir, name)) as f:
+    return f.read()
+
+
+def _results_without_timing(workdir: str) -> dict:
+  results = json.loads(_read(workdir, "results.json"))
+  assert results["train"]["steps"] == 8 and results["train"]["seconds"] > 0
+  return {k: v for k, v in results.items() if k != "train"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  done = _run(workdir, cache)
+  assert "| new_user | maml |" in done.stdout and "| new_user | item_user_offset |" in done.stdout
+  return workdir
+
+
+def test_sigkill_twice_then_resume_equals_uninterrupted(uninterrupted, cache, tmp_path):
+  workdir = str(tmp_path / "killed")
+  # Killed during the first learner, right after its first checkpoint; then during the second learner.
+  _run_and_kill_when(workdir, cache, os.path.join("checkpoints", "maml", "2", "commit_success.txt"))
+  _run_and_kill_when(workdir, cache, os.path.join("checkpoints", "none", "2", "commit_success.txt"))
+  _run(workdir, cache)
+  assert _results_without_timing(workdir) == _results_without_timing(uninterrupted)
+  for name in ("metrics.jsonl", "split_manifest.json", "config.json"):
+    assert _read(workdir, name) == _read(uninterrupted, name), name
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(uninterrupted, cache, tmp_path):
+  workdir = str(tmp_path / "corrupt")
+  shutil.copytree(uninterrupted, workdir)
+  os.remove(os.path.join(workdir, "results.json"))
+  latest = os.path.join(workdir, "checkpoints", "maml", "8")
+  n = 0
+  for root, _, files in os.walk(os.path.join(latest, "meta_params")):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"\0garbage")
+      n += 1
+  assert n > 0
+  done = _run(workdir, cache)
+  assert "checkpoint step 8" in done.stderr and "corrupt or partial" in done.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "maml"))) == ["6", "8"]  # step 8 written again
+  assert _results_without_timing(workdir) == _results_without_timing(uninterrupted)
+  assert _read(workdir, "metrics.jsonl") == _read(uninterrupted, "metrics.jsonl")

@@ -1,0 +1,246 @@
+"""Serving: adapt a trained meta-initialisation to a new user's few ratings and score the whole catalogue.
+
+    import transfer_meta as tm
+    bundle = tm.load_meta_params("runs/melu_ml100k")             # meta-init only (+ config.json, the dataset)
+    out = tm.adapt(bundle, items=[50, 172, 181], ratings=[5, 4, 5],   # raw item ids, as in the source files
+                   user_features={"age": "25-34", "gender": "F", "occupation": "engineer"})
+    top = out.item_ids[np.argsort(-out.scores)[:10]]              # best 10 items (raw ids)
+
+`load_meta_params` restores only the `best_meta_params` item (the meta-initialisation selected on the
+validation metric; `item="meta_params"` gives the last one) of the run's main learner, rebuilds model and
+learner from `config.json` and precomputes the catalogue's item features on the device. `adapt` runs the
+learner's inner loop on the ratings (support padded to a bucket, so a few compiled shapes serve every user)
+and scores every item with the adapted parameters in one jitted call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from transfer_meta.checkpoint import abstract_tree, restore_item
+from transfer_meta.data import load_dataset
+from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
+from transfer_meta.data.interactions import UNKNOWN, DataError, Interactions
+from transfer_meta.data.tasks import DEFAULT_BUCKETS, bucket
+from transfer_meta.learners import get_learner
+from transfer_meta.learners.base import Learner
+from transfer_meta.models import get_model
+from transfer_meta.train import seed_list
+
+_ITEM_KEYS = ("item", "item_cat", "item_multi", "item_dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+  """A loaded meta-initialisation ready to adapt."""
+
+  config: ml_collections.ConfigDict
+  data: Interactions
+  learner: Learner
+  meta_params: Any  # pytree of one seed's meta-parameters
+  step: int  # checkpoint step it came from
+  seed: int
+  catalogue: dict  # item-side example arrays on device: item int32 [I], item_cat [I, Fi], ...
+  item_index: Mapping  # raw item id -> dense id
+
+
+class Adapted(NamedTuple):
+  task_params: Any  # the model parameters adapted to this user
+  scores: np.ndarray  # f32 [I]: predicted rating (or click logit) of every catalogue item, dense-id order
+  item_ids: np.ndarray  # object [I]: raw item id of each score
+
+
+def _read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} the --workdir of a finished run?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_meta_params(
+  workdir: str, seed_index: int = 0, item: str = "best_meta_params", data: Interactions | None = None
+) -> Bundle:
+  """Loads one seed's meta-initialisation of a run's main learner, and what adapting it needs.
+
+  Args:
+    workdir: the run's --workdir (holds config.json and checkpoints/<learner>/).
+    seed_index: which of the run's seeds (position in `config.seeds`).
+    item: 'best_meta_params' (selected on validation) or 'meta_params' (latest).
+    data: the run's dataset if already loaded (else loaded from config.json's dataset fields).
+  Returns:
+    A `Bundle` for `adapt`.
+  """
+  if item not in ("best_meta_params", "meta_params"):
+    raise ValueError(f"item must be 'best_meta_params' or 'meta_params', got {item!r}")
+  config = _read_config(workdir)
+  seeds = list(seed_list(config))
+  if not 0 <= seed_index < len(seeds):
+    raise ValueError(f"seed_index={seed_index} out of range for the run's {len(seeds)} seeds")
+  data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
+  feats = FeatureMatrices.from_interactions(data)
+  model = get_model(config.model_name, FeatureSpec.from_interactions(data), **config.model.to_dict())
+  learner = get_learner(config.learner_name, model, **config.learner.to_dict())
+  example = make_examples(feats, np.zeros(1, np.int32), np.zeros(1, np.int32))
+
+  def init(key):
+    return learner.init(key, model.init(key, example, example))
+
+  one = jax.eval_shape(init, jax.random.key(0))
+  stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(seeds), *x.shape), x.dtype), one)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  step, params = restore_item(
+    os.path.join(workdir, "checkpoints", config.learner_name), item, abstract_tree(stacked, device)
+  )
+  catalogue = {
+    k: jnp.asarray(v)
+    for k, v in make_examples(feats, np.zeros(data.n_items, np.int32), np.arange(data.n_items, dtype=np.int32)).items()
+    if k in _ITEM_KEYS
+  }
+  item_index = {_key(r): i for i, r in enumerate(data.item_raw_ids)}
+  return Bundle(
+    config, data, learner, jax.tree.map(lambda x: x[seed_index], params), step, seeds[seed_index], catalogue, item_index
+  )
+
+
+def _key(raw) -> str:
+  return str(raw)
+
+
+def user_row(data: Interactions, user: int | None = None, user_features: Mapping | None = None) -> dict:
+  """The user-side example fields of one user: {user int32 [], user_cat int32 [Fu], user_multi f32 [Vu],
+  user_dense f32 [Du]} (a new user gets dense id 0).
+
+  Args:
+    data: the dataset (its user feature vocabularies).
+    user: a known user's raw id (their stored features are used), or None for a new user.
+    user_features: a new user's features: categorical name -> vocabulary label (e.g. {"gender": "F"}),
+      multi-hot name -> list of labels, dense name -> vector. Missing categoricals are unknown (id 0).
+  """
+  table = data.user_features
+  if user is not None:
+    index = {_key(r): i for i, r in enumerate(data.user_raw_ids)}
+    if _key(user) not in index:
+      raise DataError(f"unknown user id {user!r} (not in {data.name}); pass user=None and user_features")
+    u = index[_key(user)]
+    return {
+      "user": np.int32(u),
+      "user_cat": table.cat_matrix()[u],
+      "user_multi": table.multi_matrix()[u],
+      "user_dense": table.dense_matrix()[u],
+    }
+  given = dict(user_features or {})
+  known = set(table.categorical) | set(table.multi_hot) | set(table.dense)
+  unknown = sorted(set(given) - known)
+  if unknown:
+    raise DataError(f"unknown user feature(s) {unknown}; {data.name} has {sorted(known)}")
+  cat = []
+  for name in table.categorical:
+    label = given.get(name, UNKNOWN)
+    vocab = table.vocab[name]
+    if str(label) not in vocab:
+      raise DataError(f"user feature {name!r}: {label!r} not in its vocabulary {list(vocab)}")
+    cat.append(vocab.index(str(label)))
+  multi = []
+  for name in table.multi_hot:
+    labels, vocab = given.get(name, []), table.vocab[name]
+    bad = [x for x in labels if str(x) not in vocab]
+    if bad:
+      raise DataError(f"user feature {name!r}: labels {bad} not in its vocabulary {list(vocab)}")
+    multi.append(np.isin(np.asarray(vocab), [str(x) for x in labels]).astype(np.float32))
+  dense = []
+  for name, arr in table.dense.items():
+    vec = np.asarray(given.get(name, np.zeros(arr.shape[1])), np.float32)
+    if vec.shape != (arr.shape[1],) or not np.isfinite(vec).all():
+      raise DataError(f"user feature {name!r}: want {arr.shape[1]} finite values, got {vec.shape}")
+    dense.append(vec)
+  return {
+    "user": np.int32(0),
+    "user_cat": np.asarray(cat, np.int32),
+    "user_multi": np.concatenate(multi) if multi else np.zeros(0, np.float32),
+    "user_dense": np.concatenate(dense) if dense else np.zeros(0, np.float32),
+  }
+
+
+def _dense_items(bundle: Bundle, items: Sequence, dense_ids: bool) -> np.ndarray:
+  if dense_ids:
+    ids = np.asarray(items, np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= bundle.data.n_items):
+      raise DataError(f"dense item ids must be in [0, {bundle.data.n_items})")
+    return ids.astype(np.int32)
+  missing = [x for x in items if _key(x) not in bundle.item_index]
+  if missing:
+    raise DataError(f"unknown item id(s) {missing[:5]} (not in the {bundle.data.name} catalogue)")
+  return np.asarray([bundle.item_index[_key(x)] for x in items], np.int32)
+
+
+def _adapt_and_score(learner: Learner, meta_params, catalogue: dict, user: dict, items, target, mask, key):
+  """Inner loop on the support (items/target/mask [S]), then scores of every catalogue item -> (params, f32 [I])."""
+
+  def examples(idx, tgt, msk):
+    n = idx.shape[0]
+    x = {k: catalogue[k][idx] for k in _ITEM_KEYS}
+    return {**x, "target": tgt, "mask": msk, **{k: jnp.broadcast_to(v, (n, *v.shape)) for k, v in user.items()}}
+
+  support = examples(items, target, mask)
+  n_items = catalogue["item"].shape[0]
+  query = examples(jnp.arange(n_items), jnp.zeros(n_items, jnp.float32), jnp.ones(n_items, bool))
+  task_params = learner.adapt(meta_params, support, key)
+  return task_params, learner.model.apply(task_params, query, support)
+
+
+_jitted = jax.jit(_adapt_and_score, static_argnums=0)
+
+
+def adapt(
+  bundle: Bundle | str,
+  items: Sequence,
+  ratings: Sequence[float],
+  user: Any = None,
+  user_features: Mapping | None = None,
+  dense_ids: bool = False,
+  key: jax.Array | None = None,
+) -> Adapted:
+  """Adapts the meta-initialisation to one user's ratings and scores the whole catalogue.
+
+  Args:
+    bundle: from `load_meta_params`, or a run's workdir (loaded on the fly).
+    items: the rated items' raw ids (as in the source), or dense ids with `dense_ids=True`. May be empty.
+    ratings: their ratings (targets: 0/1 clicks in a click setting).
+    user: a known user's raw id (their stored features and id), or None for a new user described by
+      `user_features` (models that embed user ids then see id 0's row: serve them known users only).
+    user_features: see `user_row`.
+    key: PRNG key for stochastic learners (default: fixed).
+  Returns:
+    `Adapted(task_params, scores f32 [I], item_ids object [I])`.
+  """
+  if isinstance(bundle, str):
+    bundle = load_meta_params(bundle)
+  dense = _dense_items(bundle, items, dense_ids)
+  ratings = np.asarray(ratings, np.float32)
+  if ratings.shape != dense.shape or not np.isfinite(ratings).all():
+    raise DataError(f"need one finite rating per item: {dense.shape[0]} items, ratings shape {ratings.shape}")
+  row = user_row(bundle.data, user, user_features)
+  width = bucket(max(dense.shape[0], 1), tuple(bundle.config.get("buckets", DEFAULT_BUCKETS)))
+  pad = width - dense.shape[0]
+  key = jax.random.key(0) if key is None else key
+  task_params, scores = _jitted(
+    bundle.learner,
+    bundle.meta_params,
+    bundle.catalogue,
+    row,
+    np.concatenate([dense, np.zeros(pad, np.int32)]),
+    np.concatenate([ratings, np.zeros(pad, np.float32)]),
+    np.arange(width) < dense.shape[0],
+    key,
+  )
+  return Adapted(task_params, np.asarray(scores), bundle.data.item_raw_ids)

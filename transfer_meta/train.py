@@ -1,0 +1,644 @@
+"""Meta-training and evaluation of one experiment: `train_and_evaluate(config, workdir) -> results`.
+
+    data -> per seed s: protocol split (seed s) and its padded task sets
+         -> for the learner, then each comparison learner:
+              every seed trained at once: ONE jitted meta_step vmapped over a leading seed axis of state and
+              batch (each seed's batch padded to a common bucket), tasks split over the 'tasks' mesh axis;
+              per seed, the meta-params with the best validation metric are kept
+            -> the selected meta-params evaluated on 'valid' and every scenario
+         -> reference baselines on the same splits
+         -> DIR/results.json, metrics.jsonl, config.json, split_manifest.json, checkpoints/, a printed table.
+
+Exact resume: every bit of state that shapes the future (meta-params, optimiser state, best-so-far params and
+metric, data-iterator positions, step) is checkpointed together; per-step randomness is
+`fold_in(seed key, step)`; evaluation is deterministic. A rerun of the same command after SIGKILL restores
+the latest readable checkpoint, rewinds metrics.jsonl to it and ends with the same results.json (timings
+live only under "train").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from transfer_meta import evaluate, report, sharding
+from transfer_meta import metrics as metrics_lib
+from transfer_meta.baselines import evaluate_baselines
+from transfer_meta.checkpoint import Checkpointer
+from transfer_meta.data import load_dataset
+from transfer_meta.data.examples import FeatureMatrices, FeatureSpec
+from transfer_meta.data.interactions import Interactions
+from transfer_meta.data.protocols import make_protocol
+from transfer_meta.data.split import ColdStartSplit
+from transfer_meta.data.tasks import DEFAULT_BUCKETS, TaskData, TaskIterator, eval_batches
+from transfer_meta.learners import get_learner
+from transfer_meta.learners.base import Learner
+from transfer_meta.models import get_model
+from transfer_meta.models.base import Model
+
+log = logging.getLogger(__name__)
+
+ARRAY_ITEMS = ("meta_params", "best_meta_params", "opt_state")
+JSON_ITEMS = ("extra", "config")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field the trainer reads, with defaults; `configs/*.py` start from this, set fields and lock.
+
+  Components are name + kwargs (`model_name` / `model`, ...). `seeds` is a count n (seeds 0..n-1): seed s
+  fixes the protocol split, the initialisation and the data order. `support_cap` > 0 keeps the first K
+  support interactions of every task (K-shot ablations). `select_metric` is 'valid/<metric>' and
+  `select_mode` 'min' or 'max'. `grad_clip_norm` 0 disables clipping.
+  """
+  c = ml_collections.ConfigDict()
+  c.dataset_name, c.dataset = "synthetic", ml_collections.ConfigDict()
+  c.protocol_name, c.protocol = "melu", ml_collections.ConfigDict()
+  c.model_name, c.model = "melu", ml_collections.ConfigDict()
+  c.learner_name, c.learner = "maml", ml_collections.ConfigDict()
+  c.compare_learners = ("none",)
+  c.compare_kwargs = ml_collections.ConfigDict()
+  c.baselines = ("random", "constant", "global_mean", "item_mean", "item_user_offset")
+  c.optimizer_name, c.optimizer = "adam", ml_collections.ConfigDict({"learning_rate": 1e-3})
+  c.grad_clip_norm = 0.0
+  c.seeds = 5
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.num_steps = 1000
+  c.log_every = 10
+  c.eval_every = 100
+  c.checkpoint_every = 100
+  c.keep_checkpoints = 2
+  c.select_metric, c.select_mode = "valid/mae", "min"
+  c.support_cap = 0
+  c.buckets = DEFAULT_BUCKETS
+  c.progress = True
+  return c
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The experiment: data, splits and task sets of every seed, built once and shared by every learner.
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedTasks:
+  """One seed's split and its padded task sets."""
+
+  seed: int
+  split: ColdStartSplit
+  tasks: dict  # set name ('train', 'valid', scenario) -> TaskData
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  config: ml_collections.ConfigDict
+  data: Interactions
+  feats: FeatureMatrices
+  spec: FeatureSpec
+  model: Model
+  seeds: tuple[SeedTasks, ...]
+  mesh: Mesh
+
+  @property
+  def eval_sets(self) -> tuple[str, ...]:
+    return ("valid", *self.seeds[0].split.scenarios)
+
+
+def seed_list(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The run's seeds: `config.seeds` is a count n (seeds 0..n-1) or an explicit sequence."""
+  seeds = config.seeds
+  seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
+  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise ValueError(f"config.seeds={config.seeds!r}: want a count >= 1 or distinct seeds >= 0")
+  return seeds
+
+
+def _cap(split: ColdStartSplit, k: int) -> ColdStartSplit:
+  """The split with every task set's support capped at k (K-shot ablations); k <= 0 keeps all."""
+  if k <= 0:
+    return split
+  return dataclasses.replace(split, tasks={n: ts.cap_support(k) for n, ts in split.tasks.items()})
+
+
+def build_experiment(config: ml_collections.ConfigDict, data: Interactions | None = None) -> Experiment:
+  """Loads the dataset, makes each seed's split and task sets, builds the model and the mesh."""
+  data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
+  feats = FeatureMatrices.from_interactions(data)
+  spec = FeatureSpec.from_interactions(data)
+  model = get_model(config.model_name, spec, **config.model.to_dict())
+  buckets = tuple(config.buckets)
+  seeds = []
+  for s in seed_list(config):
+    split = _cap(make_protocol(config.protocol_name, data, seed=s, **config.protocol.to_dict()), config.support_cap)
+    names = ("train", "valid", *split.scenarios)
+    seeds.append(SeedTasks(s, split, {n: TaskData.from_split(data, split, n, feats, buckets) for n in names}))
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh, "config.batch_size")
+  sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+  exp = Experiment(config, data, feats, spec, model, tuple(seeds), mesh)
+  _check_metrics(exp)
+  return exp
+
+
+def _check_metrics(exp: Experiment) -> None:
+  """Fails early on a selection metric the protocol does not report, or cutoffs >= query sizes."""
+  split = exp.seeds[0].split
+  set_name, _, metric = exp.config.select_metric.partition("/")
+  if set_name != "valid" or metric not in split.metrics:
+    raise ValueError(
+      f"config.select_metric={exp.config.select_metric!r}: want 'valid/<metric>' with <metric> in "
+      f"the protocol's metrics {list(split.metrics)}"
+    )
+  if exp.config.select_mode not in ("min", "max"):
+    raise ValueError(f"config.select_mode={exp.config.select_mode!r}: want 'min' or 'max'")
+  for st in exp.seeds:
+    for name in exp.eval_sets:
+      metrics_lib.check_cutoffs(st.split.metrics, st.tasks[name].query_sizes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The step: one jitted program for every seed.
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """optax outer optimiser `config.optimizer_name(**config.optimizer)`, after global-norm clipping if
+  `config.grad_clip_norm > 0`."""
+  factory = getattr(optax, config.optimizer_name, None)
+  if factory is None or not callable(factory):
+    raise ValueError(
+      f"config.optimizer_name={config.optimizer_name!r} is not an optax optimizer (e.g. 'adam', 'adamw', 'sgd', 'lion')"
+    )
+  tx = factory(**config.optimizer.to_dict())
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx) if config.grad_clip_norm > 0 else tx
+
+
+def init_one(learner: Learner, tx: optax.GradientTransformation, example: dict, key: jax.Array) -> tuple:
+  """(meta_params, opt_state) of one seed.
+
+  Args:
+    learner, tx: the learner and the outer optimiser.
+    example: one task {"support": x[S], "query": x[Q]} fixing the model's input shapes.
+    key: the seed's init key.
+  """
+  k_model, k_learner = jax.random.split(key)
+  model_params = learner.model.init(k_model, example["query"], example["support"])
+  meta_params = learner.init(k_learner, model_params)
+  return meta_params, tx.init(meta_params)
+
+
+def make_init(learner: Learner, tx: optax.GradientTransformation, example: dict, mesh: Mesh | None = None):
+  """Shapes first: returns (abstract state, init(keys) -> state).
+
+  The state is {"meta_params": [N, ...], "opt_state": [N, ...], "step": int32 []}. Each seed is initialised by
+  one jitted (unvmapped) `init_one` and the seeds are stacked on the host: XLA compiles a vmapped
+  initialiser several times slower, and the unvmapped one is shared by every learner with the same model.
+  """
+  rep = sharding.replicated(mesh) if mesh is not None else None
+  one = jax.jit(functools.partial(init_one, learner, tx, example))
+
+  def abstract_state(keys):
+    meta, opt = jax.eval_shape(one, keys[0])
+    stack = lambda x: jax.ShapeDtypeStruct((keys.shape[0], *x.shape), x.dtype, sharding=rep)
+    return {
+      "meta_params": jax.tree.map(stack, meta),
+      "opt_state": jax.tree.map(stack, opt),
+      "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+    }
+
+  def init(keys):
+    parts = [jax.device_get(one(keys[n])) for n in range(keys.shape[0])]
+    meta, opt = jax.tree.map(lambda *xs: np.stack(xs), *parts)
+    state = {"meta_params": meta, "opt_state": opt, "step": np.zeros((), np.int32)}
+    return jax.device_put(state, rep) if rep is not None else jax.tree.map(jnp.asarray, state)
+
+  return abstract_state, init
+
+
+def _masked_task_mean(values: jax.Array, task_mask: jax.Array) -> jax.Array:
+  """Mean over real tasks of a per-task leaf [T, ...]; padded tasks (even NaN ones) contribute nothing."""
+  w = task_mask.astype(jnp.float32)
+  w = w / jnp.maximum(jnp.sum(w), 1.0)
+  values = jnp.where(task_mask.reshape((-1,) + (1,) * (values.ndim - 1)), values, 0.0)
+  return jnp.tensordot(w, values, axes=1)
+
+
+def meta_step_fn(learner: Learner, tx: optax.GradientTransformation) -> Callable:
+  """The (unjitted) meta-step over all seeds: `(state, batch, keys) -> (state, metrics)`.
+
+  Args (of the returned function):
+    state: from `make_init` (leading seed axis N on meta_params and opt_state).
+    batch: seed-stacked task batch {"support": x[N, T, S], "query": x[N, T, Q], "task_mask": bool[N, T], ...}.
+    keys: [N] per-seed training keys; step randomness is fold_in(keys[n], step), split over tasks.
+  Returns:
+    (new state, {metric: f32 [N]}) with the learner's task metrics (masked means over tasks) plus
+    'grad_norm' (of the averaged meta-gradient, before clipping) and 'param_norm' (after the update).
+  """
+
+  def one_seed(meta_params, opt_state, batch, key):
+    task_keys = jax.random.split(key, batch["task_mask"].shape[0])
+    task = {"support": batch["support"], "query": batch["query"]}
+    grads, metrics = jax.vmap(learner.task_grad, in_axes=(None, 0, 0))(meta_params, task, task_keys)
+    grads = jax.tree.map(lambda g: _masked_task_mean(g, batch["task_mask"]), grads)
+    metrics = {k: _masked_task_mean(v, batch["task_mask"]) for k, v in metrics.items()}
+    updates, opt_state = tx.update(grads, opt_state, meta_params)
+    meta_params = optax.apply_updates(meta_params, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["param_norm"] = optax.tree.norm(meta_params)
+    return meta_params, opt_state, metrics
+
+  def meta_step(state, batch, keys):
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, state["step"]))(keys)
+    meta_params, opt_state, metrics = jax.vmap(one_seed)(state["meta_params"], state["opt_state"], batch, step_keys)
+    return {"meta_params": meta_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  return meta_step
+
+
+def jit_meta_step(fn: Callable, mesh: Mesh) -> Callable:
+  """jit with explicit shardings (state/keys/metrics replicated, batch split on its task axis 1) and the
+  state donated."""
+  rep = sharding.replicated(mesh)
+  return jax.jit(
+    fn, in_shardings=(rep, sharding.task_sharding(mesh, 1), rep), out_shardings=(rep, rep), donate_argnums=0
+  )
+
+
+@jax.jit
+def _select(best, current, improved):
+  """Per seed: `current` where `improved` [N] else `best` (fresh buffers, never aliases the donated state)."""
+  return jax.tree.map(lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b), best, current)
+
+
+def _pad_axis1(x: dict, length: int) -> dict:
+  """Pads an examples dict [T, L, ...] to [T, length, ...] with masked zeros."""
+  return {k: np.pad(v, [(0, 0), (0, length - v.shape[1])] + [(0, 0)] * (v.ndim - 2)) for k, v in x.items()}
+
+
+def stack_seed_batches(batches: Sequence[dict]) -> dict:
+  """Stacks per-seed task batches into [N, T, ...], padding supports/queries to the longest among them."""
+  out = {"task_mask": np.stack([b["task_mask"] for b in batches]), "task_id": np.stack([b["task_id"] for b in batches])}
+  for part in ("support", "query"):
+    length = max(b[part]["mask"].shape[1] for b in batches)
+    padded = [_pad_axis1(b[part], length) for b in batches]
+    out[part] = {k: np.stack([p[k] for p in padded]) for k in padded[0]}
+  return out
+
+
+def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+  """(train keys [N], eval keys [N]): init and per-step randomness come from the train key of seed s."""
+  keys = jnp.stack([jax.random.split(jax.random.key(s)) for s in seeds])
+  return keys[:, 0], keys[:, 1]
+
+
+def unstack(tree, n: int):
+  """Seed n's slice of a seed-stacked pytree."""
+  return jax.tree.map(lambda x: x[n], tree)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logging: metrics.jsonl, rewound to the restored step on resume so its content matches an uninterrupted run.
+
+
+class MetricsLog:
+  """Appends one JSON object per logged step to `path`; records carry 'learner' and 'step'."""
+
+  def __init__(self, path: str, order: Sequence[str]):
+    self.path = path
+    self.order = list(order)
+
+  def rewind(self, learner: str, step: int) -> None:
+    """Drops `learner`'s records after `step` (written after its restored checkpoint) and a torn last line,
+    and puts the records in canonical order (learners in training order, steps ascending)."""
+    self._rewrite(lambda rec: not (rec.get("learner") == learner and rec.get("step", 0) > step))
+
+  def canonicalize(self) -> None:
+    """Orders the records canonically (a fallback past a corrupt checkpoint appends out of order)."""
+    self._rewrite(lambda rec: True)
+
+  def write(self, record: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+      f.flush()
+
+  def _rewrite(self, keep: Callable[[dict], bool]) -> None:
+    if not os.path.exists(self.path):
+      return
+    records = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill mid-write
+    rank = lambda rec: (
+      self.order.index(rec["learner"]) if rec.get("learner") in self.order else len(self.order),
+      rec.get("step", 0),
+    )
+    records = sorted((r for r in records if keep(r)), key=rank)
+    _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training one learner on every seed, with selection and checkpoints.
+
+
+@dataclasses.dataclass
+class Selection:
+  """Per seed, the best meta-params so far on the validation metric (host bookkeeping + device params)."""
+
+  params: object  # seed-stacked [N, ...] meta-params
+  value: list  # [N] best metric value, None before the first evaluation
+  step: list  # [N] step it was reached at
+  metric: str  # metric name inside 'valid', e.g. 'mae'
+  mode: str  # 'min' or 'max'
+
+  def update(self, values: Sequence[dict], meta_params, step: int) -> None:
+    """Takes seed n's `meta_params` where `values[n][metric]` beats its best so far (strictly)."""
+    better = lambda v, b: b is None or (v < b if self.mode == "min" else v > b)
+    improved = np.array([better(v[self.metric], b) for v, b in zip(values, self.value)])
+    for n in np.flatnonzero(improved):
+      self.value[n], self.step[n] = float(values[n][self.metric]), step
+    if improved.any():
+      self.params = _select(self.params, meta_params, jnp.asarray(improved))
+
+
+@dataclasses.dataclass
+class Trained:
+  """What training one learner leaves: selected meta-params per seed and bookkeeping."""
+
+  learner: Learner
+  selection: Selection
+  seconds: float  # training wall time (all processes that worked on it)
+
+
+def _learner_specs(config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
+  """[(name, kwargs)] for the learner and each comparison learner, in training order."""
+  specs = [(config.learner_name, config.learner.to_dict())]
+  kwargs = config.compare_kwargs.to_dict()
+  unknown = sorted(set(kwargs) - set(config.compare_learners))
+  if unknown:
+    raise ValueError(f"config.compare_kwargs names {unknown}, not in config.compare_learners {config.compare_learners}")
+  specs += [(name, kwargs.get(name, {})) for name in config.compare_learners]
+  names = [n for n, _ in specs]
+  if len(set(names)) != len(names):
+    raise ValueError(f"learner names must be distinct (learner and compare_learners): {names}")
+  return specs
+
+
+def _check_finite(metrics: dict, step: int, learner: str, ckpt: Checkpointer) -> None:
+  """Stops the run on a non-finite loss, gradient or parameter norm, naming step, quantity and seeds."""
+  for name, values in metrics.items():
+    bad = np.flatnonzero(~np.isfinite(np.asarray(values)))
+    if bad.size:
+      last = ckpt.latest_step()
+      kept = (
+        f"the last good checkpoint (step {last}) is kept in {ckpt.directory}"
+        if last is not None
+        else "no checkpoint had been written yet"
+      )
+      raise FloatingPointError(
+        f"learner {learner!r}: non-finite train/{name} at step {step} (seed positions "
+        f"{bad.tolist()}); training stopped; {kept}. Lower the learning rates or clip "
+        "gradients (config.grad_clip_norm)."
+      )
+
+
+def _validate(exp: Experiment, eval_step: Callable, meta_params, valid: list, eval_keys: jax.Array) -> list[dict]:
+  """Every seed's meta-params on its 'valid' batches: [{metric: float}] per seed."""
+  return [
+    evaluate.evaluate_tasks(eval_step, unstack(meta_params, n), valid[n], eval_keys[n], exp.mesh)
+    for n in range(len(exp.seeds))
+  ]
+
+
+def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: MetricsLog) -> Trained:
+  """Trains learner `name` on every seed of `exp` (resuming from its checkpoints), selecting on valid.
+
+  Returns:
+    `Trained` with the selected seed-stacked meta-params.
+  """
+  config, mesh = exp.config, exp.mesh
+  learner = get_learner(name, exp.model, **kwargs)
+  tx = make_optimizer(config)
+  seeds = [st.seed for st in exp.seeds]
+  train_keys, eval_keys = seed_keys(seeds)
+  first = exp.seeds[0].tasks["train"].batch(np.arange(1))
+  example = {"support": unstack(first["support"], 0), "query": unstack(first["query"], 0)}
+  abstract_state, init = make_init(learner, tx, example, mesh)
+  abstract = abstract_state(train_keys)
+  iterators = [
+    TaskIterator(
+      st.tasks["train"], config.batch_size, st.seed, drop_remainder=config.batch_size <= len(st.tasks["train"])
+    )
+    for st in exp.seeds
+  ]
+  valid = [list(eval_batches(st.tasks["valid"], config.eval_batch_size)) for st in exp.seeds]
+  eval_step = evaluate.make_eval_step(learner, exp.seeds[0].split.metrics, _relevance(exp), mesh)
+  metric = config.select_metric.split("/", 1)[1]
+
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), ARRAY_ITEMS, JSON_ITEMS, keep=config.keep_checkpoints)
+  items = {"meta_params": abstract["meta_params"], "best_meta_params": abstract["meta_params"]}
+  restored = ckpt.restore_latest({**items, "opt_state": abstract["opt_state"]}, ("extra",))
+  if restored is None:
+    start, seconds = 0, 0.0
+    state = init(train_keys)
+    # A separate copy: the state's buffers are donated to the step.
+    best = Selection(init(train_keys)["meta_params"], [None] * len(seeds), [0] * len(seeds), metric, config.select_mode)
+  else:
+    start, items = restored
+    extra = items["extra"]
+    if extra["learner"] != name or extra["seeds"] != seeds:
+      raise ValueError(
+        f"checkpoint {ckpt.directory} holds learner {extra['learner']!r} seeds {extra['seeds']}, "
+        f"not {name!r} {seeds}: use a fresh workdir"
+      )
+    step0 = jax.device_put(jnp.int32(start), sharding.replicated(mesh))
+    state = {"meta_params": items["meta_params"], "opt_state": items["opt_state"], "step": step0}
+    best = Selection(items["best_meta_params"], extra["best_value"], extra["best_step"], metric, config.select_mode)
+    seconds = float(extra["seconds"])
+    for it, s in zip(iterators, extra["iterators"]):
+      it.restore(s)
+    log.info("%s: resumed from step %d", name, start)
+  mlog.rewind(name, start)
+
+  meta_step = jit_meta_step(meta_step_fn(learner, tx), mesh)
+  bar = tqdm(total=config.num_steps, initial=start, desc=name, unit="step", disable=not config.progress)
+  show, postfix = ("train/outer_loss", "train/grad_norm", config.select_metric), {}
+  t0 = time.time()
+  for step in range(start, config.num_steps):
+    batch = sharding.shard_batch(stack_seed_batches([next(it) for it in iterators]), mesh, 1)
+    state, metrics = meta_step(state, batch, train_keys)
+    metrics = jax.device_get(metrics)
+    done, last = step + 1, step + 1 == config.num_steps
+    _check_finite(metrics, done, name, ckpt)
+    record = {"learner": name, "step": done}
+    if done % config.log_every == 0 or last:
+      record.update({f"train/{k}": float(np.mean(v)) for k, v in metrics.items()})
+    if done % config.eval_every == 0 or last:
+      values = _validate(exp, eval_step, state["meta_params"], valid, eval_keys)
+      best.update(values, state["meta_params"], done)
+      record.update({f"valid/{k}": float(np.mean([v[k] for v in values])) for k in values[0]})
+    if len(record) > 2:
+      mlog.write(record)
+      postfix.update({k.removeprefix("train/"): f"{v:.4f}" for k, v in record.items() if k in show})
+      bar.set_postfix(postfix, refresh=False)
+    bar.update(1)
+    if done % config.checkpoint_every == 0 or last:
+      extra = {
+        "learner": name,
+        "step": done,
+        "seeds": seeds,
+        "iterators": [it.state() for it in iterators],
+        "best_value": best.value,
+        "best_step": best.step,
+        "seconds": seconds + time.time() - t0,
+      }
+      arrays = {"meta_params": state["meta_params"], "best_meta_params": best.params, "opt_state": state["opt_state"]}
+      ckpt.save(done, arrays, {"extra": extra, "config": json.loads(config.to_json())})
+  bar.close()
+  ckpt.close()
+  return Trained(learner, best, seconds + time.time() - t0)
+
+
+def _relevance(exp: Experiment) -> str | None:
+  return exp.seeds[0].split.params.get("relevance")
+
+
+def evaluate_trained(exp: Experiment, trained: Trained) -> list[dict]:
+  """Selected meta-params of every seed on 'valid' and every scenario: [{set: {metric: float}}] per seed."""
+  _, eval_keys = seed_keys([st.seed for st in exp.seeds])
+  eval_step = evaluate.make_eval_step(trained.learner, exp.seeds[0].split.metrics, _relevance(exp), exp.mesh)
+  out = []
+  for n, st in enumerate(exp.seeds):
+    params = unstack(trained.selection.params, n)
+    batches = {name: eval_batches(st.tasks[name], exp.config.eval_batch_size) for name in exp.eval_sets}
+    out.append(
+      {name: evaluate.evaluate_tasks(eval_step, params, b, eval_keys[n], exp.mesh) for name, b in batches.items()}
+    )
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference baselines, results and the entry point.
+
+
+def run_baselines(exp: Experiment) -> dict:
+  """Each of `config.baselines` on every seed's scenarios: {name: [{scenario: {metric: float}}] per seed}."""
+  names = tuple(exp.config.baselines)
+  if not names:
+    return {}
+  per_seed = [evaluate_baselines(exp.data, st.split, names, seed=st.seed) for st in exp.seeds]
+  return {name: [r[name] for r in per_seed] for name in names}
+
+
+def _results(exp: Experiment, main: dict, comparisons: dict, base: dict, trained: dict) -> dict:
+  config, split = exp.config, exp.seeds[0].split
+  name = config.learner_name
+  tasks = config.num_steps * config.batch_size * len(exp.seeds)
+  train = {
+    "steps": config.num_steps,
+    "seconds": round(trained[name].seconds, 3),
+    "tasks_per_second": round(tasks / max(trained[name].seconds, 1e-9), 2),
+    "learners": {
+      n: {"seconds": round(t.seconds, 3), "tasks_per_second": round(tasks / max(t.seconds, 1e-9), 2)}
+      for n, t in trained.items()
+    },
+  }
+  return {
+    "dataset": config.dataset_name,
+    "protocol": split.protocol,
+    "protocol_version": split.version,
+    "learner": name,
+    "model": config.model_name,
+    "seeds": [st.seed for st in exp.seeds],
+    "metrics": evaluate.summarize(main),
+    "train": train,
+    "comparisons": {n: evaluate.summarize(v) for n, v in comparisons.items()},
+    "baselines": {n: evaluate.summarize(v) for n, v in base.items()},
+    "selection": {
+      "metric": config.select_metric,
+      "mode": config.select_mode,
+      "best_step": {n: t.selection.step for n, t in trained.items()},
+      "best_value": {n: t.selection.value for n, t in trained.items()},
+    },
+    "manifest_hashes": [st.split.manifest["hash"] for st in exp.seeds],
+  }
+
+
+def results_table(results: dict) -> str:
+  """Markdown table of scenarios x metrics: the learner, its comparisons, then the reference baselines."""
+  methods = {results["learner"]: results["metrics"], **results.get("comparisons", {}), **results.get("baselines", {})}
+  per_seed = {
+    m: {s: {k: v["per_seed"] for k, v in per.items()} for s, per in metrics.items()} for m, metrics in methods.items()
+  }
+  rows = report.summarize(per_seed)
+  return report.to_markdown(rows, [m for m in report.columns(rows) if "/" not in m])  # not 'auc/tasks' counts
+
+
+def _write_run_files(exp: Experiment, workdir: str) -> None:
+  """config.json (refusing a workdir that holds a different run) and split_manifest.json."""
+  path = os.path.join(workdir, "config.json")
+  config_json = json.loads(exp.config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    diff = sorted(k for k in set(old) | set(config_json) if old.get(k) != config_json.get(k))
+    if diff:
+      raise ValueError(f"{workdir} holds a run with a different config (keys {diff}); use a fresh --workdir")
+  _atomic_write(path, json.dumps(config_json, indent=1, sort_keys=True))
+  _atomic_write(
+    os.path.join(workdir, "split_manifest.json"), json.dumps([st.split.manifest for st in exp.seeds], indent=1)
+  )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Interactions | None = None) -> dict:
+  """Trains the learner and its comparisons on every seed, evaluates them and the baselines, writes the run.
+
+  Args:
+    config: an experiment config (`configs/*.py`).
+    workdir: output directory; rerunning into the same one resumes from its checkpoints.
+    data: optional preloaded `Interactions` (else `load_dataset(config.dataset_name, **config.dataset)`).
+  Returns:
+    The results dict written to `workdir/results.json` (see DESIGN.md).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  exp = build_experiment(config, data)
+  _write_run_files(exp, workdir)
+  log.info("%s; %s", exp.data.summary(), {n: ts.stats() for n, ts in exp.seeds[0].split.tasks.items()})
+  specs = _learner_specs(config)
+  order = [n for n, _ in specs]
+  mlog = MetricsLog(os.path.join(workdir, "metrics.jsonl"), order)
+  trained, evaluated = {}, {}
+  for name, kwargs in specs:
+    trained[name] = train_learner(exp, name, kwargs, workdir, mlog)
+    evaluated[name] = evaluate_trained(exp, trained[name])
+  mlog.canonicalize()
+  base = run_baselines(exp)
+  results = _results(exp, evaluated[config.learner_name], {n: evaluated[n] for n in order[1:]}, base, trained)
+  _atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
+  table = results_table(results)
+  _atomic_write(os.path.join(workdir, "results.md"), table)
+  print(
+    f"\n{config.dataset_name} / {results['protocol']} v{results['protocol_version']}, {len(exp.seeds)} seeds, "
+    f"mean ± std over seeds (selected on {config.select_metric}):\n{table}"
+  )
+  return results
