@@ -1,75 +1,37 @@
-"""The worked example of "Add a meta-learner" (transfer_meta/learners/README_SECTION.md), under test.
+"""The worked example of "Add a meta-learner" (README.md), under test.
 
-`maml_proximal` below is the code the README shows. It is registered in a COPY of LEARNERS (the
+`maml_proximal` is executed from the README's own code block. It is registered in a COPY of LEARNERS (the
 real registry is left alone) and put through the same smoke check every registered learner gets.
 """
 
 from __future__ import annotations
 
+import pathlib
+
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from test_learners import check_learner, make_task, tiny_batch, tiny_model
 
-from transfer_meta.learners import LEARNERS, get_learner, inner
-from transfer_meta.learners.base import Learner
-from transfer_meta.losses import get_loss
-from transfer_meta.models.base import Model, Params, adapt_mask
+from transfer_meta.learners import LEARNERS, get_learner
 from transfer_meta.registry import lookup
 
-# --- README example: transfer_meta/learners/maml_proximal.py ------------------------------------
+# --- README example: executed from README.md itself, so the README cannot drift from what is tested.
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+_MARKER = "Save this as `transfer_meta/learners/maml_proximal.py`:"
 
 
-def maml_proximal(
-  model: Model,
-  inner_steps: int = 1,
-  inner_lr: float = 0.01,
-  prox: float = 1.0,
-  adapt_regex: str = ".*",
-  loss: str = "mse",
-  name: str = "maml_proximal",
-) -> Learner:
-  """MAML whose inner loss adds (prox / 2) * ||phi - meta_params||^2 over the adapted leaves.
+def _readme_example() -> str:
+  text = README.read_text()
+  assert _MARKER in text, "README lost the 'Add a meta-learner' example"
+  block = text.split(_MARKER, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+  return block
 
-  The proximal term (iMAML's, Rajeswaran et al. 2019; here differentiated through the unrolled
-  loop) keeps each task's parameters near the meta-initialization; prox=0 is plain MAML.
-  """
-  inner.check_steps(inner_steps)
-  get_loss(loss)
 
-  def init(key: jax.Array, model_params: Params) -> Params:
-    del key
-    adapt_mask(model_params, adapt_regex)  # fail now on a regex that matches nothing
-    return model_params
-
-  def inner_loop(params: Params, support: dict) -> tuple[Params, dict]:
-    mask = adapt_mask(params, adapt_regex)
-
-    def loss_fn(p):
-      dist = [jnp.sum((a - b) ** 2) for a, b, m in zip(*map(jax.tree.leaves, (p, params, mask))) if m]
-      return inner.support_loss(model, loss, p, support) + 0.5 * prox * sum(dist)
-
-    return inner.inner_sgd(loss_fn, params, mask, inner_lr, inner_steps)
-
-  def adapt(meta_params: Params, support: dict, key: jax.Array) -> Params:
-    del key
-    return inner_loop(meta_params, support)[0]
-
-  def task_grad(meta_params: Params, task: dict, key: jax.Array) -> tuple[Params, dict]:
-    del key
-
-    def outer(params):
-      task_params, metrics = inner_loop(params, task["support"])
-      outer_loss = inner.query_loss(model, loss, task_params, task["query"], task["support"])
-      return outer_loss, {**metrics, "outer_loss": outer_loss}
-
-    (_, metrics), grads = jax.value_and_grad(outer, has_aux=True)(meta_params)
-    return grads, metrics
-
-  return Learner(name, model, init, adapt, task_grad)
-
+_namespace: dict = {}
+exec(compile(_readme_example(), str(README), "exec"), _namespace)  # noqa: S102
+maml_proximal = _namespace["maml_proximal"]
 
 # --- README example ends; its registry line is:  "maml_proximal": maml_proximal, ---------------
 

@@ -4,7 +4,7 @@
 
 Every entry is a factory `(model, **kw) -> Learner`; keyword overrides pass straight through, so
 `get_learner("anil", model, inner_steps=3)` is ANIL with three inner steps. Add a learner with one
-file and one line here (see README_SECTION.md).
+file and one line here (see "Add a meta-learner" in README.md).
 """
 
 from __future__ import annotations
