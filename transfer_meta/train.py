@@ -34,7 +34,7 @@ import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from transfer_meta import evaluate, report, sharding
+from transfer_meta import chunking, evaluate, precision, report, sharding
 from transfer_meta import metrics as metrics_lib
 from transfer_meta.baselines import evaluate_baselines
 from transfer_meta.checkpoint import Checkpointer
@@ -61,7 +61,8 @@ def default_config() -> ml_collections.ConfigDict:
   Components are name + kwargs (`model_name` / `model`, ...). `seeds` is a count n (seeds 0..n-1): seed s
   fixes the protocol split, the initialisation and the data order. `support_cap` > 0 keeps the first K
   support interactions of every task (K-shot ablations). `select_metric` is 'valid/<metric>' and
-  `select_mode` 'min' or 'max'. `grad_clip_norm` 0 disables clipping.
+  `select_mode` 'min' or 'max'. `grad_clip_norm` 0 disables clipping. `chunk_size` > 0 computes the task
+  mean chunk by chunk (must divide `batch_size`); `compute_dtype` 'bfloat16' computes the model in bf16.
   """
   c = ml_collections.ConfigDict()
   c.dataset_name, c.dataset = "synthetic", ml_collections.ConfigDict()
@@ -83,6 +84,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.select_metric, c.select_mode = "valid/mae", "min"
   c.support_cap = 0
+  c.chunk_size = 0  # > 0: tasks per chunk inside the step (lax.scan over chunks; bounds memory); 0: plain vmap
+  c.compute_dtype = "float32"  # "bfloat16": model compute in bf16, meta-parameters stay float32
   c.buckets = DEFAULT_BUCKETS
   c.progress = True
   return c
@@ -138,6 +141,8 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
   feats = FeatureMatrices.from_interactions(data)
   spec = FeatureSpec.from_interactions(data)
   model = get_model(config.model_name, spec, **config.model.to_dict())
+  if config.compute_dtype != "float32":
+    model = precision.with_compute_dtype(model, config.compute_dtype)
   buckets = tuple(config.buckets)
   seeds = []
   for s in seed_list(config):
@@ -145,6 +150,9 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
     names = ("train", "valid", *split.scenarios)
     seeds.append(SeedTasks(s, split, {n: TaskData.from_split(data, split, n, feats, buckets) for n in names}))
   mesh = sharding.make_mesh()
+  if config.chunk_size:
+    chunking.check_chunk_size(config.chunk_size, config.batch_size)
+    sharding.check_batch_size(config.chunk_size, mesh, "config.chunk_size")
   sharding.check_batch_size(config.batch_size, mesh, "config.batch_size")
   sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
   exp = Experiment(config, data, feats, spec, model, tuple(seeds), mesh)
@@ -226,15 +234,12 @@ def make_init(learner: Learner, tx: optax.GradientTransformation, example: dict,
   return abstract_state, init
 
 
-def _masked_task_mean(values: jax.Array, task_mask: jax.Array) -> jax.Array:
-  """Mean over real tasks of a per-task leaf [T, ...]; padded tasks (even NaN ones) contribute nothing."""
-  w = task_mask.astype(jnp.float32)
-  w = w / jnp.maximum(jnp.sum(w), 1.0)
-  values = jnp.where(task_mask.reshape((-1,) + (1,) * (values.ndim - 1)), values, 0.0)
-  return jnp.tensordot(w, values, axes=1)
+_masked_task_mean = chunking.masked_task_mean  # the one masked mean over tasks
 
 
-def meta_step_fn(learner: Learner, tx: optax.GradientTransformation) -> Callable:
+def meta_step_fn(
+  learner: Learner, tx: optax.GradientTransformation, chunk_size: int | None = None, groups: int = 1
+) -> Callable:
   """The (unjitted) meta-step over all seeds: `(state, batch, keys) -> (state, metrics)`.
 
   Args (of the returned function):
@@ -249,9 +254,9 @@ def meta_step_fn(learner: Learner, tx: optax.GradientTransformation) -> Callable
   def one_seed(meta_params, opt_state, batch, key):
     task_keys = jax.random.split(key, batch["task_mask"].shape[0])
     task = {"support": batch["support"], "query": batch["query"]}
-    grads, metrics = jax.vmap(learner.task_grad, in_axes=(None, 0, 0))(meta_params, task, task_keys)
-    grads = jax.tree.map(lambda g: _masked_task_mean(g, batch["task_mask"]), grads)
-    metrics = {k: _masked_task_mean(v, batch["task_mask"]) for k, v in metrics.items()}
+    grads, metrics = chunking.mean_task_grads(
+      learner.task_grad, meta_params, task, task_keys, batch["task_mask"], chunk_size, groups
+    )
     updates, opt_state = tx.update(grads, opt_state, meta_params)
     meta_params = optax.apply_updates(meta_params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
@@ -471,7 +476,7 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
         f"checkpoint {ckpt.directory} holds learner {extra['learner']!r} seeds {extra['seeds']}, "
         f"not {name!r} {seeds}: use a fresh workdir"
       )
-    step0 = jax.device_put(jnp.int32(start), sharding.replicated(mesh))
+    step0 = jax.device_put(np.int32(start), sharding.replicated(mesh))  # host value: multi-process safe
     state = {"meta_params": items["meta_params"], "opt_state": items["opt_state"], "step": step0}
     best = Selection(items["best_meta_params"], extra["best_value"], extra["best_step"], metric, config.select_mode)
     seconds = float(extra["seconds"])
@@ -480,7 +485,8 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
     log.info("%s: resumed from step %d", name, start)
   mlog.rewind(name, start)
 
-  meta_step = jit_meta_step(meta_step_fn(learner, tx), mesh)
+  chunk = config.chunk_size or None
+  meta_step = jit_meta_step(meta_step_fn(learner, tx, chunk, mesh.devices.size if chunk else 1), mesh)
   bar = tqdm(total=config.num_steps, initial=start, desc=name, unit="step", disable=not config.progress)
   show, postfix = ("train/outer_loss", "train/grad_norm", config.select_metric), {}
   t0 = time.time()

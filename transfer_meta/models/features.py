@@ -86,12 +86,13 @@ class SideFeatures(nn.Module):
     for f, size in enumerate(cat_sizes):
       parts.append(nn.Embed(size, self.dim, embedding_init=self.embed_init, name=f"cat_{f}")(cat[..., f]))
     if multi_dim:
-      multi = x[f"{self.side}_multi"].astype(jnp.float32)
       table = self.param("multi", self.embed_init, (multi_dim, self.dim), jnp.float32)
+      multi = x[f"{self.side}_multi"].astype(table.dtype)  # table's dtype: bf16 under precision.with_compute_dtype
       count = jnp.maximum(jnp.sum(multi, axis=-1, keepdims=True), 1.0)
       parts.append(multi @ table / count)
     if dense_dim:
-      dense = x[f"{self.side}_dense"].astype(jnp.float32)
+      dense = x[f"{self.side}_dense"]
+      dense = dense if jnp.issubdtype(dense.dtype, jnp.floating) else dense.astype(jnp.float32)
       parts.append(nn.Dense(self.dim, kernel_init=self.dense_init, name="dense")(dense))
     if self.combine == "sum":
       return sum(parts) if parts else jnp.zeros((*lead, self.dim), jnp.float32)

@@ -1,0 +1,306 @@
+"""Meta-training throughput of MeLU on the ML-100K recbole_metarec training tasks (tasks/s, ms/step, peak RSS).
+
+    python -m experiments.bench_throughput                                  # CPU-friendly default cases
+    python -m experiments.bench_throughput --variants=fo1,so1,so5 --batches=32,256,1024,4096
+    python -m experiments.bench_throughput --variants=so5 --batches=1024 --chunk=128 --dtype=bfloat16
+
+Model: MeLU at the peer's size (embedding 16, decision MLP 64-64), learner `melu` (decision layers and output
+adapted, inner lr 0.05). Variants: fo1 = first order, 1 inner step; so1 / so5 = second order, 1 / 5 steps.
+A case is variant:batch[:chunk]; each runs in its own process (so peak RSS is the case's own):
+
+  step      the trainer's own jitted step (`train.meta_step_fn` + `train.jit_meta_step`, one seed, a 1-device
+            'tasks' mesh), batches already on the device: median over `--reps` repetitions of `--steps` steps,
+            timed to `block_until_ready`, after a compile + warm-up call. The headline tasks/s.
+  host      building one batch on the host (`TaskData.batch`: fancy indexing + feature gather,
+            `stack_seed_batches`, `shard_batch`): median ms per batch.
+  e2e       host + step in the same loop, no prefetching (what `train_learner` does today).
+  loop      our own loop-over-tasks variant of the same step: a Python loop calling a jitted single-task
+            `task_grad`, summing the gradients, then the optimiser update (batches <= --loop_max only).
+
+Tasks are drawn uniformly (with replacement past the 466 training tasks), so every batch has the ML-100K mix of
+support sizes; supports pad to bucket 100 (the largest train support is 90), queries are 10.
+`--chunk=C` maps over chunks of C tasks (`transfer_meta.chunking`); `--dtype=bfloat16` computes the model in
+bf16 with f32 meta-parameters (`transfer_meta.precision`). Each case appends a row to experiments/results/bench.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import time
+
+import numpy as np
+
+from experiments import bench_common
+
+VARIANTS = {"fo1": (True, 1), "so1": (False, 1), "so5": (False, 5)}  # name -> (first_order, inner_steps)
+DEFAULT_CASES = "fo1:32,fo1:256,fo1:1024,fo1:1024:32,so1:32,so1:256,so1:1024:32,so5:32,so5:256,so5:256:32"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--variants", default=None, help="comma list of fo1,so1,so5 (with --batches: all pairs)")
+  p.add_argument("--batches", default=None, help="comma list of task batch sizes, e.g. 32,256,1024,4096")
+  p.add_argument(
+    "--cases", default=DEFAULT_CASES, help="comma list of variant:batch[:chunk] (used without --variants/--batches)"
+  )
+  p.add_argument("--case", default=None, help="run one variant:batch[:chunk] case in this process")
+  p.add_argument("--steps", type=int, default=0, help="steps per repetition (0: about 8192 tasks, 4..50 steps)")
+  p.add_argument("--reps", type=int, default=5)
+  p.add_argument("--chunk", type=int, default=0, help="task chunk size for cases that name none (0: plain vmap)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--inner_lr", type=float, default=0.05)
+  p.add_argument("--loop_max", type=int, default=64, help="largest batch timed with the loop-over-tasks baseline")
+  p.add_argument("--emb_dim", type=int, default=16)
+  p.add_argument("--hidden", default="64,64")
+  p.add_argument("--no_csv", action="store_true", help="print only, append nothing to bench.csv")
+  return p.parse_args(argv)
+
+
+def cases_of(args: argparse.Namespace) -> list[str]:
+  if args.variants or args.batches:
+    variants = (args.variants or "fo1,so1,so5").split(",")
+    batches = (args.batches or "32,256,1024").split(",")
+    return [f"{v}:{b}" for v in variants for b in batches]
+  return args.cases.split(",")
+
+
+def setup(args: argparse.Namespace, first_order: bool, inner_steps: int):
+  """(task_data, learner, tx, example, seconds to load + split + pad)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  import transfer_meta as tm
+  from transfer_meta.data.examples import FeatureMatrices, FeatureSpec
+  from transfer_meta.data.protocols import make_protocol
+  from transfer_meta.data.tasks import TaskData
+  from transfer_meta.learners import get_learner
+  from transfer_meta.models import get_model
+  from transfer_meta.precision import with_compute_dtype
+
+  t0 = time.perf_counter()
+  data = tm.load_dataset("ml-100k")
+  split = make_protocol("recbole_metarec", data, seed=0)
+  task_data = TaskData.from_split(data, split, "train", FeatureMatrices.from_interactions(data))
+  seconds = time.perf_counter() - t0
+  hidden = tuple(int(h) for h in args.hidden.split(","))
+  model = get_model("melu", FeatureSpec.from_interactions(data), emb_dim=args.emb_dim, hidden=hidden)
+  if args.dtype != "float32":
+    model = with_compute_dtype(model, getattr(jnp, args.dtype))
+  learner = get_learner("melu", model, inner_steps=inner_steps, inner_lr=args.inner_lr, first_order=first_order)
+  first = task_data.batch(np.arange(1))
+  example = {
+    "support": jax.tree.map(lambda x: x[0], first["support"]),
+    "query": jax.tree.map(lambda x: x[0], first["query"]),
+  }
+  return task_data, learner, optax.adam(1e-3), example, seconds
+
+
+def chunked_meta_step_fn(learner, tx, chunk_size: int):
+  """The trainer's meta-step with the task mean computed by `chunking.mean_task_grads(chunk_size)`.
+
+  Uses `train.meta_step_fn(..., chunk_size=)` when the trainer has that keyword; otherwise this mirror of it
+  (same state, batch, keys and metrics; only the vmap + masked mean lines differ).
+  """
+  import jax
+  import optax
+
+  from transfer_meta import chunking, train
+
+  if "chunk_size" in inspect.signature(train.meta_step_fn).parameters:
+    return train.meta_step_fn(learner, tx, chunk_size=chunk_size), "train.meta_step_fn(chunk_size)"
+
+  def one_seed(meta_params, opt_state, batch, key):
+    task_keys = jax.random.split(key, batch["task_mask"].shape[0])
+    task = {"support": batch["support"], "query": batch["query"]}
+    grads, metrics = chunking.mean_task_grads(
+      learner.task_grad, meta_params, task, task_keys, batch["task_mask"], chunk_size
+    )
+    updates, opt_state = tx.update(grads, opt_state, meta_params)
+    meta_params = optax.apply_updates(meta_params, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["param_norm"] = optax.tree.norm(meta_params)
+    return meta_params, opt_state, metrics
+
+  def meta_step(state, batch, keys):
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, state["step"]))(keys)
+    meta_params, opt_state, metrics = jax.vmap(one_seed)(state["meta_params"], state["opt_state"], batch, step_keys)
+    return {"meta_params": meta_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  return meta_step, "bench mirror of train.meta_step_fn + chunking.mean_task_grads"
+
+
+def loop_baseline(learner, tx, host_batch: dict, meta_params, opt_state, reps: int) -> float:
+  """Median seconds of one meta-step done as a Python loop over the batch's real tasks."""
+  import jax
+  import optax
+
+  grad_one = jax.jit(learner.task_grad)
+  add = jax.jit(lambda a, b: jax.tree.map(lambda x, y: x + y, a, b))
+
+  @jax.jit
+  def update(grad_sum, n, opt_state, params):
+    grads = jax.tree.map(lambda g: g / n, grad_sum)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  real = np.flatnonzero(host_batch["task_mask"])
+  tasks = [
+    jax.device_put(
+      {
+        "support": jax.tree.map(lambda x, t=t: x[t], host_batch["support"]),
+        "query": jax.tree.map(lambda x, t=t: x[t], host_batch["query"]),
+      }
+    )
+    for t in real
+  ]
+  keys = list(jax.random.split(jax.random.key(0), len(tasks)))  # split once: indexing a key array costs ~1 ms
+  # uncommitted single-device copies: the loop's outputs then have the inputs' placement (no recompiles)
+  state = {"params": jax.device_put(jax.device_get(meta_params)), "opt": jax.device_put(jax.device_get(opt_state))}
+
+  def step():
+    total = None
+    for task, key in zip(tasks, keys):
+      grads, _ = grad_one(state["params"], task, key)
+      total = grads if total is None else add(total, grads)
+    state["params"], state["opt"] = update(total, float(len(tasks)), state["opt"], state["params"])
+    jax.block_until_ready(state["params"])
+
+  return float(np.median(bench_common.time_calls(step, reps, warmup=2)))
+
+
+def run_case(args: argparse.Namespace, case: str) -> dict:
+  """Measures one variant:batch case; returns its figures (and appends the CSV row)."""
+  import jax
+
+  from transfer_meta import sharding, train
+
+  variant, batch_size, *rest = case.split(":")
+  batch_size, chunk = int(batch_size), int(rest[0]) if rest else args.chunk
+  if variant not in VARIANTS:
+    raise SystemExit(f"unknown variant {variant!r}; valid: {sorted(VARIANTS)}")
+  first_order, inner_steps = VARIANTS[variant]
+  task_data, learner, tx, example, load_s = setup(args, first_order, inner_steps)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  rng = np.random.default_rng(0)
+  n_batches = 4
+
+  def host_batch():
+    idx = rng.choice(len(task_data), batch_size, replace=batch_size > len(task_data))
+    return train.stack_seed_batches([task_data.batch(idx)])
+
+  t0 = time.perf_counter()
+  host = [host_batch() for _ in range(n_batches)]
+  build_s = (time.perf_counter() - t0) / n_batches
+  placed = [sharding.shard_batch(b, mesh, 1) for b in host]
+  jax.block_until_ready(placed)
+  width = {b["support"]["mask"].shape[2] for b in host}
+  host = [b for b in host if b["support"]["mask"].shape[2] == max(width)]  # one shape: one compile
+  placed = [sharding.shard_batch(b, mesh, 1) for b in host]
+
+  if chunk:
+    fn, step_source = chunked_meta_step_fn(learner, tx, chunk)
+  else:
+    fn, step_source = train.meta_step_fn(learner, tx), "train.meta_step_fn"
+  step = train.jit_meta_step(fn, mesh)
+  keys, _ = train.seed_keys([0])
+  init = train.make_init(learner, tx, example, mesh)[1]
+  state = init(keys)
+  t0 = time.perf_counter()
+  state, metrics = step(state, placed[0], keys)
+  jax.block_until_ready(state)
+  compile_s = time.perf_counter() - t0
+  steps = args.steps or int(np.clip(8192 // batch_size, 4, 50))
+  box = {"state": state}
+
+  def run_steps():
+    s = box["state"]
+    for i in range(steps):
+      s, _ = step(s, placed[i % len(placed)], keys)
+    box["state"] = jax.block_until_ready(s)
+
+  cpu0, wall0 = bench_common.cpu_seconds(), time.perf_counter()
+  rep_s = bench_common.time_calls(run_steps, args.reps, warmup=1)
+  cpu_share = (bench_common.cpu_seconds() - cpu0) / ((time.perf_counter() - wall0) * bench_common.cores())
+  step_s = float(np.median(rep_s)) / steps
+
+  def e2e():
+    s = box["state"]
+    for _ in range(steps):
+      b = sharding.shard_batch(host_batch(), mesh, 1)
+      s, _ = step(s, b, keys)
+    box["state"] = jax.block_until_ready(s)
+
+  e2e_s = float(np.median(bench_common.time_calls(e2e, max(1, args.reps // 2), warmup=0))) / steps
+  host_s = float(
+    np.median(
+      bench_common.time_calls(lambda: jax.block_until_ready(sharding.shard_batch(host_batch(), mesh, 1)), 5, warmup=1)
+    )
+  )
+
+  figures = {
+    "tasks_per_s": batch_size / step_s,
+    "ms_per_step": step_s * 1e3,
+    "e2e_tasks_per_s": batch_size / e2e_s,
+    "host_ms_per_batch": host_s * 1e3,
+    "compile_s": compile_s,
+    "load_split_s": load_s,
+    "first_batch_build_s": build_s,
+    "support_width": max(width),
+    "steps_per_rep": steps,
+    "cpu_share": cpu_share,
+  }
+  if batch_size <= args.loop_max:
+    params = jax.tree.map(lambda x: x[0], init(keys)["meta_params"])
+    loop_s = loop_baseline(
+      learner, tx, jax.tree.map(lambda x: x[0], host[0]), params, tx.init(params), max(1, args.reps // 2)
+    )
+    figures["loop_tasks_per_s"] = batch_size / loop_s
+  figures["peak_rss_mib"] = bench_common.peak_rss_mib()
+  figures["final_outer_loss"] = float(np.asarray(metrics["outer_loss"])[0])
+  params = {
+    "variant": variant,
+    "first_order": first_order,
+    "inner_steps": inner_steps,
+    "batch": batch_size,
+    "chunk": chunk or None,
+    "dtype": args.dtype,
+    "emb_dim": args.emb_dim,
+    "hidden": args.hidden,
+    "inner_lr": args.inner_lr,
+    "step": step_source,
+    "data": "ml-100k recbole_metarec train (466 tasks)",
+  }
+  print(
+    f"{case:>10}  {figures['tasks_per_s']:9.0f} tasks/s  {figures['ms_per_step']:8.2f} ms/step  "
+    f"e2e {figures['e2e_tasks_per_s']:8.0f} tasks/s  host {figures['host_ms_per_batch']:7.2f} ms/batch  "
+    f"loop {figures.get('loop_tasks_per_s', float('nan')):6.0f} tasks/s  compile {compile_s:5.1f} s  "
+    f"peak RSS {figures['peak_rss_mib']:.0f} MiB  cpu share {cpu_share:.2f}  load {bench_common.load_avg()}",
+    flush=True,
+  )
+  if not args.no_csv:
+    name = f"{variant}:{batch_size}" + (f" chunk={chunk}" if chunk else "")
+    name += f" {args.dtype}" if args.dtype != "float32" else ""
+    bench_common.append_row("throughput", name, figures["tasks_per_s"], "tasks/s", figures, params)
+  return figures
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.case:
+    run_case(args, args.case)
+    return 0
+  cases = cases_of(args)
+  print(f"MeLU meta-training throughput, {len(cases)} cases, one process each: {', '.join(cases)}", flush=True)
+  return int(
+    bench_common.run_cases_isolated(
+      "experiments.bench_throughput", cases, drop=("--cases=", "--variants=", "--batches=")
+    )
+    > 0
+  )
+
+
+if __name__ == "__main__":
+  sys.exit(main())

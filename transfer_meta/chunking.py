@@ -1,0 +1,125 @@
+"""Task chunking: the masked mean over tasks of a learner's `task_grad`, computed C tasks at a time.
+
+    grads, metrics = mean_task_grads(learner.task_grad, meta_params, task, keys, task_mask)                # vmap
+    grads, metrics = mean_task_grads(learner.task_grad, meta_params, task, keys, task_mask, chunk_size=64)  # scan
+
+The plain path vmaps `task_grad` over all T tasks and reduces: it holds T per-task gradients (and T inner-loop
+unrolls for second-order MAML) at once, which for large task batches and big embedding tables is what runs out
+of memory. The chunked path `lax.scan`s over T / C chunks, vmaps each chunk, and carries only the running sums
+of gradients and metrics (one meta-parameter tree), dividing by the real-task count at the end: peak memory
+is C tasks' worth, the result equal to the plain path up to float summation order.
+
+Chunk c holds the tasks c, c + T/C, c + 2T/C, ... (a strided reshape [T] -> [C, T/C] -> [T/C, C]). With the
+task axis sharded over D devices in contiguous blocks, that reshape splits each device's block without moving
+data, and with D dividing C every chunk spans every device evenly. Summing a chunk over its task axis is then a
+cross-device reduction inside the loop (one all-reduce per chunk); `groups=D` carries D partial sums instead,
+each device adding into its own, and reduces once after the loop (checked in the compiled HLO on 8 CPU
+devices: one all-reduce, outside the while loop). On one device leave `groups=1`.
+`chunk_size` must divide T (ValueError otherwise): padding inside the step would re-shard the batch and waste
+compute; pick a divisor of the batch size.
+
+Chunking is also a speed tool on CPU: a vmap over hundreds of tasks streams every intermediate [T, S, D]
+through memory once per op, while a chunk of 32 tasks stays in cache (experiments/bench_throughput.py:
+second order, 5 inner steps, 1,024 tasks per step: 580 -> 1,216 tasks/s, peak RSS 2.0 -> 0.8 GiB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+TaskGrad = Callable[..., tuple]  # (meta_params, task, key) -> (grads, metrics)
+
+
+def masked_task_mean(values: jax.Array, task_mask: jax.Array) -> jax.Array:
+  """Mean over real tasks of a per-task leaf [T, ...]; padded tasks (even NaN ones) contribute nothing.
+
+  Args:
+    values: [T, ...] per-task values.
+    task_mask: bool [T], True for real tasks.
+  Returns:
+    [...] the mean over tasks where `task_mask`; zeros when no task is real.
+  """
+  w = task_mask.astype(jnp.float32)
+  w = w / jnp.maximum(jnp.sum(w), 1.0)
+  values = jnp.where(_expand(task_mask, values.ndim), values, 0.0)
+  return jnp.tensordot(w, values, axes=1)
+
+
+def _expand(mask: jax.Array, ndim: int) -> jax.Array:
+  return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
+
+
+def check_chunk_size(chunk_size: int | None, n_tasks: int) -> None:
+  """Raises ValueError unless `chunk_size` is None or a positive divisor of `n_tasks`."""
+  if chunk_size is None:
+    return
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1 or n_tasks % chunk_size:
+    divisors = [d for d in range(1, n_tasks + 1) if n_tasks % d == 0]
+    raise ValueError(
+      f"chunk_size={chunk_size!r} must be a positive divisor of the task batch size {n_tasks} "
+      f"(or None for no chunking); divisors of {n_tasks}: {divisors}"
+    )
+
+
+def _chunked(x: jax.Array, chunk_size: int) -> jax.Array:
+  """[T, ...] -> [T / C, C, ...], chunk c holding tasks c, c + T/C, ... (a sharding-preserving reshape)."""
+  n_chunks = x.shape[0] // chunk_size
+  return jnp.swapaxes(x.reshape((chunk_size, n_chunks) + x.shape[1:]), 0, 1)
+
+
+def mean_task_grads(
+  task_grad: TaskGrad,
+  meta_params,
+  task: dict,
+  keys: jax.Array,
+  task_mask: jax.Array,
+  chunk_size: int | None = None,
+  groups: int = 1,
+) -> tuple:
+  """Masked mean over tasks of `task_grad`'s gradients and metrics, optionally chunk by chunk.
+
+  Args:
+    task_grad: a learner's `task_grad(meta_params, task, key) -> (grads, {name: scalar})` for ONE task.
+    meta_params: the meta-parameters (shared by every task).
+    task: {"support": x[T, S], "query": x[T, Q]} examples pytrees with a leading task axis.
+    keys: [T] per-task PRNG keys.
+    task_mask: bool [T], False for padded tasks (their values, even NaN, never reach the result).
+    chunk_size: None: one vmap over all T tasks; C: `lax.scan` over T / C vmapped chunks of C tasks,
+      carrying sums (C must divide T).
+    groups: G partial sums carried side by side ([G, ...] per leaf, summed once at the end; G must divide C).
+      With G = the number of devices on the task axis each device keeps its own partial sums, so the
+      cross-device reduction happens once per step instead of once per chunk. Memory: G copies of the
+      meta-gradient. Ignored without chunking.
+  Returns:
+    (grads: tree like `meta_params`, metrics: {name: f32 []}): means over the real tasks (zeros when none).
+  """
+  n_tasks = task_mask.shape[0]
+  check_chunk_size(chunk_size, n_tasks)
+  per_task = jax.vmap(task_grad, in_axes=(None, 0, 0))
+  if chunk_size is None or chunk_size == n_tasks:
+    grads, metrics = per_task(meta_params, task, keys)
+    mean = lambda v: masked_task_mean(v, task_mask)
+    return jax.tree.map(mean, grads), jax.tree.map(mean, metrics)
+  if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or chunk_size % groups:
+    raise ValueError(f"groups={groups!r} must be a positive divisor of chunk_size={chunk_size}")
+
+  chunks = jax.tree.map(lambda x: _chunked(x, chunk_size), (task, keys, task_mask))
+  grouped = lambda x: x.reshape((groups, chunk_size // groups) + x.shape[1:])  # [C, ...] -> [G, C / G, ...]
+
+  def body(sums, chunk):
+    chunk_task, chunk_keys, chunk_mask = chunk
+    out = per_task(meta_params, chunk_task, chunk_keys)
+    mask = grouped(chunk_mask)
+    add = lambda s, v: s + jnp.sum(jnp.where(_expand(mask, v.ndim + 1), grouped(v), 0.0), axis=1)
+    return jax.tree.map(add, sums, out), None
+
+  one = jax.tree.map(lambda x: x[0], (task, keys))
+  shapes = jax.eval_shape(task_grad, meta_params, *one)
+  zeros = jax.tree.map(lambda s: jnp.zeros((groups, *s.shape), s.dtype), shapes)
+  sums, _ = jax.lax.scan(body, zeros, chunks)
+  count = jnp.maximum(jnp.sum(task_mask.astype(jnp.float32)), 1.0)
+  grads, metrics = jax.tree.map(lambda s: jnp.sum(s, axis=0) / count.astype(s.dtype), sums)
+  return grads, metrics
