@@ -1,0 +1,257 @@
+"""Ablations: a config's `sweep()` expanded into runs -> experiments/results/ablate_<config>_<sweep>.{md,csv,json}.
+
+    python -m experiments.ablate --config=melu_ml100k --list                 # the named sweeps and their runs
+    python -m experiments.ablate --config=melu_ml100k --sweep=support_cap --seeds=3 --set num_steps=100
+
+Sweeps. `configs/<name>.py` defines `sweep()` returning a list of override dicts (dotted keys), a dict
+{sweep name: list}, or takes the sweep name as its argument. A list is grouped into named sweeps by the first key
+of each dict, named by that key's last component (`learner.inner_steps` -> 'inner_steps'; the full key when two
+groups would share a name); `--sweep` takes that name, the full key, or 'all'.
+
+Runs. Every override dict is applied (after `--seeds` and `--set`) to a copy of the locked config, so a key the
+config lacks fails before anything runs. Run r goes to RUNS/ablate/<config>/<label>/ with label the values that
+vary within its sweep ('support_cap=5'; support_cap 0, every support rating, reads 'all'). A run whose results.json
+holds the same config is reused, so rerunning a command resumes the sweep; a run interrupted mid-training resumes
+from its checkpoints.
+
+Tables. One section per scenario; a row per (method, override value), methods being the learner, its comparison
+learners and the reference baselines (`--baselines` picks which), written 'melu @ support_cap=5'; a column per metric,
+mean ± std over seeds (`transfer_meta.report`). The .json beside them keeps each run's overrides, wall time and
+full results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+from experiments import runner
+from transfer_meta import report
+from transfer_meta.data import load_dataset
+
+# Values with a meaning beyond their number, shown by name in labels (run directories, table rows, plot ticks).
+VALUE_NAMES = {"support_cap": {0: "all"}}
+SEP = " @ "  # between a method and its run's label in table rows
+
+
+def group_sweep(overrides: Sequence[Mapping]) -> dict[str, list[dict]]:
+  """Groups a flat sweep by the first key of each override dict.
+
+  Returns:
+    {name: [override dict, ...]} in first-seen order; name = the key's last dotted component, or the full key
+    when two groups' last components coincide.
+  """
+  groups: dict[str, list[dict]] = {}
+  for i, o in enumerate(overrides):
+    if not isinstance(o, Mapping) or not o:
+      raise ValueError(f"sweep entry {i} is {o!r}: want a non-empty dict of dotted-key overrides")
+    groups.setdefault(next(iter(o)), []).append(dict(o))
+  short = [key.rsplit(".", 1)[-1] for key in groups]
+  return {(s if short.count(s) == 1 else key): v for (key, v), s in zip(groups.items(), short)}
+
+
+def named_sweeps(module, name: str | None = None) -> dict[str, list[dict]]:
+  """The config module's sweeps as {name: [override dict]} (see the module docstring)."""
+  fn = getattr(module, "sweep", None)
+  if fn is None:
+    raise ValueError(f"{module.__file__} defines no sweep()")
+  if inspect.signature(fn).parameters and name not in (None, "all"):
+    return {name: [dict(o) for o in fn(name)]}
+  result = fn()
+  if isinstance(result, Mapping):
+    return {k: [dict(o) for o in v] for k, v in result.items()}
+  return group_sweep(result)
+
+
+def select(sweeps: Mapping[str, list], name: str) -> dict[str, list[dict]]:
+  """The sweeps called `name` (a sweep name, the full first key of its dicts, or 'all')."""
+  if name == "all":
+    return dict(sweeps)
+  for key, overrides in sweeps.items():
+    if name == key or any(name == next(iter(o)) for o in overrides):
+      return {key: overrides}
+  raise ValueError(f"unknown sweep {name!r}; valid sweeps: {list(sweeps)} or 'all'")
+
+
+def format_value(key: str, value) -> str:
+  """A short, readable value: VALUE_NAMES first, then floats by %g, tuples joined by '+'."""
+  named = VALUE_NAMES.get(key.rsplit(".", 1)[-1], {})
+  if not isinstance(value, bool) and isinstance(value, int | float) and value in named:
+    return named[value]
+  if isinstance(value, float):
+    return f"{value:g}"
+  if isinstance(value, list | tuple):
+    return "+".join(format_value(key, v) for v in value) or "()"
+  if isinstance(value, Mapping):
+    return "{" + ",".join(f"{k}:{format_value(k, v)}" for k, v in value.items()) + "}"
+  return str(value)
+
+
+def labels(overrides: Sequence[Mapping]) -> list[str]:
+  """One label per override dict: 'key=value' for each key whose value varies within the sweep (the first key
+  when none varies), keys by their last dotted component."""
+  keys = list(dict.fromkeys(k for o in overrides for k in o))
+  varying = [k for k in keys if len({json.dumps(o.get(k), sort_keys=True, default=str) for o in overrides}) > 1]
+  shown = varying or keys[:1]
+  out = [", ".join(f"{k.rsplit('.', 1)[-1]}={format_value(k, o.get(k))}" for k in shown) for o in overrides]
+  if len(set(out)) != len(out):
+    raise ValueError(f"sweep has duplicate runs: labels {out}")
+  return out
+
+
+def run_dir(label: str) -> str:
+  """A directory name for a label ('support_cap=5', 'model_name=two_tower')."""
+  return re.sub(r"[^A-Za-z0-9._=,+-]", "_", label.replace(", ", ","))
+
+
+def table_values(per_run: Mapping[str, Mapping]) -> dict:
+  """{label: method values of that run} -> {'method @ label': {scenario: {metric: [per seed]}}}, methods in
+  first-seen order, each method's runs in sweep order (so a scenario's rows read down the sweep)."""
+  methods = list(dict.fromkeys(m for values in per_run.values() for m in values))
+  return {f"{m}{SEP}{label}": values[m] for m in methods for label, values in per_run.items() if m in values}
+
+
+def scenario_tables(values: Mapping) -> dict[str, list[report.Row]]:
+  """`report.summarize` rows split into one table per scenario."""
+  tables: dict[str, list[report.Row]] = {}
+  for row in report.summarize(values):
+    tables.setdefault(row.scenario, []).append(row)
+  return tables
+
+
+def ablate(
+  spec: str, sweep: str, overrides: Sequence[dict], base: dict, runs: str, baselines: bool | Sequence[str] = True
+) -> dict:
+  """Runs (or reuses) every run of one sweep.
+
+  Args:
+    spec: config spec; sweep: its name; overrides: its override dicts.
+    base: overrides applied before each run's own (seeds, budget).
+    runs: runs root; run workdirs are RUNS/ablate/<config name>/<run label>/.
+    baselines: the reference baselines kept in the table values: True all, False none, or their names.
+  Returns:
+    {"labels": [...], "values": {label: method values}, "runs": [per-run record for the .json]}.
+  """
+  config = runner.load_config(spec)
+  names = labels(overrides)
+  configs = [runner.apply_overrides(config, base | o) for o in overrides]  # every typo fails before any run
+  root = os.path.join(runs, "ablate", runner.config_name(spec))
+  data_cache: dict = {}
+  values, records = {}, []
+  for label, o, c in zip(names, overrides, configs):
+    data_key = (c.dataset_name, json.dumps(c.dataset.to_dict(), sort_keys=True, default=str))
+    if data_key not in data_cache:
+      data_cache[data_key] = load_dataset(c.dataset_name, **c.dataset.to_dict())
+    workdir = os.path.join(root, run_dir(label))
+    print(f"== {sweep}: {label} -> {workdir}", flush=True)
+    info = runner.run(c, workdir, data=data_cache[data_key])
+    values[label] = runner.method_values(info.results, baselines)
+    records.append(
+      {
+        "label": label,
+        "overrides": o,
+        "workdir": workdir,
+        "wall": runner.describe_wall(info),
+        "wall_seconds": info.wall_seconds,
+        "reused": info.reused,
+        "results": info.results,
+      }
+    )
+  return {"labels": names, "values": values, "runs": records}
+
+
+def write(spec: str, sweep: str, out: dict, base: dict, wall: float, out_dir: str, command: str) -> tuple[str, ...]:
+  """Writes ablate_<config>_<sweep>.{md,csv,json}; returns the paths."""
+  stem = os.path.join(out_dir, f"ablate_{runner.config_name(spec)}_{sweep}")
+  first = out["runs"][0]["results"]
+  sweep_list = ", ".join("`" + json.dumps(r["overrides"], default=str) + "`" for r in out["runs"])
+  walls = [f"{r['label']}: {r['wall']}" for r in out["runs"]]
+  total = sum(r["wall_seconds"] or 0.0 for r in out["runs"])
+  header = "\n".join(
+    [
+      f"# Ablation `{sweep}` of {runner.config_name(spec)} ({first['dataset']}, protocol {first['protocol']} "
+      f"v{first['protocol_version']})",
+      "",
+      f"`{command}`",
+      "",
+      f"- sweep: {sweep_list}",
+      f"- base overrides: {', '.join(f'`{k}={v!r}`' for k, v in base.items()) or 'none'}",
+      f"- commit: {runner.commit()}",
+      f"- seeds: {first['seeds']}; {first['train']['steps']} meta-steps per learner",
+      f"- wall time: {total:.1f} s of runs ({'; '.join(walls)}); this command {wall:.1f} s",
+      f"- machine: {runner.machine()}",
+      "",
+      f"Rows are `method{SEP}override`; mean ± std over seeds (population std, ddof=0).",
+      "",
+    ]
+  )
+  md, csv = report.write_tables(scenario_tables(table_values(out["values"])), stem, header=header)
+  with open(f"{stem}.json", "w") as f:
+    json.dump({"config": spec, "sweep": sweep, "base_overrides": base, "runs": out["runs"]}, f, indent=1, default=str)
+  return md, csv, f"{stem}.json"
+
+
+def _baselines(flag: str) -> bool | list[str]:
+  """--baselines: 'all' -> True, 'none' or '' -> False, 'a,b' -> ['a', 'b']."""
+  if flag == "all":
+    return True
+  return [b for b in flag.split(",") if b] if flag not in ("none", "") else False
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True, help="config spec: name or name:arg (configs/<name>.py)")
+  parser.add_argument("--sweep", default=None, help="sweep name (see --list) or 'all'")
+  parser.add_argument("--list", action="store_true", help="print the config's sweeps and exit")
+  parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the config's)")
+  parser.add_argument(
+    "--set",
+    dest="sets",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config field for every run (repeatable), e.g. --set num_steps=100",
+  )
+  parser.add_argument(
+    "--baselines", default="all", help="reference baselines in the table: 'all', 'none' or comma-separated names"
+  )
+  parser.add_argument("--runs", default="runs", help="runs root (workdirs under RUNS/ablate/<config>/<run>)")
+  parser.add_argument("--out", default="experiments/results", help="directory of the tables")
+  parser.add_argument(
+    "--compilation_cache",
+    default="auto",
+    help="persistent XLA cache dir shared by the runs; 'auto': RUNS/jax_cache, '': off",
+  )
+  args = parser.parse_args(argv)
+  if args.seeds is not None and args.seeds < 1:
+    parser.error(f"--seeds={args.seeds} must be >= 1")
+  module, _ = runner.config_module(args.config)
+  sweeps = named_sweeps(module, args.sweep)
+  if args.list or args.sweep is None:
+    for name, overrides in sweeps.items():
+      print(f"{name}: {', '.join(labels(overrides))}")
+    if not args.list:
+      parser.error("--sweep is required: one of the names above, or 'all'")
+    return 0
+  chosen = select(sweeps, args.sweep)
+  base = ({"seeds": args.seeds} if args.seeds is not None else {}) | runner.parse_sets(args.sets)
+  runner.enable_compilation_cache(
+    os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
+  )
+  command = "python -m experiments.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
+  for name, overrides in chosen.items():
+    start = time.time()
+    out = ablate(args.config, name, overrides, base, args.runs, baselines=_baselines(args.baselines))
+    for path in write(args.config, name, out, base, time.time() - start, args.out, command):
+      print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
