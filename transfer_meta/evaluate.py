@@ -55,9 +55,16 @@ def make_eval_step(
     return jax.vmap(one_task, in_axes=(None, 0, 0, 0))(meta_params, batch["support"], batch["query"], keys)
 
   if mesh is None:
-    return jax.jit(eval_step)
-  rep = sharding.replicated(mesh)
-  return jax.jit(eval_step, in_shardings=(rep, sharding.task_sharding(mesh, 0), rep), out_shardings=rep)
+    jitted = jax.jit(eval_step)
+  else:
+    rep = sharding.replicated(mesh)
+    jitted = jax.jit(eval_step, in_shardings=(rep, sharding.task_sharding(mesh, 0), rep), out_shardings=rep)
+
+  def ordered(meta_params, batch, key):  # jit returns dicts with sorted keys; keep the declared metric order
+    out = jitted(meta_params, batch, key)
+    return {name: out[name] for name in names}
+
+  return ordered
 
 
 def evaluate_tasks(eval_step: Callable, meta_params, batches, key: jax.Array, mesh: Mesh | None = None) -> dict:
