@@ -82,7 +82,8 @@ def evaluate_tasks(eval_step: Callable, meta_params, batches, key: jax.Array, me
   per_task, masks = [], []
   for batch in batches:
     placed = sharding.shard_batch(batch, mesh, 0) if mesh is not None else batch
-    per_task.append(jax.device_get(eval_step(meta_params, placed, key)))
+    out = eval_step(meta_params, placed, key)
+    per_task.append({name: jax.device_get(v) for name, v in out.items()})  # per leaf: a pytree would sort keys
     masks.append(np.asarray(batch["task_mask"], bool))
   if not per_task:
     raise ValueError("evaluate_tasks got no batches (empty task set)")
