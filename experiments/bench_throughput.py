@@ -26,7 +26,6 @@ bf16 with f32 meta-parameters (`transfer_meta.precision`). Each case appends a r
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import time
 
@@ -99,37 +98,10 @@ def setup(args: argparse.Namespace, first_order: bool, inner_steps: int):
 
 
 def chunked_meta_step_fn(learner, tx, chunk_size: int):
-  """The trainer's meta-step with the task mean computed by `chunking.mean_task_grads(chunk_size)`.
+  """The trainer's own meta-step with the task mean computed chunk by chunk (`train.meta_step_fn(chunk_size=)`)."""
+  from transfer_meta import train
 
-  Uses `train.meta_step_fn(..., chunk_size=)` when the trainer has that keyword; otherwise this mirror of it
-  (same state, batch, keys and metrics; only the vmap + masked mean lines differ).
-  """
-  import jax
-  import optax
-
-  from transfer_meta import chunking, train
-
-  if "chunk_size" in inspect.signature(train.meta_step_fn).parameters:
-    return train.meta_step_fn(learner, tx, chunk_size=chunk_size), "train.meta_step_fn(chunk_size)"
-
-  def one_seed(meta_params, opt_state, batch, key):
-    task_keys = jax.random.split(key, batch["task_mask"].shape[0])
-    task = {"support": batch["support"], "query": batch["query"]}
-    grads, metrics = chunking.mean_task_grads(
-      learner.task_grad, meta_params, task, task_keys, batch["task_mask"], chunk_size
-    )
-    updates, opt_state = tx.update(grads, opt_state, meta_params)
-    meta_params = optax.apply_updates(meta_params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["param_norm"] = optax.tree.norm(meta_params)
-    return meta_params, opt_state, metrics
-
-  def meta_step(state, batch, keys):
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, state["step"]))(keys)
-    meta_params, opt_state, metrics = jax.vmap(one_seed)(state["meta_params"], state["opt_state"], batch, step_keys)
-    return {"meta_params": meta_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-  return meta_step, "bench mirror of train.meta_step_fn + chunking.mean_task_grads"
+  return train.meta_step_fn(learner, tx, chunk_size=chunk_size), "train.meta_step_fn(chunk_size)"
 
 
 def loop_baseline(learner, tx, host_batch: dict, meta_params, opt_state, reps: int) -> float:
