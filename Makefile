@@ -4,28 +4,37 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint baselines bench clean
+.PHONY: run test lint baselines clean
 
-$(STAMP): requirements.txt requirements-tfds.txt requirements-test.txt pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-test.txt
-	$(BIN)/pip install -q --no-deps -e .
-	touch $(STAMP)
 
-run: $(STAMP)
+# Runtime only (what `make run` needs): the pinned core requirements and the package itself.
+$(RUN_STAMP): $(BIN)/python requirements.txt pyproject.toml
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(RUN_STAMP)
+
+# Tests add the tools and the optional TFDS extra (its loader is tested offline with mock data).
+$(TEST_STAMP): $(RUN_STAMP) requirements-tfds.txt requirements-test.txt
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $(TEST_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/python -m transfer_meta.main --config=configs/melu_ml100k.py --workdir=runs/melu_ml100k
 
-baselines: $(STAMP)
+baselines: $(RUN_STAMP)
 	$(BIN)/python -m experiments.baselines --seeds=5
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check transfer_meta tests experiments configs
 
-test: $(STAMP) lint
-	XLA_FLAGS="$(XLA_FLAGS)" $(BIN)/python -m pytest -q tests
+test: $(TEST_STAMP) lint
+	$(BIN)/python -m pytest -q tests
 
 clean:
 	rm -rf $(VENV) runs
