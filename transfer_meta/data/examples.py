@@ -54,7 +54,7 @@ class FeatureSpec:
   item_dense_dim: int
 
   @classmethod
-  def from_interactions(cls, data: Interactions) -> "FeatureSpec":
+  def from_interactions(cls, data: Interactions) -> FeatureSpec:
     u, i = data.user_features, data.item_features
     return cls(
       data.n_users,
@@ -80,7 +80,7 @@ class FeatureMatrices:
   item_dense: np.ndarray  # f32 [I, Di]
 
   @classmethod
-  def from_interactions(cls, data: Interactions) -> "FeatureMatrices":
+  def from_interactions(cls, data: Interactions) -> FeatureMatrices:
     u, i = data.user_features, data.item_features
     return cls(u.cat_matrix(), i.cat_matrix(), u.multi_matrix(), i.multi_matrix(), u.dense_matrix(), i.dense_matrix())
 

@@ -39,7 +39,7 @@ class TaskSet:
         raise DataError(f"TaskSet: malformed {name}_ptr for {T} tasks and {rows.shape[0]} rows")
 
   @classmethod
-  def from_lists(cls, task_ids, support: list, query: list) -> "TaskSet":
+  def from_lists(cls, task_ids, support: list, query: list) -> TaskSet:
     """Builds from per-task lists of row indices."""
 
     def csr(lists):
@@ -70,12 +70,12 @@ class TaskSet:
   def all_rows(self) -> np.ndarray:
     return np.concatenate([self.support_rows, self.query_rows])
 
-  def subset(self, idx: np.ndarray) -> "TaskSet":
+  def subset(self, idx: np.ndarray) -> TaskSet:
     """The tasks at positions `idx`, in that order."""
     idx = np.asarray(idx, np.int64)
     return TaskSet.from_lists(self.task_ids[idx], [self.support(t) for t in idx], [self.query(t) for t in idx])
 
-  def cap_support(self, k: int | None) -> "TaskSet":
+  def cap_support(self, k: int | None) -> TaskSet:
     """Keeps the first `k` support rows of each task (support rows are stored in random order, so this is
     a random subset). `None` keeps all. Used by support-size (K-shot) ablations."""
     if k is None:
