@@ -32,6 +32,7 @@ baselines: $(RUN_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check transfer_meta tests experiments configs
+	$(BIN)/ruff format --check transfer_meta tests experiments configs
 
 test: $(TEST_STAMP) lint
 	$(BIN)/python -m pytest -q tests
