@@ -11,10 +11,10 @@ from transfer_meta import metrics
 from transfer_meta.data import DATASETS, load_dataset
 from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
 from transfer_meta.data.interactions import DataError, FeatureTable, Interactions
-from transfer_meta.data.protocols import make_protocol
+from transfer_meta.data.protocols import PROTOCOLS, make_protocol
 from transfer_meta.data.split import ColdStartSplit, TaskSet
-from transfer_meta.learners import get_learner
-from transfer_meta.models import get_model
+from transfer_meta.learners import LEARNERS, get_learner
+from transfer_meta.models import MODELS, get_model
 from transfer_meta.serving import adapt, load_meta_params
 from transfer_meta.train import train_and_evaluate
 
@@ -22,6 +22,9 @@ __version__ = "0.1.0"
 
 __all__ = [
   "DATASETS",
+  "LEARNERS",
+  "MODELS",
+  "PROTOCOLS",
   "ColdStartSplit",
   "DataError",
   "FeatureMatrices",
