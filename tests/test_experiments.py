@@ -297,7 +297,14 @@ def test_every_sweep_of_every_config_applies(spec):
   for overrides in ablate.named_sweeps(module).values():
     ablate.labels(overrides)
     for o in overrides:
-      runner.apply_overrides(config, o)  # raises on a key the config lacks
+      applied = runner.apply_overrides(config, o)  # raises on a key the config lacks
+      for key, value in o.items():
+        node = applied
+        for part in key.split("."):
+          node = node[part]
+        want = value.to_dict() if hasattr(value, "to_dict") else value
+        got = node.to_dict() if hasattr(node, "to_dict") else node
+        assert got == want or tuple(got) == tuple(want), (spec, key, got, want)
 
 
 def test_ablate_cli_refuses_an_unknown_sweep_before_running(tmp_path):
