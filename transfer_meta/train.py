@@ -333,6 +333,8 @@ class MetricsLog:
     self._rewrite(lambda rec: True)
 
   def write(self, record: dict) -> None:
+    if not _is_writer():
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
       f.flush()
@@ -355,7 +357,14 @@ class MetricsLog:
     _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+def _is_writer() -> bool:
+  """Only process 0 writes run files and prints (every process computes the same replicated values)."""
+  return jax.process_index() == 0
+
+
 def _atomic_write(path: str, text: str) -> None:
+  if not _is_writer():
+    return
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
     f.write(text)
@@ -487,7 +496,9 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
 
   chunk = config.chunk_size or None
   meta_step = jit_meta_step(meta_step_fn(learner, tx, chunk, mesh.devices.size if chunk else 1), mesh)
-  bar = tqdm(total=config.num_steps, initial=start, desc=name, unit="step", disable=not config.progress)
+  bar = tqdm(
+    total=config.num_steps, initial=start, desc=name, unit="step", disable=not (config.progress and _is_writer())
+  )
   show, postfix = ("train/outer_loss", "train/grad_norm", config.select_metric), {}
   t0 = time.time()
   for step in range(start, config.num_steps):
@@ -643,8 +654,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: In
   _atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   table = results_table(results)
   _atomic_write(os.path.join(workdir, "results.md"), table)
-  print(
-    f"\n{config.dataset_name} / {results['protocol']} v{results['protocol_version']}, {len(exp.seeds)} seeds, "
-    f"mean ± std over seeds (selected on {config.select_metric}):\n{table}"
-  )
+  if _is_writer():
+    print(
+      f"\n{config.dataset_name} / {results['protocol']} v{results['protocol_version']}, {len(exp.seeds)} seeds, "
+      f"mean ± std over seeds (selected on {config.select_metric}):\n{table}"
+    )
   return results
