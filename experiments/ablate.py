@@ -209,28 +209,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--config", required=True, help="config spec: name or name:arg (configs/<name>.py)")
   parser.add_argument("--sweep", default=None, help="sweep name (see --list) or 'all'")
   parser.add_argument("--list", action="store_true", help="print the config's sweeps and exit")
-  parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the config's)")
-  parser.add_argument(
-    "--set",
-    dest="sets",
-    action="append",
-    default=[],
-    metavar="KEY=VALUE",
-    help="override a config field for every run (repeatable), e.g. --set num_steps=100",
-  )
   parser.add_argument(
     "--baselines", default="all", help="reference baselines in the table: 'all', 'none' or comma-separated names"
   )
-  parser.add_argument("--runs", default="runs", help="runs root (workdirs under RUNS/ablate/<config>/<run>)")
-  parser.add_argument("--out", default="experiments/results", help="directory of the tables")
-  parser.add_argument(
-    "--compilation_cache",
-    default="auto",
-    help="persistent XLA cache dir shared by the runs; 'auto': RUNS/jax_cache, '': off",
-  )
-  args = parser.parse_args(argv)
-  if args.seeds is not None and args.seeds < 1:
-    parser.error(f"--seeds={args.seeds} must be >= 1")
+  runner.add_run_args(parser, "RUNS/ablate/<config>/<run>")
+  args = runner.parse_run_args(parser, argv)
   module, _ = runner.config_module(args.config)
   sweeps = named_sweeps(module, args.sweep)
   if args.list or args.sweep is None:

@@ -84,23 +84,8 @@ def reproduce(spec: str, seeds: int | None, overrides: dict, runs: str, out: str
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--configs", required=True, help="comma-separated config specs (name or name:arg)")
-  parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the config's)")
-  parser.add_argument(
-    "--set",
-    dest="sets",
-    action="append",
-    default=[],
-    metavar="KEY=VALUE",
-    help="override a config field by dotted key (repeatable), e.g. --set num_steps=100",
-  )
-  parser.add_argument("--runs", default="runs", help="runs root (workdirs under RUNS/reproduce/<config>)")
-  parser.add_argument("--out", default="experiments/results", help="directory of the tables")
-  parser.add_argument(
-    "--compilation_cache", default="auto", help="persistent XLA cache dir; 'auto': RUNS/jax_cache, '': off"
-  )
-  args = parser.parse_args(argv)
-  if args.seeds is not None and args.seeds < 1:
-    parser.error(f"--seeds={args.seeds} must be >= 1")
+  runner.add_run_args(parser, "RUNS/reproduce/<config>")
+  args = runner.parse_run_args(parser, argv)
   specs = [s for s in args.configs.split(",") if s]
   if not specs:
     parser.error("--configs names no config")

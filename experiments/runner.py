@@ -9,6 +9,7 @@ run), read a run's results into table values, and record where the numbers came 
 
 from __future__ import annotations
 
+import argparse
 import ast
 import copy
 import importlib.util
@@ -244,3 +245,31 @@ def enable_compilation_cache(path: str) -> None:
   if path:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def add_run_args(parser: argparse.ArgumentParser, runs_layout: str) -> None:
+  """The options every experiment script shares: seeds, overrides, where runs and tables go, the XLA cache."""
+  parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the config's)")
+  parser.add_argument(
+    "--set",
+    dest="sets",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config field by dotted key for every run (repeatable), e.g. --set num_steps=100",
+  )
+  parser.add_argument("--runs", default="runs", help=f"runs root (workdirs under {runs_layout})")
+  parser.add_argument("--out", default="experiments/results", help="directory of the tables")
+  parser.add_argument(
+    "--compilation_cache",
+    default="auto",
+    help="persistent XLA cache dir shared by the runs; 'auto': RUNS/jax_cache, '': off",
+  )
+
+
+def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+  """`parser.parse_args` plus the checks of the shared options."""
+  args = parser.parse_args(argv)
+  if args.seeds is not None and args.seeds < 1:
+    parser.error(f"--seeds={args.seeds} must be >= 1")
+  return args
