@@ -34,9 +34,9 @@ import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from transfer_meta import chunking, evaluate, precision, report, sharding
+from transfer_meta import chunking, evaluate, precision, runlog, sharding
 from transfer_meta import metrics as metrics_lib
-from transfer_meta.baselines import evaluate_baselines
+from transfer_meta import results as results_lib
 from transfer_meta.checkpoint import Checkpointer
 from transfer_meta.data import load_dataset
 from transfer_meta.data.examples import FeatureMatrices, FeatureSpec
@@ -313,65 +313,6 @@ def unstack(tree, n: int):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Logging: metrics.jsonl, rewound to the restored step on resume so its content matches an uninterrupted run.
-
-
-class MetricsLog:
-  """Appends one JSON object per logged step to `path`; records carry 'learner' and 'step'."""
-
-  def __init__(self, path: str, order: Sequence[str]):
-    self.path = path
-    self.order = list(order)
-
-  def rewind(self, learner: str, step: int) -> None:
-    """Drops `learner`'s records after `step` (written after its restored checkpoint) and a torn last line,
-    and puts the records in canonical order (learners in training order, steps ascending)."""
-    self._rewrite(lambda rec: not (rec.get("learner") == learner and rec.get("step", 0) > step))
-
-  def canonicalize(self) -> None:
-    """Orders the records canonically (a fallback past a corrupt checkpoint appends out of order)."""
-    self._rewrite(lambda rec: True)
-
-  def write(self, record: dict) -> None:
-    if not _is_writer():
-      return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-      f.flush()
-
-  def _rewrite(self, keep: Callable[[dict], bool]) -> None:
-    if not os.path.exists(self.path):
-      return
-    records = []
-    with open(self.path) as f:
-      for line in f:
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError:
-          continue  # a line cut by a kill mid-write
-    rank = lambda rec: (
-      self.order.index(rec["learner"]) if rec.get("learner") in self.order else len(self.order),
-      rec.get("step", 0),
-    )
-    records = sorted((r for r in records if keep(r)), key=rank)
-    _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in records))
-
-
-def _is_writer() -> bool:
-  """Only process 0 writes run files and prints (every process computes the same replicated values)."""
-  return jax.process_index() == 0
-
-
-def _atomic_write(path: str, text: str) -> None:
-  if not _is_writer():
-    return
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Training one learner on every seed, with selection and checkpoints.
 
 
@@ -444,7 +385,7 @@ def _validate(exp: Experiment, eval_step: Callable, meta_params, valid: list, ev
   ]
 
 
-def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: MetricsLog) -> Trained:
+def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: runlog.MetricsLog) -> Trained:
   """Trains learner `name` on every seed of `exp` (resuming from its checkpoints), selecting on valid.
 
   Returns:
@@ -497,7 +438,7 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
   chunk = config.chunk_size or None
   meta_step = jit_meta_step(meta_step_fn(learner, tx, chunk, mesh.devices.size if chunk else 1), mesh)
   bar = tqdm(
-    total=config.num_steps, initial=start, desc=name, unit="step", disable=not (config.progress and _is_writer())
+    total=config.num_steps, initial=start, desc=name, unit="step", disable=not (config.progress and runlog.is_writer())
   )
   show, postfix = ("train/outer_loss", "train/grad_norm", config.select_metric), {}
   t0 = time.time()
@@ -555,76 +496,7 @@ def evaluate_trained(exp: Experiment, trained: Trained) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reference baselines, results and the entry point.
-
-
-def run_baselines(exp: Experiment) -> dict:
-  """Each of `config.baselines` on every seed's scenarios: {name: [{scenario: {metric: float}}] per seed}."""
-  names = tuple(exp.config.baselines)
-  if not names:
-    return {}
-  per_seed = [evaluate_baselines(exp.data, st.split, names, seed=st.seed) for st in exp.seeds]
-  return {name: [r[name] for r in per_seed] for name in names}
-
-
-def _results(exp: Experiment, main: dict, comparisons: dict, base: dict, trained: dict) -> dict:
-  config, split = exp.config, exp.seeds[0].split
-  name = config.learner_name
-  tasks = config.num_steps * config.batch_size * len(exp.seeds)
-  train = {
-    "steps": config.num_steps,
-    "seconds": round(trained[name].seconds, 3),
-    "tasks_per_second": round(tasks / max(trained[name].seconds, 1e-9), 2),
-    "learners": {
-      n: {"seconds": round(t.seconds, 3), "tasks_per_second": round(tasks / max(t.seconds, 1e-9), 2)}
-      for n, t in trained.items()
-    },
-  }
-  return {
-    "dataset": config.dataset_name,
-    "protocol": split.protocol,
-    "protocol_version": split.version,
-    "learner": name,
-    "model": config.model_name,
-    "seeds": [st.seed for st in exp.seeds],
-    "metrics": evaluate.summarize(main),
-    "train": train,
-    "comparisons": {n: evaluate.summarize(v) for n, v in comparisons.items()},
-    "baselines": {n: evaluate.summarize(v) for n, v in base.items()},
-    "selection": {
-      "metric": config.select_metric,
-      "mode": config.select_mode,
-      "best_step": {n: t.selection.step for n, t in trained.items()},
-      "best_value": {n: t.selection.value for n, t in trained.items()},
-    },
-    "manifest_hashes": [st.split.manifest["hash"] for st in exp.seeds],
-  }
-
-
-def results_table(results: dict) -> str:
-  """Markdown table of scenarios x metrics: the learner, its comparisons, then the reference baselines."""
-  methods = {results["learner"]: results["metrics"], **results.get("comparisons", {}), **results.get("baselines", {})}
-  per_seed = {
-    m: {s: {k: v["per_seed"] for k, v in per.items()} for s, per in metrics.items()} for m, metrics in methods.items()
-  }
-  rows = report.summarize(per_seed)
-  return report.to_markdown(rows, [m for m in report.columns(rows) if "/" not in m])  # not 'auc/tasks' counts
-
-
-def _write_run_files(exp: Experiment, workdir: str) -> None:
-  """config.json (refusing a workdir that holds a different run) and split_manifest.json."""
-  path = os.path.join(workdir, "config.json")
-  config_json = json.loads(exp.config.to_json())
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    diff = sorted(k for k in set(old) | set(config_json) if old.get(k) != config_json.get(k))
-    if diff:
-      raise ValueError(f"{workdir} holds a run with a different config (keys {diff}); use a fresh --workdir")
-  _atomic_write(path, json.dumps(config_json, indent=1, sort_keys=True))
-  _atomic_write(
-    os.path.join(workdir, "split_manifest.json"), json.dumps([st.split.manifest for st in exp.seeds], indent=1)
-  )
+# The entry point.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Interactions | None = None) -> dict:
@@ -639,22 +511,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: In
   """
   os.makedirs(workdir, exist_ok=True)
   exp = build_experiment(config, data)
-  _write_run_files(exp, workdir)
+  results_lib.write_run_files(exp, workdir)
   log.info("%s; %s", exp.data.summary(), {n: ts.stats() for n, ts in exp.seeds[0].split.tasks.items()})
   specs = _learner_specs(config)
   order = [n for n, _ in specs]
-  mlog = MetricsLog(os.path.join(workdir, "metrics.jsonl"), order)
+  mlog = runlog.MetricsLog(os.path.join(workdir, "metrics.jsonl"), order)
   trained, evaluated = {}, {}
   for name, kwargs in specs:
     trained[name] = train_learner(exp, name, kwargs, workdir, mlog)
     evaluated[name] = evaluate_trained(exp, trained[name])
   mlog.canonicalize()
-  base = run_baselines(exp)
-  results = _results(exp, evaluated[config.learner_name], {n: evaluated[n] for n in order[1:]}, base, trained)
-  _atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
-  table = results_table(results)
-  _atomic_write(os.path.join(workdir, "results.md"), table)
-  if _is_writer():
+  base = results_lib.run_baselines(exp)
+  comparisons = {n: evaluated[n] for n in order[1:]}
+  results = results_lib.build_results(exp, evaluated[config.learner_name], comparisons, base, trained)
+  runlog.atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
+  table = results_lib.results_table(results)
+  runlog.atomic_write(os.path.join(workdir, "results.md"), table)
+  if runlog.is_writer():
     print(
       f"\n{config.dataset_name} / {results['protocol']} v{results['protocol_version']}, {len(exp.seeds)} seeds, "
       f"mean ± std over seeds (selected on {config.select_metric}):\n{table}"

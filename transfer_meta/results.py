@@ -1,0 +1,84 @@
+"""What a run leaves besides checkpoints: reference baselines on its splits, results.json, the printed table,
+config.json and split_manifest.json (written by process 0 only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+from transfer_meta import evaluate, report
+from transfer_meta.baselines import evaluate_baselines
+from transfer_meta.runlog import atomic_write
+
+if TYPE_CHECKING:
+  from transfer_meta.train import Experiment
+
+
+def run_baselines(exp: Experiment) -> dict:
+  """Each of `config.baselines` on every seed's scenarios: {name: [{scenario: {metric: float}}] per seed}."""
+  names = tuple(exp.config.baselines)
+  if not names:
+    return {}
+  per_seed = [evaluate_baselines(exp.data, st.split, names, seed=st.seed) for st in exp.seeds]
+  return {name: [r[name] for r in per_seed] for name in names}
+
+
+def build_results(exp: Experiment, main: dict, comparisons: dict, base: dict, trained: dict) -> dict:
+  config, split = exp.config, exp.seeds[0].split
+  name = config.learner_name
+  tasks = config.num_steps * config.batch_size * len(exp.seeds)
+  train = {
+    "steps": config.num_steps,
+    "seconds": round(trained[name].seconds, 3),
+    "tasks_per_second": round(tasks / max(trained[name].seconds, 1e-9), 2),
+    "learners": {
+      n: {"seconds": round(t.seconds, 3), "tasks_per_second": round(tasks / max(t.seconds, 1e-9), 2)}
+      for n, t in trained.items()
+    },
+  }
+  return {
+    "dataset": config.dataset_name,
+    "protocol": split.protocol,
+    "protocol_version": split.version,
+    "learner": name,
+    "model": config.model_name,
+    "seeds": [st.seed for st in exp.seeds],
+    "metrics": evaluate.summarize(main),
+    "train": train,
+    "comparisons": {n: evaluate.summarize(v) for n, v in comparisons.items()},
+    "baselines": {n: evaluate.summarize(v) for n, v in base.items()},
+    "selection": {
+      "metric": config.select_metric,
+      "mode": config.select_mode,
+      "best_step": {n: t.selection.step for n, t in trained.items()},
+      "best_value": {n: t.selection.value for n, t in trained.items()},
+    },
+    "manifest_hashes": [st.split.manifest["hash"] for st in exp.seeds],
+  }
+
+
+def results_table(results: dict) -> str:
+  """Markdown table of scenarios x metrics: the learner, its comparisons, then the reference baselines."""
+  methods = {results["learner"]: results["metrics"], **results.get("comparisons", {}), **results.get("baselines", {})}
+  per_seed = {
+    m: {s: {k: v["per_seed"] for k, v in per.items()} for s, per in metrics.items()} for m, metrics in methods.items()
+  }
+  rows = report.summarize(per_seed)
+  return report.to_markdown(rows, [m for m in report.columns(rows) if "/" not in m])  # not 'auc/tasks' counts
+
+
+def write_run_files(exp: Experiment, workdir: str) -> None:
+  """config.json (refusing a workdir that holds a different run) and split_manifest.json."""
+  path = os.path.join(workdir, "config.json")
+  config_json = json.loads(exp.config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    diff = sorted(k for k in set(old) | set(config_json) if old.get(k) != config_json.get(k))
+    if diff:
+      raise ValueError(f"{workdir} holds a run with a different config (keys {diff}); use a fresh --workdir")
+  atomic_write(path, json.dumps(config_json, indent=1, sort_keys=True))
+  atomic_write(
+    os.path.join(workdir, "split_manifest.json"), json.dumps([st.split.manifest for st in exp.seeds], indent=1)
+  )
