@@ -146,6 +146,11 @@ def _binary_relevance(target: jax.Array, mask: jax.Array, rel: Relevance, index:
   return mask & (g < rel.value)
 
 
+def binary_relevance(target: jax.Array, mask: jax.Array, rel: Relevance) -> jax.Array:
+  """bool [Q]: the masked items relevant under `rel` (tie-aware 'top:n'), for other evaluators (`ranking`)."""
+  return _binary_relevance(target, mask, rel, False)
+
+
 def _discount_prefix(q: int, k: int) -> jax.Array:
   """f32 [Q + 1]: D[p] = sum over positions < p of 1/log2(pos + 2), positions >= k contributing 0."""
   pos = jnp.arange(q)
