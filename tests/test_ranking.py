@@ -65,7 +65,9 @@ def _brute_catalogue(name):
 
 
 def test_catalogue_metrics_equal_brute_force_over_tie_orders():
-  got = R.catalogue_batch(NAMES, SCORES[None], UNRATED[None], Q_INDEX[None], Q_TARGET[None], Q_MASK[None], "threshold:4")
+  got = R.catalogue_batch(
+    NAMES, SCORES[None], UNRATED[None], Q_INDEX[None], Q_TARGET[None], Q_MASK[None], "threshold:4"
+  )
   for name in NAMES:
     assert float(got[name][0]) == pytest.approx(_brute_catalogue(name), abs=1e-6), name
 
@@ -73,7 +75,9 @@ def test_catalogue_metrics_equal_brute_force_over_tie_orders():
 def test_catalogue_hand_values():
   # Candidates 0(.5) 2(.7) 3(.7) 5(.7) 6(.2) 7(.5) 8(.5); relevant 2 and 7. Entry 2 ties with 3 and 5 for
   # positions 0-2, so P(2 at position 0) = 1/3 = hr@1 (7 sits at 3..5, never first).
-  got = R.catalogue_batch(("hr@1", "auc"), SCORES[None], UNRATED[None], Q_INDEX[None], Q_TARGET[None], Q_MASK[None], "threshold:4")
+  got = R.catalogue_batch(
+    ("hr@1", "auc"), SCORES[None], UNRATED[None], Q_INDEX[None], Q_TARGET[None], Q_MASK[None], "threshold:4"
+  )
   assert float(got["hr@1"][0]) == pytest.approx(1 / 3)
   # AUC over 2 relevant x 5 negatives: entry 2 beats 0, 6, 8 and ties 3, 5 -> 4; entry 7 beats 6, ties 0, 8 -> 2.
   assert float(got["auc"][0]) == pytest.approx(6 / 10)
@@ -99,8 +103,13 @@ def test_catalogue_equals_query_metrics_when_only_the_query_is_a_candidate():
 def test_catalogue_task_without_relevant_items_is_undefined_and_skipped():
   target = np.array([[1, 2, 3, 1, 0], Q_TARGET], np.float32)
   got = R.catalogue_batch(
-    ("recall@2", "auc"), np.stack([SCORES] * 2), np.stack([UNRATED] * 2), np.stack([Q_INDEX] * 2), target,
-    np.stack([Q_MASK] * 2), "threshold:4",
+    ("recall@2", "auc"),
+    np.stack([SCORES] * 2),
+    np.stack([UNRATED] * 2),
+    np.stack([Q_INDEX] * 2),
+    target,
+    np.stack([Q_MASK] * 2),
+    "threshold:4",
   )
   assert np.isnan(got["recall@2"][0]) and not np.isnan(got["recall@2"][1])
   agg = R.aggregate(got, np.array([True, True]))
@@ -111,7 +120,9 @@ def test_sampled_metrics_equal_brute_force():
   # Relevant query entries 2 (score .7) and 7 (.5), each against its own 3 negatives with ties.
   negatives = np.array([[3, 6, 8], [0, 0, 0], [3, 8, 6], [0, 0, 0], [0, 0, 0]], np.int32)
   names = ("hr@1", "hr@2", "recall@2", "precision@2", "ndcg_bin@2", "mrr@3", "auc")
-  got = R.sampled_batch(names, SCORES[None], Q_INDEX[None], Q_TARGET[None], Q_MASK[None], negatives[None], "threshold:4")
+  got = R.sampled_batch(
+    names, SCORES[None], Q_INDEX[None], Q_TARGET[None], Q_MASK[None], negatives[None], "threshold:4"
+  )
   for name in names:
     per_item = []
     for slot in (0, 2):
@@ -119,7 +130,9 @@ def test_sampled_metrics_equal_brute_force():
       # Distinct labels for the candidates (negatives are catalogue entries, the positive is `entry`).
       cands = [("pos", entry)] + [("neg", int(n)) for n in negatives[slot]]
       sc = {c: SCORES[c[1]] for c in cands}
-      per_item.append(np.mean([_brute(name, o, {("pos", entry)}, {("pos", entry): 1.0}) for o in _tie_orders(cands, sc)]))
+      per_item.append(
+        np.mean([_brute(name, o, {("pos", entry)}, {("pos", entry): 1.0}) for o in _tie_orders(cands, sc)])
+      )
     assert float(got[name][0]) == pytest.approx(np.mean(per_item), abs=1e-6), name
 
 
@@ -169,5 +182,7 @@ def test_intra_list_diversity_by_hand():
 
 def test_novelty_by_hand():
   counts = np.array([7, 3, 0, 1, 1])  # training rows per entry; 7 users in training
-  want = np.mean([-math.log2(8 / 8), -math.log2(4 / 8), -math.log2(8 / 8), -math.log2(1 / 8), -math.log2(8 / 8), -math.log2(4 / 8)])
+  want = np.mean(
+    [-math.log2(8 / 8), -math.log2(4 / 8), -math.log2(8 / 8), -math.log2(1 / 8), -math.log2(8 / 8), -math.log2(4 / 8)]
+  )
   assert R.novelty(LISTS, counts, 7) == pytest.approx(want)

@@ -12,6 +12,13 @@ and query); mu is their mean target; `lam` (default 5) shrinks every mean toward
                     an item with no training rows (a new item) gets mu.
   item_user_offset  item_mean + the task user's offset: the sum of the user's support residuals
                     (target - item_mean) / (support size + lam).
+  popularity        the item's number of training rows, mapped linearly onto the target scale (max count -> top
+                    of the scale). A ranker, the strongest non-personalised one over a full catalogue; its
+                    MAE/RMSE mean nothing.
+
+`catalogue_scores` gives the same scorers for EVERY catalogue entry of a task (full-catalogue ranking,
+`transfer_meta.ranking_eval`); at a task's query entries they equal `baseline_scores`, except 'random', which
+draws per task (seeded by the task id) so a task's draw does not depend on its batch.
 
 User-as-task splits (task_kind 'user') read the definitions as written. Item-as-task splits (task_kind
 'item', e.g. `item_cold`) use the symmetric ones, since a new item has no training rows but its support
@@ -59,13 +66,40 @@ def _global_mean(split: ColdStartSplit) -> float:
   return float(split.target[split.tasks["train"].all_rows()].mean())
 
 
+def _n_query_side(data: Interactions, split: ColdStartSplit) -> int:
+  return data.n_items if split.task_kind == "user" else data.n_users
+
+
+def _entity_means(data: Interactions, split: ColdStartSplit, lam: float) -> np.ndarray:
+  """f32 [n]: the shrunk training mean of every query-side entity."""
+  side, train = _query_side(data, split), split.tasks["train"].all_rows()
+  n = _n_query_side(data, split)
+  return _shrunk_means(side[train], split.target[train].astype(np.float64), n, _global_mean(split), lam)
+
+
 def _entity_mean_rows(data: Interactions, split: ColdStartSplit, rows: np.ndarray, lam: float) -> np.ndarray:
   """f32 [len(rows)]: the shrunk training mean of each row's query-side entity."""
-  side = _query_side(data, split)
-  train = split.tasks["train"].all_rows()
-  n = data.n_items if split.task_kind == "user" else data.n_users
-  means = _shrunk_means(side[train], split.target[train].astype(np.float64), n, _global_mean(split), lam)
-  return means[side[rows]]
+  return _entity_means(data, split, lam)[_query_side(data, split)[rows]]
+
+
+def train_counts(data: Interactions, split: ColdStartSplit) -> np.ndarray:
+  """int64 [n]: training rows of every query-side entity (items for user tasks, users for item tasks)."""
+  return np.bincount(_query_side(data, split)[split.tasks["train"].all_rows()], minlength=_n_query_side(data, split))
+
+
+def _popularity_scores(data: Interactions, split: ColdStartSplit) -> np.ndarray:
+  """f32 [n]: training counts mapped linearly onto the target scale (0 -> low, the largest count -> high)."""
+  low, high = target_scale(data, split)
+  counts = train_counts(data, split).astype(np.float64)
+  return (low + (high - low) * counts / max(counts.max(), 1.0)).astype(np.float32)
+
+
+def _task_offsets(data: Interactions, split: ColdStartSplit, taskset: TaskSet, lam: float) -> np.ndarray:
+  """f32 [T]: each task's support residual over the entity means, shrunk: sum(residual) / (support size + lam)."""
+  residual = split.target[taskset.support_rows] - _entity_mean_rows(data, split, taskset.support_rows, lam)
+  sizes = taskset.support_sizes()
+  task_of_row = np.repeat(np.arange(len(taskset)), sizes)
+  return np.bincount(task_of_row, weights=residual, minlength=len(taskset)) / (sizes + lam)
 
 
 def _random(data, split, taskset, seed, lam):
@@ -87,11 +121,12 @@ def _item_mean(data, split, taskset, seed, lam):
 
 
 def _item_user_offset(data, split, taskset, seed, lam):
-  residual = split.target[taskset.support_rows] - _entity_mean_rows(data, split, taskset.support_rows, lam)
-  sizes = taskset.support_sizes()
-  task_of_row = np.repeat(np.arange(len(taskset)), sizes)
-  offset = np.bincount(task_of_row, weights=residual, minlength=len(taskset)) / (sizes + lam)
+  offset = _task_offsets(data, split, taskset, lam)
   return (_item_mean(data, split, taskset, seed, lam) + np.repeat(offset, taskset.query_sizes())).astype(np.float32)
+
+
+def _popularity(data, split, taskset, seed, lam):
+  return _popularity_scores(data, split)[_query_side(data, split)[taskset.query_rows]]
 
 
 # name -> fn(data, split, taskset, seed, lam) -> f32 [sum of query sizes], aligned with taskset.query_rows.
@@ -101,7 +136,61 @@ BASELINES: dict[str, Callable] = {
   "global_mean": _global,
   "item_mean": _item_mean,
   "item_user_offset": _item_user_offset,
+  "popularity": _popularity,
 }
+
+
+def _catalogue_random(data, split, taskset, positions, seed, lam):
+  low, high = target_scale(data, split)
+  n = _n_query_side(data, split)
+  rows = [np.random.default_rng([seed, int(taskset.task_ids[p])]).uniform(low, high, n) for p in positions]
+  return np.stack(rows).astype(np.float32)
+
+
+def _catalogue_full(fn):
+  """A catalogue scorer that is the same vector for every task: fn(data, split, seed, lam) -> [n]."""
+  return lambda data, split, taskset, positions, seed, lam: np.tile(fn(data, split, seed, lam), (len(positions), 1))
+
+
+def _catalogue_offset(data, split, taskset, positions, seed, lam):
+  offsets = _task_offsets(data, split, taskset, lam)[np.asarray(positions)]
+  return (_entity_means(data, split, lam)[None, :] + offsets[:, None]).astype(np.float32)
+
+
+# name -> fn(data, split, taskset, positions [B], seed, lam) -> f32 [B, n]: every query-side entity (the catalogue)
+# scored for the tasks at `positions` of `taskset`. One entry per `BASELINES` entry (tested).
+CATALOGUE: dict[str, Callable] = {
+  "random": _catalogue_random,
+  "constant": _catalogue_full(lambda d, s, seed, lam: np.full(_n_query_side(d, s), sum(target_scale(d, s)) / 2)),
+  "global_mean": _catalogue_full(lambda d, s, seed, lam: np.full(_n_query_side(d, s), _global_mean(s))),
+  "item_mean": _catalogue_full(lambda d, s, seed, lam: _entity_means(d, s, lam)),
+  "item_user_offset": _catalogue_offset,
+  "popularity": _catalogue_full(lambda d, s, seed, lam: _popularity_scores(d, s)),
+}
+
+
+def catalogue_scores(
+  name: str,
+  data: Interactions,
+  split: ColdStartSplit,
+  taskset: TaskSet,
+  positions: np.ndarray,
+  seed: int = 0,
+  lam: float = 5.0,
+) -> np.ndarray:
+  """Scores of baseline `name` for every catalogue entry of the tasks at `positions` of `taskset`.
+
+  Args:
+    name: a key of `CATALOGUE` (= `BASELINES`); unknown names list the valid ones.
+    data, split, taskset, seed, lam: as in `baseline_scores`.
+    positions: int [B] task positions in `taskset`.
+  Returns:
+    f32 [B, n]: n = items (user tasks) or users (item tasks), dense-id order.
+  """
+  if lam < 0:
+    raise ValueError(f"parameter lam={lam} must be >= 0")
+  scores = lookup(CATALOGUE, name, "baseline")(data, split, taskset, np.asarray(positions, np.int64), seed, float(lam))
+  return np.asarray(scores, np.float32)
 
 
 def baseline_scores(

@@ -231,7 +231,9 @@ def catalogue_batch(metric_names, scores, candidates, query_index, query_target,
 
 def sampled_batch(metric_names, scores, query_index, query_target, query_mask, negatives, relevance_spec):
   """`sampled_task` vmapped over tasks and jitted: inputs with a leading [T] -> {name: f32 [T]} in order."""
-  out = _batched("sampled", tuple(metric_names), relevance_spec)(scores, query_index, query_target, query_mask, negatives)
+  out = _batched("sampled", tuple(metric_names), relevance_spec)(
+    scores, query_index, query_target, query_mask, negatives
+  )
   return {n: out[n] for n in metric_names}
 
 

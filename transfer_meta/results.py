@@ -7,7 +7,7 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from transfer_meta import evaluate, report
+from transfer_meta import evaluate, ranking_eval, report
 from transfer_meta.baselines import evaluate_baselines
 from transfer_meta.runlog import atomic_write
 
@@ -21,6 +21,7 @@ def run_baselines(exp: Experiment) -> dict:
   if not names:
     return {}
   per_seed = [evaluate_baselines(exp.data, st.split, names, seed=st.seed) for st in exp.seeds]
+  per_seed = ranking_eval.rank_baselines(exp, per_seed)  # no-op unless config.eval_ranking goes beyond 'query'
   return {name: [r[name] for r in per_seed] for name in names}
 
 
@@ -82,3 +83,6 @@ def write_run_files(exp: Experiment, workdir: str) -> None:
   atomic_write(
     os.path.join(workdir, "split_manifest.json"), json.dumps([st.split.manifest for st in exp.seeds], indent=1)
   )
+  ranking = ranking_eval.ranking_manifest(exp)  # the sampled negatives, when config.eval_ranking asks for them
+  if ranking is not None:
+    atomic_write(os.path.join(workdir, "ranking_manifest.json"), json.dumps(ranking))

@@ -34,7 +34,7 @@ import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from transfer_meta import chunking, evaluate, precision, runlog, sharding
+from transfer_meta import chunking, evaluate, precision, ranking_eval, runlog, sharding
 from transfer_meta import metrics as metrics_lib
 from transfer_meta import results as results_lib
 from transfer_meta.checkpoint import Checkpointer
@@ -71,7 +71,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.learner_name, c.learner = "maml", ml_collections.ConfigDict()
   c.compare_learners = ("none",)
   c.compare_kwargs = ml_collections.ConfigDict()
-  c.baselines = ("random", "constant", "global_mean", "item_mean", "item_user_offset")
+  c.baselines = ("random", "constant", "global_mean", "item_mean", "item_user_offset", "popularity")
+  # Ranking protocols (`ranking`, `ranking_eval`): 'query' (each task's own query), 'catalogue', 'sampled'.
+  c.eval_ranking = ("query",)
+  c.ranking = ml_collections.ConfigDict(
+    dict(
+      metrics=("recall@10", "ndcg_bin@10", "hr@10", "mrr@10", "auc"),
+      relevance="",  # '' = the protocol's binary spec, else threshold:4 (threshold:1 on clicks)
+      negatives=99,  # N of the sampled protocol (1 relevant + N unrated)
+      chunk=1024,  # catalogue entries scored per step (bounds memory)
+      beyond_k=10,  # list length of coverage/gini/ild/novelty and of the popularity breakdown
+      support_bins=(1, 6, 21),  # breakdown bins by support size: 1-5, 6-20, 21+
+      popularity_bins=(0, 1, 11, 101),  # by training rows of the relevant entry: 0, 1-10, 11-100, 101+
+    )
+  )
   c.optimizer_name, c.optimizer = "adam", ml_collections.ConfigDict({"learning_rate": 1e-3})
   c.grad_clip_norm = 0.0
   c.seeds = 5
@@ -157,6 +170,7 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
   sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
   exp = Experiment(config, data, feats, spec, model, tuple(seeds), mesh)
   _check_metrics(exp)
+  ranking_eval.RankingConfig.from_config(config)  # fails early on a bad config.eval_ranking / config.ranking
   return exp
 
 
@@ -492,7 +506,8 @@ def evaluate_trained(exp: Experiment, trained: Trained) -> list[dict]:
     out.append(
       {name: evaluate.evaluate_tasks(eval_step, params, b, eval_keys[n], exp.mesh) for name, b in batches.items()}
     )
-  return out
+  params_of = lambda n: unstack(trained.selection.params, n)  # noqa: E731
+  return ranking_eval.rank_seeds(exp, out, ranking_eval.rank_learner(exp, trained.learner, params_of, eval_keys))
 
 
 # ---------------------------------------------------------------------------------------------------------------
