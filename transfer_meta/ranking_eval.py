@@ -188,10 +188,11 @@ def sample_negatives(
 def catalogue_arrays(feats: FeatureMatrices, side: str, chunk: int) -> dict:
   """The catalogue side's example fields padded to a multiple of `chunk` and split: {key: [n_chunks, chunk, ...]}."""
   n = getattr(feats, f"{side}_cat").shape[0]
+  chunk = min(chunk, n)  # a small catalogue is one chunk
   pad = -n % chunk
   ids = np.concatenate([np.arange(n), np.zeros(pad, np.int64)]).astype(np.int32)
   fields = {side: ids, **{f"{side}_{k}": getattr(feats, f"{side}_{k}")[ids] for k in ("cat", "multi", "dense")}}
-  return {k: jnp.asarray(v.reshape(-1, chunk, *v.shape[1:])) for k, v in fields.items()}
+  return {k: jnp.asarray(v.reshape((n + pad) // chunk, chunk, *v.shape[1:])) for k, v in fields.items()}
 
 
 def make_catalogue_scorer(learner: Learner, side: str) -> Callable:
