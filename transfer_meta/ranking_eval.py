@@ -32,6 +32,7 @@ learners and the reference baselines, plus the breakdowns; DIR/ranking_manifest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import zlib
@@ -225,13 +226,21 @@ def make_catalogue_scorer(learner: Learner, side: str) -> Callable:
 
 
 def learner_scorer(
-  learner: Learner, task_kind: str, chunk: int, feats: FeatureMatrices, meta_params, key: jax.Array
+  learner: Learner,
+  task_kind: str,
+  chunk: int,
+  feats: FeatureMatrices,
+  meta_params,
+  key: jax.Array,
+  compiled: tuple[Callable, dict] | None = None,
 ) -> Callable:
-  """A scorer `(batch, positions) -> f32 [B, C]` for one seed's meta-params (see the module docstring)."""
+  """A scorer `(batch, positions) -> f32 [B, C]` for one seed's meta-params (see the module docstring).
+
+  `compiled` = (make_catalogue_scorer(...), catalogue_arrays(...)) reuses one jitted scorer across seeds and sets.
+  """
   side = "item" if task_kind == "user" else "user"
-  catalogue = catalogue_arrays(feats, side, chunk)
+  fn, catalogue = compiled or (make_catalogue_scorer(learner, side), catalogue_arrays(feats, side, chunk))
   n = getattr(feats, f"{side}_cat").shape[0]
-  fn = make_catalogue_scorer(learner, side)
   return lambda batch, positions: np.asarray(fn(meta_params, batch, key, catalogue))[:, :n]
 
 
@@ -355,8 +364,7 @@ def task_batches(
   taskset = split.tasks[set_name]
   _, side = _sides(split)
   rated = Rated.build(data, split)
-  parsed = metrics_lib.parse_relevance(rel_spec)
-  relevant_fn = jax.jit(jax.vmap(lambda t, m: metrics_lib.binary_relevance(t, m, parsed)))
+  relevant_fn = _relevant_fn(rel_spec)
   for start in range(0, len(taskset), batch_size):
     positions = np.arange(start, min(start + batch_size, len(taskset)))
     batch = task_data.batch(positions, batch_size)
@@ -367,6 +375,13 @@ def task_batches(
     _check_query(q_index, q_mask, owners, set_name)
     relevant = np.asarray(relevant_fn(q_target, q_mask)) & q_mask
     yield TaskBatch(positions, batch, owners, q_index, q_target, q_mask, rated.unrated(owners), relevant)
+
+
+@functools.lru_cache(maxsize=8)
+def _relevant_fn(rel_spec: str) -> Callable:
+  """jitted bool [B, Q] relevance of query ratings [B, Q] (one compile per spec and shape)."""
+  parsed = metrics_lib.parse_relevance(rel_spec)
+  return jax.jit(jax.vmap(lambda t, m: metrics_lib.binary_relevance(t, m, parsed)))
 
 
 def _sample_entries(tb: TaskBatch, negatives: np.ndarray) -> dict:
@@ -472,8 +487,10 @@ def rank_seeds(exp, per_seed: list[dict], scorer_of: Callable) -> list[dict]:
 
 def rank_learner(exp, learner: Learner, params_of: Callable, eval_keys) -> Callable:
   """The `scorer_of` of a trained learner: seed n's selected meta-params (`params_of(n)`) and eval key."""
-  side_kind, chunk = exp.seeds[0].split.task_kind, int(exp.config.ranking.chunk)
-  return lambda n, _: learner_scorer(learner, side_kind, chunk, exp.feats, params_of(n), eval_keys[n])
+  kind, chunk = exp.seeds[0].split.task_kind, int(exp.config.ranking.chunk)
+  side = "item" if kind == "user" else "user"
+  compiled = (make_catalogue_scorer(learner, side), catalogue_arrays(exp.feats, side, chunk))
+  return lambda n, _: learner_scorer(learner, kind, chunk, exp.feats, params_of(n), eval_keys[n], compiled)
 
 
 def rank_baselines(exp, per_seed: list[dict]) -> list[dict]:
