@@ -109,6 +109,14 @@ def run_config(spec: str, args, overrides: dict) -> tuple[str, str, str]:
   qcols = query_columns(next(iter(values.values()))[scenarios[0]])
   tables, notes = {}, []
   metric = args.metric
+  k = config.ranking.beyond_k
+  summary_cols = [f"query {qcols[-1]}", f"catalogue {metric}", "catalogue auc", f"sampled {metric}", f"coverage@{k}"]
+  full = report.summarize(
+    {m: v for m, v in side_by_side(values, scenarios, qcols, rank_metrics).items()}  # every scenario
+  )
+  tables["summary"] = [
+    report.Row(r.scenario, r.method, {c: r.cells[c] for c in summary_cols if c in r.cells}) for r in full
+  ]
   for scenario in scenarios:
     rows = report.summarize(
       {m: {scenario: v[scenario]} for m, v in side_by_side(values, [scenario], qcols, rank_metrics).items()}

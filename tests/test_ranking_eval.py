@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from transfer_meta import baselines as B
-from transfer_meta import evaluate, train
+from transfer_meta import evaluate, report, train
 from transfer_meta import ranking_eval as RE
 from transfer_meta import results as results_lib
 from transfer_meta.learners import get_learner
@@ -231,3 +231,28 @@ def test_bad_ranking_config_is_refused():
   bad.ranking.negatives, bad.ranking.support_bins = 5, (6, 1)
   with pytest.raises(ValueError, match="strictly increasing"):
     RE.RankingConfig.from_config(bad)
+
+
+def test_experiment_tables_put_the_protocols_side_by_side():
+  from experiments import ranking as X
+
+  values = {
+    "a": {
+      "warm": {"mae": [1.0], "ndcg@3": [0.7, 0.9], "K=1-5/ndcg@3": [0.5, 0.7], "K=1-5/tasks": [4, 6]},
+      "warm/catalogue": {"recall@10": [0.1, 0.3], "recall@10/tasks": [9, 9], "coverage@10": [0.2, 0.2]},
+      "warm/sampled": {"recall@10": [0.4, 0.6]},
+    },
+    "b": {"warm": {"ndcg@3": [0.5, 0.5]}, "warm/catalogue": {"recall@10": [0.5, 0.7]}, "warm/sampled": {}},
+  }
+  assert X.query_columns(values["a"]["warm"]) == ["ndcg@3"]
+  got = X.side_by_side(values, ["warm"], ["ndcg@3"], ["recall@10"])
+  assert got["a"]["warm"] == {
+    "query ndcg@3": [0.7, 0.9],
+    "catalogue recall@10": [0.1, 0.3],
+    "coverage@10": [0.2, 0.2],
+    "sampled recall@10": [0.4, 0.6],
+  }
+  rows = report.summarize({m: {"warm": v["warm"]} for m, v in got.items()})
+  assert X.best(rows, "query ndcg@3") == "a" and X.best(rows, "catalogue recall@10") == "b"
+  table = X.breakdown(values, "warm", "ndcg@3", "K=", "tasks")
+  assert table["a"] == {"warm": {"K=1-5": [0.5, 0.7]}} and table["(tasks)"] == {"warm": {"K=1-5": [4, 6]}}
