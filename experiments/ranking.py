@@ -68,12 +68,20 @@ def breakdown(values: dict, key: str, metric: str, prefix: str, count: str) -> d
   return out
 
 
-def best(rows, column: str, higher: bool = True) -> str:
-  """The method with the best mean in `column` among rows (reference rows in parentheses excluded)."""
-  cand = [(r.cells[column].mean, r.method) for r in rows if column in r.cells and np.isfinite(r.cells[column].mean)]
+def best(rows, column: str) -> str:
+  """The method with the highest mean in `column` (count rows excluded), and whether its lead over the runner-up
+  is larger than both of their stds over seeds ('clear') or not ('within noise of <runner-up>')."""
+  cand = sorted(
+    ((r.cells[column].mean, r.cells[column].std, r.method) for r in rows if column in r.cells and "(" not in r.method),
+    reverse=True,
+  )
+  cand = [c for c in cand if np.isfinite(c[0])]
   if not cand:
     return "-"
-  return (max if higher else min)(cand)[1]
+  if len(cand) == 1:
+    return cand[0][2]
+  (m1, s1, a), (m2, s2, b) = cand[0], cand[1]
+  return f"{a} (clear)" if m1 - m2 > max(s1, s2) else f"{a} (within noise of {b})"
 
 
 def plot_support(values: dict, key: str, metric: str, out: str) -> str:

@@ -253,6 +253,10 @@ def test_experiment_tables_put_the_protocols_side_by_side():
     "sampled recall@10": [0.4, 0.6],
   }
   rows = report.summarize({m: {"warm": v["warm"]} for m, v in got.items()})
-  assert X.best(rows, "query ndcg@3") == "a" and X.best(rows, "catalogue recall@10") == "b"
+  assert X.best(rows, "query ndcg@3") == "a (clear)"  # 0.8 ± 0.1 vs 0.5 ± 0
+  assert X.best(rows, "catalogue recall@10") == "b (clear)"  # 0.6 ± 0.1 vs 0.2 ± 0.1
+  assert X.best(rows, "sampled recall@10") == "a"  # the only method with a value
+  close = report.summarize({"a": {"w": {"x": [0.5, 0.7]}}, "b": {"w": {"x": [0.5, 0.56]}}})
+  assert X.best(close, "x") == "a (within noise of b)"  # lead 0.07 < std 0.1
   table = X.breakdown(values, "warm", "ndcg@3", "K=", "tasks")
   assert table["a"] == {"warm": {"K=1-5": [0.5, 0.7]}} and table["(tasks)"] == {"warm": {"K=1-5": [4, 6]}}
