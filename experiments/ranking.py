@@ -10,7 +10,8 @@ Each config runs (`runner.run`, into RUNS/ranking/<name>/; a finished run of the
      ones and the beyond-accuracy metrics, plus which method is best under each protocol;
   2. the support-size breakdown (every protocol, a column per bin, task counts as a row);
   3. the popularity breakdown of catalogue recall@k (relevant entries per bin as a row);
-and ranking_<name>_support.png, the catalogue metric (--metric) vs support size per method.
+and ranking_<name>_support.png, the catalogue metric (--metric) vs support size per method (new_user scenario when
+the protocol has one, else its first).
 """
 
 from __future__ import annotations
@@ -144,9 +145,8 @@ def run_config(spec: str, args, overrides: dict) -> tuple[str, str, str]:
     tables[f"{key} recall@{k} by training rows of the relevant entry"] = report.summarize(
       breakdown(values, key, f"recall@{k}", "pop=", "entries")
     )
-  plot = plot_support(
-    values, f"{scenarios[0]}/catalogue", metric, os.path.join(args.out, f"ranking_{name}_support.png")
-  )
+  shown = "new_user" if "new_user" in scenarios else scenarios[0]  # the cold-start scenario when there is one
+  plot = plot_support(values, f"{shown}/catalogue", metric, os.path.join(args.out, f"ranking_{name}_support.png"))
   header = (
     f"# Ranking protocols: {name} ({results['dataset']}, "
     f"protocol {results['protocol']} v{results['protocol_version']})\n\n"
