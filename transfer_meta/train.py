@@ -63,6 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
   support interactions of every task (K-shot ablations). `select_metric` is 'valid/<metric>' and
   `select_mode` 'min' or 'max'. `grad_clip_norm` 0 disables clipping. `chunk_size` > 0 computes the task
   mean chunk by chunk (must divide `batch_size`); `compute_dtype` 'bfloat16' computes the model in bf16.
+  `eval_ranking` adds 'catalogue' / 'sampled' ranking of every scenario (`ranking_eval`; `ranking` holds its knobs).
   """
   c = ml_collections.ConfigDict()
   c.dataset_name, c.dataset = "synthetic", ml_collections.ConfigDict()
