@@ -81,7 +81,11 @@ def best(rows, column: str) -> str:
     return "-"
   if len(cand) == 1:
     return cand[0][2]
-  (m1, s1, a), (m2, s2, b) = cand[0], cand[1]
+  (m1, s1, a) = cand[0]
+  others = [c for c in cand[1:] if c[0] != m1]  # methods that score identically (item_mean, item_user_offset) tie
+  if not others:
+    return f"{a} (all tied)"
+  (m2, s2, b) = others[0]
   return f"{a} (clear)" if m1 - m2 > max(s1, s2) else f"{a} (within noise of {b})"
 
 
@@ -119,7 +123,8 @@ def run_config(spec: str, args, overrides: dict) -> tuple[str, str, str]:
   tables, notes = {}, []
   metric = args.metric
   k = config.ranking.beyond_k
-  summary_cols = [f"query {qcols[-1]}", f"catalogue {metric}", "catalogue auc", f"sampled {metric}", f"coverage@{k}"]
+  headline = ([c for c in qcols if c.startswith("ndcg")] or qcols)[-1]  # ndcg@3 (melu), ndcg_bin@5, auc
+  summary_cols = [f"query {headline}", f"catalogue {metric}", "catalogue auc", f"sampled {metric}", f"coverage@{k}"]
   full = report.summarize(
     {m: v for m, v in side_by_side(values, scenarios, qcols, rank_metrics).items()}  # every scenario
   )
@@ -138,7 +143,7 @@ def run_config(spec: str, args, overrides: dict) -> tuple[str, str, str]:
   for scenario in scenarios:
     for protocol in PROTOCOLS:
       key = scenario if protocol == "query" else f"{scenario}/{protocol}"
-      m = metric if protocol != "query" else qcols[-1]
+      m = metric if protocol != "query" else headline
       tables[f"{key} {m} by support size K"] = report.summarize(breakdown(values, key, m, "K=", "tasks"))
     key = f"{scenario}/catalogue"
     k = config.ranking.beyond_k
