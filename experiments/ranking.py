@@ -82,7 +82,10 @@ def best(rows, column: str) -> str:
   if len(cand) == 1:
     return cand[0][2]
   (m1, s1, a) = cand[0]
-  others = [c for c in cand[1:] if c[0] != m1]  # methods that score identically (item_mean, item_user_offset) tie
+  tied = sorted(c[2] for c in cand if c[0] == m1)  # identical scores (item_mean = item_user_offset; saturated hr@5)
+  if len(tied) > 2:
+    a = f"{len(tied)} methods tied at {m1:.3f} ({', '.join(tied)})"
+  others = [c for c in cand[1:] if c[0] != m1]
   if not others:
     return f"{a} (all tied)"
   (m2, s2, b) = others[0]
