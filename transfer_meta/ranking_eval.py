@@ -489,8 +489,12 @@ def rank_learner(exp, learner: Learner, params_of: Callable, eval_keys) -> Calla
   """The `scorer_of` of a trained learner: seed n's selected meta-params (`params_of(n)`) and eval key."""
   kind, chunk = exp.seeds[0].split.task_kind, int(exp.config.ranking.chunk)
   side = "item" if kind == "user" else "user"
-  compiled = (make_catalogue_scorer(learner, side), catalogue_arrays(exp.feats, side, chunk))
-  return lambda n, _: learner_scorer(learner, kind, chunk, exp.feats, params_of(n), eval_keys[n], compiled)
+
+  @functools.cache
+  def compiled():  # built on first use: a run without ranking protocols never pays for it
+    return make_catalogue_scorer(learner, side), catalogue_arrays(exp.feats, side, chunk)
+
+  return lambda n, _: learner_scorer(learner, kind, chunk, exp.feats, params_of(n), eval_keys[n], compiled())
 
 
 def rank_baselines(exp, per_seed: list[dict]) -> list[dict]:
