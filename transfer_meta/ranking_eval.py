@@ -17,7 +17,8 @@ whatever the catalogue size; baselines use `baselines.catalogue_scores`.
 Breakdowns (per seed, flat keys so `evaluate.summarize` averages them over seeds):
   by support size   every metric of 'query' (recomputed from the catalogue scores at the query entries, with the
                     protocol's own metrics), 'catalogue' and 'sampled', per support-size bin ('K=1-5', 'K=6-20',
-                    'K=21+' for bins (1, 6, 21)), with 'K=../tasks' the number of tasks in the bin.
+                    'K=21+' for bins (1, 6, 21)), with 'K=../tasks' the number of tasks in the bin (catalogue and
+                    sampled means skip the tasks without a relevant query entry, as the overall means do).
   by popularity     catalogue recall@k of the relevant query entries grouped by their training-row count
                     ('pop=0', 'pop=1-10', 'pop=11-100', 'pop=101+' for bins (0, 1, 11, 101)): the expected share of
                     a bin's relevant entries found in the top k, with 'pop=../entries' their number.
@@ -249,7 +250,8 @@ def baseline_scorer(name: str, data: Interactions, split: ColdStartSplit, set_na
   taskset = split.tasks[set_name]
 
   def score(batch, positions):
-    out = np.zeros((batch["task_mask"].shape[0], baselines_lib._n_query_side(data, split)), np.float32)
+    n = data.n_items if split.task_kind == "user" else data.n_users
+    out = np.zeros((batch["task_mask"].shape[0], n), np.float32)
     out[: len(positions)] = baselines_lib.catalogue_scores(name, data, split, taskset, positions, seed)
     return out
 
