@@ -35,7 +35,16 @@ MELU_ADAPT = r"decision_|output"  # MeLU's local update: decision layers and out
 NUM_STEPS, EVAL_EVERY = 600, 50
 # The paper's Table 2 beside ours (`experiments.reproduce` reads this): its figures, and which of our learners
 # is which of its methods.
-PAPER = {"table": "melu_table2", "methods": {"maml": "MeLU-1", "melu": "MeLU-5"}}
+PAPER = {
+  "table": "melu_table2",  # experiments/references/melu_table2.md
+  "scenarios": {
+    "existing items, existing users": "warm",
+    "existing items, new users": "new_user",
+    "new items, existing users": "new_item",
+    "new items, new users": "new_user_new_item",
+  },
+  "methods": {"maml": "MeLU-1", "melu": "MeLU-5"},
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
