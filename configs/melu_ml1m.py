@@ -32,7 +32,7 @@ import ml_collections
 from transfer_meta.train import default_config
 
 MELU_ADAPT = r"decision_|output"  # MeLU's local update: decision layers and output, never the embeddings
-NUM_STEPS, EVAL_EVERY = 600, 50
+NUM_STEPS, EVAL_EVERY = 1200, 50
 # The paper's Table 2 beside ours (`experiments.reproduce` reads this): its figures, and which of our learners
 # is which of its methods.
 PAPER = {
@@ -82,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def sweep() -> list[dict]:
   """Ablations (override dicts, dotted keys) that `experiments/ablate.py` expands; select on valid only."""
   out = [{"learner.inner_lr": lr, "compare_kwargs.maml.inner_lr": lr} for lr in (0.01, 0.1)]
-  out += [{"num_steps": n} for n in (300, 1200)]
+  out += [{"num_steps": n} for n in (600, 2400)]
   out += [{"support_cap": k} for k in (1, 5, 10)]
   out += [{"learner.first_order": True, "compare_kwargs.maml.first_order": True}]
   out += [{"model.use_ids": True}]
