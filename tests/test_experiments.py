@@ -313,3 +313,85 @@ def test_ablate_cli_refuses_an_unknown_sweep_before_running(tmp_path):
   assert not os.listdir(tmp_path)
   with pytest.raises(ValueError, match="no file"):
     runner.load_config("no_such_config")
+
+
+# ---------------------------------------------------------------------------------------------------- paper tables
+
+MELU_SCENARIOS = {
+  "existing items, existing users": "warm",
+  "existing items, new users": "new_user",
+  "new items, existing users": "new_item",
+  "new items, new users": "new_user_new_item",
+}
+PAPER_METHODS = ["PPR", "Wide & Deep", "MeLU-1", "MeLU-5"]
+
+
+def test_paper_table_holds_melu_table2():
+  from experiments import reproduce
+
+  table = reproduce.paper_table("melu_table2")
+  assert list(table) == list(MELU_SCENARIOS) and all(list(t) == PAPER_METHODS for t in table.values())
+  # The issue's quote of the paper (MeLU-5, new users) and two more cells read off the paper's Table 2.
+  assert table["existing items, new users"]["MeLU-5"] == {"mae": 0.7854, "ndcg@1": 0.8803, "ndcg@3": 0.8812}
+  assert table["existing items, existing users"]["PPR"]["mae"] == 0.1820
+  assert table["new items, new users"]["Wide & Deep"] == {"mae": 1.3114, "ndcg@1": 0.7680, "ndcg@3": 0.7874}
+  config = runner.config_module("melu_ml1m")[0]
+  assert config.PAPER["scenarios"] == MELU_SCENARIOS and config.PAPER["table"] == "melu_table2"
+
+
+def test_paper_table_refuses_a_bad_cell(tmp_path, monkeypatch):
+  from experiments import reproduce
+
+  (tmp_path / "t.md").write_text("| scenario | method | MAE |\n|---|---|---:|\n| a | X | 0.5 |\n| | Y | n/a |\n")
+  monkeypatch.setattr(reproduce, "REFERENCES", str(tmp_path))
+  with pytest.raises(ValueError, match=r"t\.md: table row 4 \['', 'Y', 'n/a'\]"):
+    reproduce.paper_table("t")
+  (tmp_path / "t.md").write_text("| scenario | method | MAE |\n|---|---|---:|\n| a | X | 0.5 |\n| | Y | 0.25 |\n")
+  assert reproduce.paper_table("t") == {"a": {"X": {"mae": 0.5}, "Y": {"mae": 0.25}}}
+
+
+def test_reproduce_writes_the_paper_table_beside_the_run(produced, tmp_path):
+  """A config declaring PAPER (here smoke_synthetic plus MeLU's Table 2) gets <name>_paper.{md,csv}: the
+  published rows as held, the run's learners under the paper's names, and its baselines, on the paper's metrics.
+  The config's name and overrides equal the produced run's, so the run is reused, not trained again."""
+  from experiments import reproduce
+
+  path = tmp_path / "smoke_synthetic.py"
+  path.write_text(
+    "import importlib.util\n"
+    f"spec = importlib.util.spec_from_file_location('base', {os.path.join(ROOT, 'configs', 'smoke_synthetic.py')!r})\n"
+    "base = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(base)\n"
+    "get_config, sweep = base.get_config, base.sweep\n"
+    f"PAPER = {{'table': 'melu_table2', 'scenarios': {MELU_SCENARIOS!r}, 'methods': {{'maml': 'MeLU-1'}}}}\n"
+  )
+  out = str(tmp_path / "out")
+  paths = reproduce.reproduce(f"{path}:tiny", 2, {"num_steps": 2}, produced.runs, out, "cmd")
+  assert [os.path.basename(p) for p in paths] == [f"{NAME}.md", f"{NAME}.csv", f"{NAME}_paper.md", f"{NAME}_paper.csv"]
+  results = _results(os.path.join(produced.runs, "reproduce", NAME))
+  rows = _csv(os.path.join(out, f"{NAME}_paper.csv"))
+  published = reproduce.paper_table("melu_table2")
+  ours = {"MeLU-1 (ours)": "maml", "none (ours)": "none", "global_mean (baseline)": "global_mean"}
+  ours["item_user_offset (baseline)"] = "item_user_offset"
+  want_methods = [f"{m} (paper)" for m in PAPER_METHODS] + list(ours)
+  assert list(dict.fromkeys(r["scenario"] for r in rows)) == SCENARIOS
+  for scenario_label, scenario in MELU_SCENARIOS.items():
+    mine = [r for r in rows if r["scenario"] == scenario]
+    assert list(dict.fromkeys(r["method"] for r in mine)) == want_methods
+    assert {r["metric"] for r in mine} == {"mae", "ndcg@1", "ndcg@3"}
+    for r in mine:
+      if r["method"].endswith("(paper)"):
+        assert float(r["mean"]) == published[scenario_label][r["method"][: -len(" (paper)")]][r["metric"]]
+        assert math.isnan(float(r["std"]))
+      else:
+        values = _per_seed(results, ours[r["method"]])[scenario][r["metric"]]
+        assert float(r["mean"]) == pytest.approx(np.mean(values), rel=1e-12) and int(r["n_seeds"]) == 2
+  with open(os.path.join(out, f"{NAME}_paper.md")) as f:
+    md = f.read()
+  assert "| new_user | MeLU-5 (paper) | 0.7854 | 0.8803 | 0.8812 |" in md
+  cell = results["metrics"]["new_user"]["mae"]
+  assert f"| new_user | MeLU-1 (ours) | {cell['mean']:.4f} ± {cell['std']:.4f} |" in md
+  bad = {"table": "melu_table2", "scenarios": MELU_SCENARIOS, "methods": {"melu": "MeLU-5"}}
+  with pytest.raises(ValueError, match=r"PAPER\['methods'\] names \['melu'\], not learners of the run"):
+    reproduce.paper_rows(bad, results)
+  with pytest.raises(ValueError, match=r"scenarios \['new items, new users'\] have no entry"):
+    reproduce.paper_rows({**bad, "scenarios": dict(list(MELU_SCENARIOS.items())[:3])}, results)

@@ -299,7 +299,7 @@ def test_year_cutoff_defaults(uniform):
     make_protocol("melu", renamed("tfds:movielens/1m-ratings"), **{**MELU_KW, "year_cutoff": None}).params[
       "year_cutoff"
     ]
-    == 1997
+    == 1998
   )
   # Unknown dataset, known years 12 x 1990 and 4 x 2000: cutoff 1990 leaves 25% new (2000 would leave 0%).
   p = make_protocol("melu", uniform, **{**MELU_KW, "year_cutoff": None}).params
@@ -348,3 +348,75 @@ def test_item_cold_ml100k(ml100k_data):
   assert len(split.tasks["train"]) + len(split.tasks["valid"]) == int((usable & ~new).sum())
   for ts in split.tasks.values():
     np.testing.assert_array_equal(ts.query_sizes(), np.minimum(counts[ts.task_ids] - 10, 50))
+
+
+# ---------------------------------------------------------------------------------------------------- year gap
+
+GAP = 1997  # items 17, 18: released between the existing (<= 1996) and the new (>= 1999) groups
+
+
+def _pairs(split, data):
+  """{set: [(user, sorted support items, sorted query items)]} — a split in data-independent terms."""
+  out = {}
+  for name, ts in split.tasks.items():
+    out[name] = [
+      (int(u), sorted(data.item[ts.support(k)].tolist()), sorted(data.item[ts.query(k)].tolist()))
+      for k, u in enumerate(ts.task_ids)
+    ]
+  return out
+
+
+def test_melu_year_gap_leaves_those_items_out(uniform):
+  """Appending ratings of two 1997 films to every user changes nothing once they fall in the gap: the same
+  tasks (as user/item pairs), and the films and their ratings are counted, not silently dropped."""
+  ratings = {u: [*range(5), 16 if u % 2 else 5, 12, 13, 14, 17, 18] for u in range(10)}
+  ratings[10], ratings[11] = [0, 1, 2], list(range(14))
+  gap = make_data(ratings, [*YEARS, GAP, GAP], n_users=13)
+  kw = {**MELU_KW, "year_cutoff": 1998, "existing_until": 1996}
+  for seed in range(3):
+    split = make_protocol("melu", gap, seed=seed, **kw)
+    assert _pairs(split, gap) == _pairs(make_protocol("melu", uniform, seed=seed, **MELU_KW), uniform)
+    rows = np.concatenate([ts.all_rows() for ts in split.tasks.values()])
+    assert not np.isin(gap.item[rows], [17, 18]).any()
+  p = split.params
+  assert (p["year_cutoff"], p["existing_until"], p["items_between_groups"], p["ratings_between_groups"]) == (
+    1998,
+    1996,
+    2,
+    20,
+  )
+  assert p["items_existing"] == 13 and p["items_new"] == 4
+
+
+def test_melu_year_gap_defaults_and_checks(uniform):
+  def params(name, **kw):
+    data = Interactions(**{**uniform.__dict__, "name": name})
+    return make_protocol("melu", data, **{**MELU_KW, "year_cutoff": None, **kw}).params
+
+  p = params("ml-1m")  # the paper: existing "before 1997", new "after 1998"
+  assert (p["year_cutoff"], p["existing_until"], p["year_cutoff_source"]) == (1998, 1996, "default for ml-1m")
+  assert params("tfds:movielens/1m-ratings")["existing_until"] == 1996
+  assert params("ml-100k")["existing_until"] == 1996 and params("ml-100k")["year_cutoff"] == 1996
+  assert params("ml-1m", year_cutoff=1995)["existing_until"] == 1995  # a given cutoff alone: no gap
+  assert params("ml-1m", existing_until=1990)["existing_until"] == 1990
+  with pytest.raises(ValueError, match="existing_until=1999 must be <= year_cutoff=1998"):
+    params("ml-1m", existing_until=1999)
+  with pytest.raises(ValueError, match="existing_until"):
+    params("fixture", year_cutoff=1995, existing_until=-3)
+
+
+def test_melu_ml1m_paper_split(ml1m):
+  data = ml1m
+  split = make_protocol("melu", data, seed=0)
+  counts, year = data.user_counts(), data.item_year
+  p = split.params
+  assert p["users_eligible"] == int(((counts >= 13) & (counts <= 100)).sum()) == 3131
+  assert (p["users_train"], p["users_valid"], p["users_new"]) == (2255, 250, 626)
+  between = (year >= 1997) & (year <= 1998)
+  assert p["items_between_groups"] == int(between.sum()) == 621
+  assert p["ratings_between_groups"] == int(between[data.item].sum())
+  for name, ts in split.tasks.items():
+    y = year[data.item[ts.all_rows()]]
+    assert (y >= 1999).all() if name in ("new_item", "new_user_new_item") else (y <= 1996).all(), name
+    assert set(ts.query_sizes().tolist()) == {10}
+  print("melu ML-1M", {k: len(v) for k, v in split.tasks.items()})

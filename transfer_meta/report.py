@@ -85,9 +85,11 @@ def columns(rows: Sequence[Row]) -> list[str]:
 
 
 def format_stat(s: Stat, digits: int = 3) -> str:
-  """'0.912 ± 0.004' (`digits` decimals); 'nan' when no seed had a finite value."""
+  """'0.912 ± 0.004' (`digits` decimals); '0.912' when std is NaN (no spread); 'nan' when no seed had a finite value."""
   if not math.isfinite(s.mean):
     return "nan"
+  if math.isnan(s.std):  # a value without a spread (a published figure): the value alone
+    return f"{s.mean:.{digits}f}"
   return f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"
 
 

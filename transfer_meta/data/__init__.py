@@ -12,6 +12,12 @@ def _ml100k(**kw):
   return load_ml100k(**kw)
 
 
+def _ml1m(**kw):
+  from transfer_meta.data.movielens_1m import load_ml1m
+
+  return load_ml1m(**kw)
+
+
 def _synthetic(**kw):
   from transfer_meta.data.synthetic import generate
 
@@ -25,11 +31,11 @@ def _csv(**kw):
 
 
 # Name -> loader(**kwargs) -> Interactions. "tfds:<name>" is dispatched by prefix below.
-DATASETS = {"ml-100k": _ml100k, "synthetic": _synthetic, "csv": _csv}
+DATASETS = {"ml-100k": _ml100k, "ml-1m": _ml1m, "synthetic": _synthetic, "csv": _csv}
 
 
 def load_dataset(name: str, **kwargs) -> Interactions:
-  """Loads a dataset by name: 'ml-100k', 'synthetic', 'csv', or 'tfds:movielens/<variant>-ratings'."""
+  """Loads a dataset by name: 'ml-100k', 'ml-1m', 'synthetic', 'csv', or 'tfds:movielens/<variant>-ratings'."""
   if name.startswith("tfds:"):
     from transfer_meta.data.tfds_source import load_tfds
 

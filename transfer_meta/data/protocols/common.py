@@ -15,10 +15,12 @@ from transfer_meta.data.interactions import DataError, Interactions
 from transfer_meta.data.split import TaskSet
 
 # Release-year cutoffs (new item = year > cutoff) for datasets whose papers fix one; matched by name prefix.
-#   MeLU (Lee et al., KDD'19, Sec. 4.1) on MovieLens-1M: "movies released before 1997" are existing and
-#   "after 1998" new (about 8:2); the paper leaves 1997 itself unassigned, we count it as existing.
 #   MovieLens-100K was collected 1997-98, so its newest films are 1997-98 (288 of 1682): cutoff 1996.
-YEAR_CUTOFFS = (("ml-100k", 1996), ("movielens/100k", 1996), ("ml-1m", 1997), ("movielens/1m", 1997))
+#   MeLU (Lee et al., KDD'19, Sec. 4.1) on MovieLens-1M: films released "before 1997" are existing and "after
+#   1998" new: cutoff 1998, and `EXISTING_UNTIL` leaves 1997-98 films in neither group (see the melu protocol).
+YEAR_CUTOFFS = (("ml-100k", 1996), ("movielens/100k", 1996), ("ml-1m", 1998), ("movielens/1m", 1998))
+# Last release year of an existing item, where a paper leaves a gap before its new items (default: the cutoff).
+EXISTING_UNTIL = (("ml-1m", 1996), ("movielens/1m", 1996))
 # Without a known cutoff, aim for this share of new items (MeLU's ~8:2).
 NEW_ITEM_SHARE = 0.2
 
@@ -65,6 +67,14 @@ def eligible_users(data: Interactions, min_ratings: int, max_ratings: int) -> tu
   return np.flatnonzero(ok).astype(np.int32), excluded
 
 
+def _dataset_default(data: Interactions, table) -> tuple[int, str] | None:
+  name = data.name.lower().removeprefix("tfds:")
+  for prefix, year in table:
+    if name.startswith(prefix):
+      return year, prefix
+  return None
+
+
 def resolve_year_cutoff(data: Interactions, year_cutoff: int | None) -> tuple[int, str]:
   """The release-year cutoff (new item = year > cutoff) and where it came from.
 
@@ -76,10 +86,9 @@ def resolve_year_cutoff(data: Interactions, year_cutoff: int | None) -> tuple[in
     raise DataError(f"{data.name}: item release years are needed (item_year is None); use a source with years")
   if year_cutoff is not None:
     return check_int("year_cutoff", year_cutoff, 0), "given"
-  name = data.name.lower().removeprefix("tfds:")
-  for prefix, cutoff in YEAR_CUTOFFS:
-    if name.startswith(prefix):
-      return cutoff, f"default for {prefix}"
+  default = _dataset_default(data, YEAR_CUTOFFS)
+  if default is not None:
+    return default[0], f"default for {default[1]}"
   known = data.item_year[data.item_year >= 0]
   if known.size == 0:
     raise DataError(f"{data.name}: no item has a known release year; pass year_cutoff or use new_by='random'")
@@ -87,6 +96,24 @@ def resolve_year_cutoff(data: Interactions, year_cutoff: int | None) -> tuple[in
   share_new = 1.0 - np.cumsum(counts) / known.size  # share of dated items released after years[j]
   cutoff = int(years[np.argmin(np.abs(share_new - NEW_ITEM_SHARE))])
   return cutoff, f"year leaving the share of new dated items closest to {NEW_ITEM_SHARE}"
+
+
+def resolve_existing_until(data: Interactions, existing_until: int | None, year_cutoff: int, given: bool) -> int:
+  """The last release year of an existing item (existing = year <= it; unknown years count existing).
+
+  Order: the given value; the dataset's default (`EXISTING_UNTIL`) when the cutoff is not given either;
+  else `year_cutoff` (no gap). Items released in (existing_until, year_cutoff] are in neither group.
+
+  Raises:
+    ValueError: when `existing_until` is above `year_cutoff`.
+  """
+  if existing_until is None:
+    default = None if given else _dataset_default(data, EXISTING_UNTIL)
+    existing_until = year_cutoff if default is None else default[0]
+  existing_until = check_int("existing_until", existing_until, 0)
+  if existing_until > year_cutoff:
+    raise ValueError(f"parameter existing_until={existing_until} must be <= year_cutoff={year_cutoff}")
+  return existing_until
 
 
 def permuted_chunks(ids: np.ndarray, sizes: Sequence[int], rng: np.random.Generator) -> list[np.ndarray]:
