@@ -1,19 +1,22 @@
 """Command line: `python -m transfer_meta.main --config=configs/<name>.py[:arg] --workdir=DIR [--config.a.b=v]`.
 
 Flags only; the work is `transfer_meta.train.train_and_evaluate(config, workdir)`. Rerunning the same
-command into the same workdir resumes from its latest readable checkpoint.
+command into the same workdir resumes from its latest readable checkpoint. `--help` (with or without
+`--config=FILE`) lists every config field and its default; `--dry_run` resolves the config and its overrides,
+prints it and exits without touching the workdir.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from transfer_meta import train
+from transfer_meta import cli, train
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
@@ -25,12 +28,17 @@ _CACHE = flags.DEFINE_string(
   "Persistent XLA compilation cache directory, so a "
   "resumed run does not compile again; 'auto': WORKDIR/jax_cache, '': off.",
 )
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Resolve and print the config, then exit (nothing is run or written).")
+flags.FLAGS["config"].parser = cli.CompletingParser(name="config", lock_config=True)  # + factory keywords
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _DRY_RUN.value:
+    print(f"dry run: {_CONFIG.value.to_json(indent=1, sort_keys=True)}\nworkdir: {_WORKDIR.value} (not written)")
+    return
   logging.getLogger("absl").setLevel(logging.WARNING)
   cache = os.path.join(_WORKDIR.value, "jax_cache") if _CACHE.value == "auto" else _CACHE.value
   if cache:
@@ -39,5 +47,16 @@ def main(argv: list[str]) -> None:
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
+def usage() -> str:
+  """`--help`: this module's docstring, its flags and the config fields with their defaults."""
+  own = [flags.FLAGS[f.name] for f in (_CONFIG, _WORKDIR, _CACHE, _DRY_RUN)]
+  lines = [(__doc__ or "").strip(), "", "flags:"]
+  lines += [f"  --{f.name}: {f.help} (default: {f.default!r})" for f in own]
+  return "\n".join([*lines, "", cli.config_help(sys.argv)])
+
+
 if __name__ == "__main__":
+  if any(a in cli.HELP_FLAGS for a in sys.argv[1:]):
+    print(usage())
+    sys.exit(0)
   app.run(main)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from transfer_meta import keywords
 from transfer_meta.learners.base import Learner
 from transfer_meta.learners.maml import anil, fomaml, maml, melu
 from transfer_meta.learners.meta_sgd import meta_sgd
 from transfer_meta.learners.reptile import reptile
 from transfer_meta.learners.transfer import finetune, head_only, none
 from transfer_meta.models.base import Model
-from transfer_meta.registry import lookup
 
 LEARNERS: dict[str, Callable[..., Learner]] = {
   "maml": maml,  # second order, every parameter adapted
@@ -38,11 +38,13 @@ def get_learner(name: str, model: Model, **kwargs) -> Learner:
   Args:
     name: a key of `LEARNERS`.
     model: the `Model` to meta-learn.
-    **kwargs: factory keywords (inner_steps, inner_lr, adapt_regex, first_order, loss, ...).
+    **kwargs: factory keywords (inner_steps, inner_lr, adapt_regex, first_order, loss, ...); an unknown one
+      raises `keywords.KeywordError` listing the valid ones; None for a keyword a wrapper forwards (melu's
+      adapt_regex, ...) means the wrapper's default.
   Returns:
     A `Learner`.
   """
-  return lookup(LEARNERS, name, "learner")(model, **kwargs)
+  return keywords.call(LEARNERS, name, "learner", (model,), kwargs)
 
 
 __all__ = ["LEARNERS", "Learner", "get_learner"]

@@ -13,7 +13,6 @@ from transfer_meta.data.protocols.item_cold import item_cold
 from transfer_meta.data.protocols.melu import melu
 from transfer_meta.data.protocols.recbole_metarec import recbole_metarec
 from transfer_meta.data.split import ColdStartSplit
-from transfer_meta.registry import lookup
 
 PROTOCOLS = {"melu": melu, "recbole_metarec": recbole_metarec, "item_cold": item_cold}
 
@@ -21,6 +20,9 @@ PROTOCOLS = {"melu": melu, "recbole_metarec": recbole_metarec, "item_cold": item
 def make_protocol(name: str, interactions: Interactions, seed: int = 0, **kwargs) -> ColdStartSplit:
   """Splits `interactions` by protocol `name` (see `PROTOCOLS`); kwargs are the protocol's parameters.
 
-  Unknown names raise ValueError listing the valid ones; unknown parameters raise TypeError naming them.
+  Unknown names raise ValueError listing the valid ones; unknown parameters raise `keywords.KeywordError` (a TypeError)
+  naming them and listing the valid ones.
   """
-  return lookup(PROTOCOLS, name, "protocol")(interactions, seed, **kwargs)
+  from transfer_meta import keywords  # here: keywords imports this registry
+
+  return keywords.call(PROTOCOLS, name, "protocol", (interactions, seed), kwargs, positional=2)
