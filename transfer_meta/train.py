@@ -84,6 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.select_metric, c.select_mode = "valid/mae", "min"
   c.support_cap = 0
+  c.min_tasks = 20  # warn when a protocol task set has fewer tasks (0: never); the warning says how to fix it
   c.chunk_size = 0  # > 0: tasks per chunk inside the step (lax.scan over chunks; bounds memory); 0: plain vmap
   c.compute_dtype = "float32"  # "bfloat16": model compute in bf16, meta-parameters stay float32
   c.buckets = DEFAULT_BUCKETS
@@ -146,7 +147,10 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
   buckets = tuple(config.buckets)
   seeds = []
   for s in seed_list(config):
-    split = _cap(make_protocol(config.protocol_name, data, seed=s, **config.protocol.to_dict()), config.support_cap)
+    split = _cap(
+      make_protocol(config.protocol_name, data, seed=s, min_tasks=config.min_tasks, **config.protocol.to_dict()),
+      config.support_cap,
+    )
     names = ("train", "valid", *split.scenarios)
     seeds.append(SeedTasks(s, split, {n: TaskData.from_split(data, split, n, feats, buckets) for n in names}))
   mesh = sharding.make_mesh()
