@@ -179,12 +179,15 @@ def load_csv(
   sep: str | None = None,
   decimal: str = ".",
   encoding: str = "utf-8",
+  users_file: str | os.PathLike | None = None,
+  items_file: str | os.PathLike | None = None,
 ) -> Interactions:
   """Loads interactions and optional side-feature tables from files.
 
   Args:
     interactions: file with user, item, rating and (optionally) timestamp columns.
-    users, items: optional feature-table files; every user/item in the interactions needs a row.
+    users, items: optional feature-table files; every user/item in the interactions needs a row ('' or None:
+      no table; '' stands for None in every optional keyword, as the command line cannot write None).
     columns: role -> column name for 'user', 'item', 'rating', 'timestamp' (default: the role names);
       'timestamp': None means the file has none (all timestamps 0).
     user_categorical, item_categorical: columns encoded as categorical features (missing -> `UNKNOWN`).
@@ -198,10 +201,19 @@ def load_csv(
       default year cutoff from it (`protocols.common.YEAR_CUTOFFS`; else the year leaving ~20% new items).
     sep: field delimiter of every text file (default: tab for .tsv, else comma), e.g. ';'.
     decimal: decimal mark of numeric columns ('.' or ','); encoding: text encoding of every text file.
+    users_file, items_file: `users` / `items` under names a config can hold (a ConfigDict field cannot be
+      called `items`: that is its method); give one name or the other.
   Returns:
     `Interactions`.
   """
+  for alias, given in (("users", users_file), ("items", items_file)):
+    if given and (users if alias == "users" else items):
+      raise ValueError(f"give {alias}= or {alias}_file=, not both")
+  users, items = users or users_file, items or items_file
   multi_hot = parse_multi_hot(multi_hot)
+  # The command line cannot write None: '' means "none" for an optional file, column or name.
+  users, items, item_year_column, name, sep = (v or None for v in (users, items, item_year_column, name, sep))
+  columns = {k: v or None for k, v in dict(columns or {}).items()}
   user_categorical, item_categorical, item_text = map(_names, (user_categorical, item_categorical, item_text))
   stray = set(multi_hot) - {"users", "items"}
   if stray:
