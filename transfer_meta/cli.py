@@ -55,8 +55,9 @@ def load(path: str, argv: Sequence[str], flag: str = "config") -> ml_collections
   config = ConfigFileFlagParser(name=flag, lock_config=True).parse(path)
   given = overrides(argv, flag)
   names = {sec: given[f"{sec}_name"] for sec in ("learner", "model", "protocol") if f"{sec}_name" in given}
-  keywords.complete(config, names)
-  check_paths(config, list(given), flag)
+  whole = [path for path in given if path in config and isinstance(config[path], ml_collections.ConfigDict)]
+  keywords.complete(config, names, skip=whole)
+  check_paths(config, [p for p in given if not any(p.startswith(w + ".") for w in whole)], flag)
   return config
 
 

@@ -17,7 +17,7 @@ import collections.abc
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -122,7 +122,9 @@ def _sections() -> dict[str, tuple[str, Mapping[str, Callable], int]]:
   }
 
 
-def complete(config: ml_collections.ConfigDict, names: Mapping[str, str] | None = None) -> ml_collections.ConfigDict:
+def complete(
+  config: ml_collections.ConfigDict, names: Mapping[str, str] | None = None, skip: Sequence[str] = ()
+) -> ml_collections.ConfigDict:
   """Adds every keyword of each chosen factory, with its default, to `config.learner`, `.model`, `.protocol`.
 
   Values already set are kept. The config stays locked if it was. A keyword with default None becomes a typed
@@ -132,6 +134,7 @@ def complete(config: ml_collections.ConfigDict, names: Mapping[str, str] | None 
     config: an experiment config (`configs/*.py` get_config()).
     names: section -> factory name to complete for, overriding `config.<section>_name` (the command line's
       `--config.learner_name=...`, applied after this).
+    skip: sections left alone (the command line replaces them whole, `--config.model={}`).
   Returns:
     `config`, completed in place.
   Raises:
@@ -139,7 +142,7 @@ def complete(config: ml_collections.ConfigDict, names: Mapping[str, str] | None 
   """
   names = dict(names or {})
   for section, (name_field, registry, positional) in _sections().items():
-    if section not in config or name_field not in config:
+    if section not in config or name_field not in config or section in skip:
       continue
     name = names.get(section, config[name_field])
     if name not in registry:

@@ -4,12 +4,16 @@
 
 writes `ratings.csv` (user,item,rating,timestamp), `users.csv` (user + categorical features) and `items.csv`
 (item, year, categorical features, multi-hot features joined with '|', text). `load_csv` on them with the
-keywords `csv_keywords` returns gives back the same interactions (tested).
+keywords `csv_keywords` returns gives back the same interactions (tested). The example files in
+`examples/csv/` that `configs/csv.py` reads by default were written by (tested to be what it writes):
+
+    python -m transfer_meta.data.csv_export --out=examples/csv --kwargs='{"n_users": 300, "n_items": 200}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 
@@ -86,10 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--dataset", default="synthetic", help="a tm.load_dataset name (default: synthetic)")
   parser.add_argument("--out", required=True, help="directory for ratings.csv, users.csv, items.csv")
+  parser.add_argument("--kwargs", default="{}", help="JSON object of the dataset's loader keywords")
   args = parser.parse_args(argv)
   from transfer_meta.data import load_dataset
 
-  keywords = write_csv(load_dataset(args.dataset), args.out)
+  keywords = write_csv(load_dataset(args.dataset, **json.loads(args.kwargs)), args.out)
   print(f"wrote {keywords['interactions']}, {keywords['users']}, {keywords['items']}")
   for key in ("user_categorical", "item_categorical", "multi_hot", "item_year_column"):
     print(f"  {key}: {keywords[key]}")
