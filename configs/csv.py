@@ -94,4 +94,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def sweep() -> list[dict]:
   """Ablations (override dicts, dotted keys) that `experiments/ablate.py` expands."""
-  return [{"learner.inner_steps": k} for k in (0, 1, 3)] + [{"protocol.min_ratings": k} for k in (5, 13)]
+  return [{"learner.inner_steps": k} for k in (0, 1, 3)] + [{"protocol.min_support": k} for k in (1, 3)]

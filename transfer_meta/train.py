@@ -136,14 +136,20 @@ def _cap(split: ColdStartSplit, k: int) -> ColdStartSplit:
   return dataclasses.replace(split, tasks={n: ts.cap_support(k) for n, ts in split.tasks.items()})
 
 
+def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec) -> Model:
+  """The run's model as training, evaluation and serving all use it: backbone, its keywords, compute dtype."""
+  model = get_model(config.model_name, spec, **config.model.to_dict())
+  if config.get("compute_dtype", "float32") != "float32":
+    model = precision.with_compute_dtype(model, config.compute_dtype)
+  return model
+
+
 def build_experiment(config: ml_collections.ConfigDict, data: Interactions | None = None) -> Experiment:
   """Loads the dataset, makes each seed's split and task sets, builds the model and the mesh."""
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
   feats = FeatureMatrices.from_interactions(data)
   spec = FeatureSpec.from_interactions(data)
-  model = get_model(config.model_name, spec, **config.model.to_dict())
-  if config.compute_dtype != "float32":
-    model = precision.with_compute_dtype(model, config.compute_dtype)
+  model = build_model(config, spec)
   buckets = tuple(config.buckets)
   seeds = []
   for s in seed_list(config):
