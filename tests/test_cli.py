@@ -220,3 +220,19 @@ def test_csv_config_runs_end_to_end(tmp_path):
   manifest = json.load(open(tmp_path / "split_manifest.json"))[0]
   assert manifest["params"]["year_cutoff"] == 1994
   assert set(results["metrics"]) == {"valid", "warm", "new_user", "new_item", "new_user_new_item"}
+
+
+def test_display_names_match_the_registry_and_the_readme():
+  from transfer_meta.learners import DISPLAY_NAMES
+  from transfer_meta.results import results_table
+
+  assert set(DISPLAY_NAMES) <= set(LEARNERS)
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  for name, shown in DISPLAY_NAMES.items():  # a README row naming a learner gives its registry name beside it
+    for row in (ln for ln in readme.splitlines() if ln.startswith(f"| {shown} ")):
+      assert f"`{name}`" in row, row
+  assert "| MAML-MeLU (`melu`) |" in readme
+  cell = {"mean": 0.8, "std": 0.0, "per_seed": [0.8]}
+  results = {"learner": "melu", "metrics": {"warm": {"mae": cell}}, "comparisons": {"fomaml": {"warm": {"mae": cell}}}}
+  table = results_table(results)
+  assert "| warm | melu | 0.800 ± 0.000 |" in table and "learners: melu = MAML-MeLU, fomaml = FOMAML" in table

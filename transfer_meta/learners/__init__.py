@@ -32,6 +32,26 @@ LEARNERS: dict[str, Callable[..., Learner]] = {
 }
 
 
+# Names people read (README tables, papers) for registry names; printed tables keep the registry name and add
+# this legend, so a table row and the README's wording can always be matched.
+DISPLAY_NAMES: dict[str, str] = {
+  "maml": "MAML",
+  "fomaml": "FOMAML",
+  "anil": "ANIL",
+  "melu": "MAML-MeLU",
+  "meta_sgd": "Meta-SGD",
+  "reptile": "Reptile",
+  "none": "none (no adaptation)",
+  "finetune": "fine-tune",
+  "head_only": "head-only fine-tune",
+}
+
+
+def display_name(name: str) -> str:
+  """The name people read for learner `name` (the registry name itself when it has none)."""
+  return DISPLAY_NAMES.get(name, name)
+
+
 def get_learner(name: str, model: Model, **kwargs) -> Learner:
   """The learner `name` for `model`; unknown names raise ValueError listing the valid ones.
 
@@ -47,4 +67,4 @@ def get_learner(name: str, model: Model, **kwargs) -> Learner:
   return keywords.call(LEARNERS, name, "learner", (model,), kwargs)
 
 
-__all__ = ["LEARNERS", "Learner", "get_learner"]
+__all__ = ["DISPLAY_NAMES", "LEARNERS", "Learner", "display_name", "get_learner"]
