@@ -28,6 +28,17 @@ _CACHE = flags.DEFINE_string(
   "Persistent XLA compilation cache directory, so a "
   "resumed run does not compile again; 'auto': WORKDIR/jax_cache, '': off.",
 )
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Join a multi-process run through jax.distributed.initialize (JAX's own runtime; on SLURM, Open MPI, "
+  "Kubernetes or Cloud TPU it finds the coordinator and this process's rank by itself).",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0 (default: JAX_COORDINATOR_ADDRESS or auto-detected)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (default: auto-detected).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank, 0..num_processes-1 (default: auto).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Resolve and print the config, then exit (nothing is run or written).")
 flags.FLAGS["config"].parser = cli.CompletingParser(name="config", lock_config=True)  # + factory keywords
 flags.mark_flags_as_required(["config", "workdir"])
@@ -40,6 +51,8 @@ def main(argv: list[str]) -> None:
     print(f"dry run: {_CONFIG.value.to_json(indent=1, sort_keys=True)}\nworkdir: {_WORKDIR.value} (not written)")
     return
   logging.getLogger("absl").setLevel(logging.WARNING)
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cache = os.path.join(_WORKDIR.value, "jax_cache") if _CACHE.value == "auto" else _CACHE.value
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
@@ -49,7 +62,10 @@ def main(argv: list[str]) -> None:
 
 def usage() -> str:
   """`--help`: this module's docstring, its flags and the config fields with their defaults."""
-  own = [flags.FLAGS[f.name] for f in (_CONFIG, _WORKDIR, _CACHE, _DRY_RUN)]
+  own = [
+    flags.FLAGS[f.name]
+    for f in (_CONFIG, _WORKDIR, _CACHE, _DRY_RUN, _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
+  ]
   lines = [(__doc__ or "").strip(), "", "flags:"]
   lines += [f"  --{f.name}: {f.help} (default: {f.default!r})" for f in own]
   return "\n".join([*lines, "", cli.config_help(sys.argv)])
