@@ -8,7 +8,8 @@ Found generically, so a section someone adds is under test with no new test code
     handler of its kind: `transfer_meta.main` runs with --dry_run (the real config loading and override
     parsing); other `python -m` modules answer --help and list every flag the command passes; `make T` is
     `make -n T`, whose recipe lines are checked the same way; `pip install -r F` / `-e .[extra]` need F / the
-    extra to exist. A command of any other kind FAILS, naming itself, so nothing is passed over in silence.
+    extra to exist; `VAR=value` prefixes and an `srun` launcher are stripped and what they start is checked.
+    A command of any other kind FAILS, naming itself, so nothing is passed over in silence.
 A ```python block preceded by `<!-- readme-test: not run: <reason naming the test that covers it> -->` is
 not executed; the test checks that the named test file exists and reads README.md.
 """
@@ -134,6 +135,10 @@ def _check_python_module(args: list[str]) -> None:
 def _check(cmd: str) -> None:
   """Runs the cheap form of one README command (see the module docstring); unknown kinds fail."""
   args = shlex.split(cmd)
+  while args and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", args[0]):  # VAR=value prefixes: the environment
+    args = args[1:]
+  if args[:1] == ["srun"]:  # a launcher: what it starts must run
+    args = args[1:]
   if args[:2] == ["python", "-m"] or (args[0].endswith("/python") and args[1] == "-m"):
     return _check_python_module(args[2:])
   if args[0] == "make":
