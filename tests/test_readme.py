@@ -213,6 +213,7 @@ def _smoke(args: list[str], workdir: str) -> list[str]:
   return [*out, "--config.seeds=1", "--config.num_steps=2", "--compilation_cache="]
 
 
+@pytest.mark.slow  # each snippet runs for real (a smoke-sized training run or two)
 @pytest.mark.parametrize("where, code, why", _python_blocks(), ids=[w for w, _, _ in _python_blocks()])
 def test_readme_python_snippet_runs(where, code, why, tmp_path):
   if why is not None:
