@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 
@@ -24,11 +22,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from experiments.ablate import SEP  # noqa: E402
-
-STYLES = ("-", "--", ":", "-.")  # line style per learner when colours mark runs
+from transfer_meta.plots import STYLES, plot_curves, read_curves, run_dirs  # noqa: E402, F401  (moved to the library)
+from transfer_meta.plots import save_figure as _save  # noqa: E402
 
 
 def read_ablation(path: str, scenario: str, metric: str) -> tuple[str, list[str], dict]:
@@ -89,89 +86,6 @@ def plot_ablation(path: str, metric: str, out: str, methods: Sequence[str] | Non
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return _save(fig, out)
-
-
-def run_dirs(paths: Sequence[str]) -> list[str]:
-  """Run directories: each path holding metrics.jsonl, or else every sub-directory of it that does, in natural
-  order ('support_cap=3' before 'support_cap=10'; 'all' after the numbers)."""
-  out = []
-  for path in paths:
-    if os.path.isfile(os.path.join(path, "metrics.jsonl")):
-      out.append(path)
-      continue
-    subs = sorted(
-      (os.path.join(path, d) for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))), key=_natural
-    )
-    found = [d for d in subs if os.path.isfile(os.path.join(d, "metrics.jsonl"))]
-    if not found:
-      raise ValueError(f"{path}: no metrics.jsonl in it or in its sub-directories")
-    out.extend(found)
-  return out
-
-
-def _natural(path: str) -> list:
-  """Sort key comparing digit runs as numbers, so a numeric sweep sorts by value."""
-  parts = re.split(r"(\d+(?:\.\d+)?)", os.path.basename(path))
-  return [(0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts)]
-
-
-def read_curves(run_dir: str) -> dict:
-  """{learner: {metric: ([steps], [values])}} from a run's metrics.jsonl (records in step order)."""
-  curves: dict = {}
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    for line in f:
-      if not line.strip():
-        continue
-      rec = json.loads(line)
-      per = curves.setdefault(rec.get("learner", "?"), {})
-      for k, v in rec.items():
-        if k not in ("learner", "step") and isinstance(v, int | float):
-          steps, values = per.setdefault(k, ([], []))
-          steps.append(rec["step"])
-          values.append(v)
-  return curves
-
-
-def plot_curves(paths: Sequence[str], metrics: Sequence[str], out: str) -> str:
-  """PNG with a panel per metric ('train/outer_loss', 'valid/mae'), a line per (run, learner): with several runs
-  a run is a colour (along the sweep's order) and a learner a line style.
-
-  Raises:
-    ValueError when no run logged one of `metrics`.
-  """
-  dirs = run_dirs(paths)
-  data = {d: read_curves(d) for d in dirs}
-  learners = list(dict.fromkeys(name for curves in data.values() for name in curves))
-  colours = plt.cm.viridis(np.linspace(0.0, 0.9, len(dirs))) if len(dirs) > 1 else None
-  fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
-  for ax, metric in zip(axes[0], metrics):
-    drawn = 0
-    for r, (d, curves) in enumerate(data.items()):
-      for learner, per in curves.items():
-        if metric in per:
-          label = learner if len(dirs) == 1 else f"{os.path.basename(os.path.normpath(d))} {learner}"
-          style = (
-            {"color": colours[r], "linestyle": STYLES[learners.index(learner) % len(STYLES)]} if len(dirs) > 1 else {}
-          )
-          ax.plot(*per[metric], marker="." if len(per[metric][0]) < 30 else None, label=label, **style)
-          drawn += 1
-    if not drawn:
-      have = sorted({k for curves in data.values() for per in curves.values() for k in per})
-      raise ValueError(f"no run logged {metric!r}; logged: {have}")
-    ax.set_xlabel("meta-step")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.suptitle(", ".join(os.path.normpath(p) for p in paths), fontsize=9)
-  return _save(fig, out)
-
-
-def _save(fig, out: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import pytest
 from transfer_meta import evaluate, serving, train
 from transfer_meta.checkpoint import Checkpointer
 from transfer_meta.data.interactions import DataError
+from transfer_meta.learners import get_learner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,3 +127,25 @@ def test_bad_requests_are_refused(run):
     serving.load_meta_params(workdir, seed_index=5, data=exp.data)
   with pytest.raises(FileNotFoundError, match="config.json"):
     serving.load_meta_params(os.path.join(workdir, "nowhere"))
+
+
+def test_bf16_run_is_served_as_it_was_evaluated(tmp_path):
+  """A model trained and evaluated in bf16 is served in bf16: served scores equal the evaluator's, which
+  differ from the same parameters computed in f32 (so the check can fail)."""
+  config = _config()
+  with config.unlocked():
+    config.compute_dtype, config.seeds = "bfloat16", 1
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  exp = train.build_experiment(config)
+  bundle = serving.load_meta_params(workdir, data=exp.data)
+  user, items, ratings, query_items, task = _new_user_task(exp, 0, 1)
+  out = serving.adapt(bundle, items, ratings, user=user)
+  n_query = query_items.shape[0]
+  evaluator = get_learner(config.learner_name, exp.model, **config.learner.to_dict())  # the evaluation's model
+  key = jax.random.key(0)
+  want = np.asarray(evaluate.score_task(evaluator, bundle.meta_params, task["support"], task["query"], key))[:n_query]
+  np.testing.assert_allclose(out.scores[query_items], want, rtol=0, atol=1e-6)
+  f32 = get_learner(config.learner_name, train.get_model(config.model_name, exp.spec, **config.model.to_dict()))
+  as_f32 = np.asarray(evaluate.score_task(f32, bundle.meta_params, task["support"], task["query"], key))[:n_query]
+  assert np.abs(as_f32 - want).max() > 1e-4  # bf16 and f32 scores differ: the test sees a wrong dtype

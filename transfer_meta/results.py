@@ -66,7 +66,13 @@ def results_table(results: dict) -> str:
     m: {s: {k: v["per_seed"] for k, v in per.items()} for s, per in metrics.items()} for m, metrics in methods.items()
   }
   rows = report.summarize(per_seed)
-  return report.to_markdown(rows, [m for m in report.columns(rows) if "/" not in m])  # not 'auc/tasks' counts
+  table = report.to_markdown(rows, [m for m in report.columns(rows) if "/" not in m])  # not 'auc/tasks' counts
+  from transfer_meta.learners import DISPLAY_NAMES
+
+  legend = [
+    f"{m} = {DISPLAY_NAMES[m]}" for m in (results["learner"], *results.get("comparisons", {})) if m in DISPLAY_NAMES
+  ]
+  return table + ("\nlearners: " + ", ".join(legend) + "\n" if legend else "")
 
 
 def write_run_files(exp: Experiment, workdir: str) -> None:

@@ -5,9 +5,11 @@ metrics.jsonl is rewound to the restored step on resume, so its content matches 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 
@@ -25,6 +27,37 @@ def atomic_write(path: str, text: str) -> None:
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextlib.contextmanager
+def log_file(path: str) -> Iterator[str]:
+  """Copies every log record (INFO and up) and Python warning to `path` (appended) while the block runs.
+
+  Only process 0 writes the file. Yields `path`.
+  """
+  if not is_writer():
+    yield path
+    return
+  handler = logging.FileHandler(path)
+  handler.setLevel(logging.INFO)
+  handler.setFormatter(logging.Formatter(LOG_FORMAT))
+  root = logging.getLogger()
+  old_level, captured = root.level, logging.getLogger("py.warnings")
+  root.addHandler(handler)
+  root.setLevel(min(old_level or logging.WARNING, logging.INFO))
+  logging.captureWarnings(True)
+  captured.addHandler(handler)
+  try:
+    yield path
+  finally:
+    logging.captureWarnings(False)
+    captured.removeHandler(handler)
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+    handler.close()
 
 
 class MetricsLog:

@@ -33,8 +33,7 @@ from transfer_meta.data.interactions import UNKNOWN, DataError, Interactions
 from transfer_meta.data.tasks import DEFAULT_BUCKETS, bucket
 from transfer_meta.learners import get_learner
 from transfer_meta.learners.base import Learner
-from transfer_meta.models import get_model
-from transfer_meta.train import seed_list
+from transfer_meta.train import build_model, seed_list
 
 _ITEM_KEYS = ("item", "item_cat", "item_multi", "item_dense")
 
@@ -88,7 +87,7 @@ def load_meta_params(
     raise ValueError(f"seed_index={seed_index} out of range for the run's {len(seeds)} seeds")
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
   feats = FeatureMatrices.from_interactions(data)
-  model = get_model(config.model_name, FeatureSpec.from_interactions(data), **config.model.to_dict())
+  model = build_model(config, FeatureSpec.from_interactions(data))  # as trained: keywords, compute dtype
   learner = get_learner(config.learner_name, model, **config.learner.to_dict())
   example = make_examples(feats, np.zeros(1, np.int32), np.zeros(1, np.int32))
 

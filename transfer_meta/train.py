@@ -7,7 +7,8 @@
               per seed, the meta-params with the best validation metric are kept
             -> the selected meta-params evaluated on 'valid' and every scenario
          -> reference baselines on the same splits
-         -> DIR/results.json, metrics.jsonl, config.json, split_manifest.json, checkpoints/, a printed table.
+         -> DIR/results.json, metrics.jsonl, config.json, split_manifest.json, checkpoints/, a printed table,
+            train.log, curves.png (per learner and seed), scenarios_<metric>.png (beside the baselines).
 
 Exact resume: every bit of state that shapes the future (meta-params, optimiser state, best-so-far params and
 metric, data-iterator positions, step) is checkpointed together; per-step randomness is
@@ -34,7 +35,7 @@ import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from transfer_meta import chunking, evaluate, precision, ranking_eval, runlog, sharding
+from transfer_meta import chunking, evaluate, plots, precision, ranking_eval, runlog, sharding
 from transfer_meta import metrics as metrics_lib
 from transfer_meta import results as results_lib
 from transfer_meta.checkpoint import Checkpointer
@@ -98,6 +99,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.select_metric, c.select_mode = "valid/mae", "min"
   c.support_cap = 0
+  c.min_tasks = 20  # warn when a protocol task set has fewer tasks (0: never); the warning says how to fix it
   c.chunk_size = 0  # > 0: tasks per chunk inside the step (lax.scan over chunks; bounds memory); 0: plain vmap
   c.compute_dtype = "float32"  # "bfloat16": model compute in bf16, meta-parameters stay float32
   c.buckets = DEFAULT_BUCKETS
@@ -149,18 +151,27 @@ def _cap(split: ColdStartSplit, k: int) -> ColdStartSplit:
   return dataclasses.replace(split, tasks={n: ts.cap_support(k) for n, ts in split.tasks.items()})
 
 
+def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec) -> Model:
+  """The run's model as training, evaluation and serving all use it: backbone, its keywords, compute dtype."""
+  model = get_model(config.model_name, spec, **config.model.to_dict())
+  if config.get("compute_dtype", "float32") != "float32":
+    model = precision.with_compute_dtype(model, config.compute_dtype)
+  return model
+
+
 def build_experiment(config: ml_collections.ConfigDict, data: Interactions | None = None) -> Experiment:
   """Loads the dataset, makes each seed's split and task sets, builds the model and the mesh."""
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
   feats = FeatureMatrices.from_interactions(data)
   spec = FeatureSpec.from_interactions(data)
-  model = get_model(config.model_name, spec, **config.model.to_dict())
-  if config.compute_dtype != "float32":
-    model = precision.with_compute_dtype(model, config.compute_dtype)
+  model = build_model(config, spec)
   buckets = tuple(config.buckets)
   seeds = []
   for s in seed_list(config):
-    split = _cap(make_protocol(config.protocol_name, data, seed=s, **config.protocol.to_dict()), config.support_cap)
+    split = _cap(
+      make_protocol(config.protocol_name, data, seed=s, min_tasks=config.min_tasks, **config.protocol.to_dict()),
+      config.support_cap,
+    )
     names = ("train", "valid", *split.scenarios)
     seeds.append(SeedTasks(s, split, {n: TaskData.from_split(data, split, n, feats, buckets) for n in names}))
   mesh = sharding.make_mesh()
@@ -463,14 +474,17 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
     metrics = jax.device_get(metrics)
     done, last = step + 1, step + 1 == config.num_steps
     _check_finite(metrics, done, name, ckpt)
-    record = {"learner": name, "step": done}
+    record, per_seed = {"learner": name, "step": done}, {}
     if done % config.log_every == 0 or last:
       record.update({f"train/{k}": float(np.mean(v)) for k, v in metrics.items()})
+      per_seed.update({f"train/{k}": np.asarray(v, float).tolist() for k, v in metrics.items()})
     if done % config.eval_every == 0 or last:
       values = _validate(exp, eval_step, state["meta_params"], valid, eval_keys)
       best.update(values, state["meta_params"], done)
       record.update({f"valid/{k}": float(np.mean([v[k] for v in values])) for k in values[0]})
-    if len(record) > 2:
+      per_seed.update({f"valid/{k}": [float(v[k]) for v in values] for k in values[0]})
+    if per_seed:
+      record["per_seed"] = per_seed  # seed order: results.json's "seeds"
       mlog.write(record)
       postfix.update({k.removeprefix("train/"): f"{v:.4f}" for k, v in record.items() if k in show})
       bar.set_postfix(postfix, refresh=False)
@@ -523,9 +537,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: In
     workdir: output directory; rerunning into the same one resumes from its checkpoints.
     data: optional preloaded `Interactions` (else `load_dataset(config.dataset_name, **config.dataset)`).
   Returns:
-    The results dict written to `workdir/results.json` (see DESIGN.md).
+    The results dict written to `workdir/results.json` (see DESIGN.md). The workdir also gets `train.log`
+    (every log record and warning of the run, appended) and the plots of `plots.write_run_plots`.
   """
   os.makedirs(workdir, exist_ok=True)
+  with runlog.log_file(os.path.join(workdir, "train.log")):
+    return _train_and_evaluate(config, workdir, data)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Interactions | None) -> dict:
   exp = build_experiment(config, data)
   results_lib.write_run_files(exp, workdir)
   log.info("%s; %s", exp.data.summary(), {n: ts.stats() for n, ts in exp.seeds[0].split.tasks.items()})
@@ -543,6 +563,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: In
   runlog.atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   table = results_lib.results_table(results)
   runlog.atomic_write(os.path.join(workdir, "results.md"), table)
+  if runlog.is_writer():
+    log.info("plots: %s", plots.write_run_plots(workdir, results, config.select_metric))
   if runlog.is_writer():
     print(
       f"\n{config.dataset_name} / {results['protocol']} v{results['protocol_version']}, {len(exp.seeds)} seeds, "

@@ -34,8 +34,11 @@ def _csv(**kw):
 DATASETS = {"ml-100k": _ml100k, "ml-1m": _ml1m, "synthetic": _synthetic, "csv": _csv}
 
 
-def load_dataset(name: str, **kwargs) -> Interactions:
-  """Loads a dataset by name: 'ml-100k', 'ml-1m', 'synthetic', 'csv', or 'tfds:movielens/<variant>-ratings'."""
+def load_dataset(name: str, /, **kwargs) -> Interactions:
+  """Loads a dataset by name: 'ml-100k', 'ml-1m', 'synthetic', 'csv', or 'tfds:movielens/<variant>-ratings'.
+
+  `name` is positional-only, so a loader's own `name=` keyword (the csv dataset's name) passes through.
+  """
   if name.startswith("tfds:"):
     from transfer_meta.data.tfds_source import load_tfds
 

@@ -46,11 +46,27 @@ class RawTable:
   vocab: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
 
 
-def _rows(positions: np.ndarray, first_line: int | None) -> str:
-  """'line(s) 3, 9' (file lines) or 'row(s) 1, 7' (0-based positions), first few plus a count."""
-  shown = ", ".join(str(int(p) + (first_line or 0)) for p in positions[:_SHOW])
+def _rows(positions: np.ndarray, first_line: int | np.ndarray | None) -> str:
+  """'line(s) 3, 9' (file lines) or 'row(s) 1, 7' (0-based positions), first few plus a count.
+
+  `first_line`: the file line of row 0, or int [N] the file line of every row (files with blank lines or
+  quoted line breaks), or None (0-based rows).
+  """
+  if isinstance(first_line, np.ndarray):
+    shown = ", ".join(str(int(first_line[p])) for p in positions[:_SHOW])
+  else:
+    shown = ", ".join(str(int(p) + (first_line or 0)) for p in positions[:_SHOW])
   more = f" ... ({positions.size} in all)" if positions.size > _SHOW else ""
   return f"{'line' if first_line is not None else 'row'}(s) {shown}{more}"
+
+
+def _clipped(values, limit: int = 60) -> str:
+  """A list's values for a message, each repr cut to `limit` characters (a field may be megabytes long)."""
+  out = []
+  for v in list(values):
+    text = repr(v.item() if isinstance(v, np.generic) else v)
+    out.append(text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)")
+  return "[" + ", ".join(out) + "]"
 
 
 def _numeric(values, what: str, source: str, first_line: int | None) -> np.ndarray:
@@ -61,7 +77,7 @@ def _numeric(values, what: str, source: str, first_line: int | None) -> np.ndarr
   bad = np.flatnonzero(np.isnan(num) & ~missing)
   if bad.size:
     raise DataError(
-      f"{source}: column {what!r}: non-numeric value(s) {raw.iloc[bad[:_SHOW]].tolist()} at {_rows(bad, first_line)}"
+      f"{source}: column {what!r}: non-numeric value(s) {_clipped(raw.iloc[bad[:_SHOW]])} at {_rows(bad, first_line)}"
     )
   if missing.any():
     raise DataError(f"{source}: column {what!r}: missing value at {_rows(np.flatnonzero(missing), first_line)}")
@@ -86,7 +102,9 @@ def _codes(labels: pd.Series, vocab: Sequence[str] | None, what: str) -> tuple[n
   codes = pd.Index(vocab, dtype=object).get_indexer(labels.to_numpy(object)).astype(np.int64)
   stray = labels[(codes < 0) & labels.notna().to_numpy()]
   if len(stray):
-    raise DataError(f"{what}: values {sorted(set(stray))[:_SHOW]} are not in the vocabulary {list(vocab)}")
+    raise DataError(
+      f"{what}: values {_clipped(sorted(set(stray))[:_SHOW])} are not in the vocabulary {_clipped(list(vocab)[:20])}"
+    )
   return codes, vocab
 
 
@@ -116,15 +134,15 @@ def encode_table(table: RawTable, raw_ids: np.ndarray, kind: str) -> FeatureTabl
   if ids.has_duplicates:
     raise DataError(
       f"{table.source}: {kind} feature table lists ids more than once, e.g. "
-      f"{ids[ids.duplicated()].unique()[:_SHOW].tolist()}"
+      f"{_clipped(ids[ids.duplicated()].unique()[:_SHOW])}"
     )
   idx = ids.get_indexer(raw_ids)
   absent = raw_ids[idx < 0]
   if absent.size:
     raise DataError(
-      f"{kind} ids {absent[:_SHOW].tolist()} ({absent.size} of {raw_ids.size}) occur in the "
+      f"{kind} ids {_clipped(absent[:_SHOW])} ({absent.size} of {raw_ids.size}) occur in the "
       f"interactions but not in the {kind} feature table {table.source} (table ids are "
-      f"{ids.dtype}, interaction ids {raw_ids.dtype}, e.g. {ids[:3].tolist()})"
+      f"{ids.dtype}, interaction ids {raw_ids.dtype}, e.g. {_clipped(ids[:3])})"
     )
   if len(ids) > raw_ids.size:
     log.info("%s: %d %s rows without interactions left out", table.source, len(ids) - raw_ids.size, kind)
@@ -203,7 +221,7 @@ def build_interactions(
   rating_scale: tuple[float, float] = (1, 5),
   source: str = "<memory>",
   columns: Mapping[str, str] | None = None,
-  first_line: int | None = None,
+  first_line: int | np.ndarray | None = None,
 ) -> Interactions:
   """Builds validated `Interactions` from raw columns.
 
@@ -218,7 +236,8 @@ def build_interactions(
     rating_scale: inclusive (low, high).
     source: file name used in messages.
     columns: names of the 'user', 'item', 'rating', 'timestamp', 'item_year' columns, for messages.
-    first_line: file line of row 0 (messages cite lines), or None (messages cite 0-based rows).
+    first_line: file line of row 0 (messages cite lines), or int [N] the file line of each row, or None
+      (messages cite 0-based rows).
   Returns:
     `Interactions` with rows in source order (minus merged duplicates).
   """
@@ -242,7 +261,8 @@ def build_interactions(
   ts = ts.astype(np.int64)
   key = user.astype(np.int64) * item_ids.size + item
   describe = lambda rows: (
-    f"user {user_ids[user[rows[0]]]!r} item {item_ids[item[rows[0]]]!r} at {_rows(rows, first_line)}"
+    f"user {_clipped([user_ids[user[rows[0]]]])[1:-1]} item {_clipped([item_ids[item[rows[0]]]])[1:-1]} "
+    f"at {_rows(rows, first_line)}"
   )
   keep, rating, ts = _resolve_duplicates(key, rating, ts, duplicates, describe, source)
   user_feats = encode_table(user_table, user_ids, "user") if user_table else FeatureTable(user_ids.size)

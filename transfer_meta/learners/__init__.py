@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from transfer_meta import keywords
 from transfer_meta.learners.base import Learner
 from transfer_meta.learners.maml import anil, fomaml, maml, melu
 from transfer_meta.learners.meta_sgd import meta_sgd
 from transfer_meta.learners.reptile import reptile
 from transfer_meta.learners.transfer import finetune, head_only, none
 from transfer_meta.models.base import Model
-from transfer_meta.registry import lookup
 
 LEARNERS: dict[str, Callable[..., Learner]] = {
   "maml": maml,  # second order, every parameter adapted
@@ -32,17 +32,39 @@ LEARNERS: dict[str, Callable[..., Learner]] = {
 }
 
 
+# Names people read (README tables, papers) for registry names; printed tables keep the registry name and add
+# this legend, so a table row and the README's wording can always be matched.
+DISPLAY_NAMES: dict[str, str] = {
+  "maml": "MAML",
+  "fomaml": "FOMAML",
+  "anil": "ANIL",
+  "melu": "MAML-MeLU",
+  "meta_sgd": "Meta-SGD",
+  "reptile": "Reptile",
+  "none": "none (no adaptation)",
+  "finetune": "fine-tune",
+  "head_only": "head-only fine-tune",
+}
+
+
+def display_name(name: str) -> str:
+  """The name people read for learner `name` (the registry name itself when it has none)."""
+  return DISPLAY_NAMES.get(name, name)
+
+
 def get_learner(name: str, model: Model, **kwargs) -> Learner:
   """The learner `name` for `model`; unknown names raise ValueError listing the valid ones.
 
   Args:
     name: a key of `LEARNERS`.
     model: the `Model` to meta-learn.
-    **kwargs: factory keywords (inner_steps, inner_lr, adapt_regex, first_order, loss, ...).
+    **kwargs: factory keywords (inner_steps, inner_lr, adapt_regex, first_order, loss, ...); an unknown one
+      raises `keywords.KeywordError` listing the valid ones; None for a keyword a wrapper forwards (melu's
+      adapt_regex, ...) means the wrapper's default.
   Returns:
     A `Learner`.
   """
-  return lookup(LEARNERS, name, "learner")(model, **kwargs)
+  return keywords.call(LEARNERS, name, "learner", (model,), kwargs)
 
 
-__all__ = ["LEARNERS", "Learner", "get_learner"]
+__all__ = ["DISPLAY_NAMES", "LEARNERS", "Learner", "display_name", "get_learner"]

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from transfer_meta import keywords
 from transfer_meta.data.examples import FeatureSpec
 from transfer_meta.models.base import Model, adapt_mask, from_module
 from transfer_meta.models.melu import melu
 from transfer_meta.models.mf import mf
 from transfer_meta.models.transformer import transformer
 from transfer_meta.models.two_tower import two_tower
-from transfer_meta.registry import lookup
 
 # Name -> factory(spec: FeatureSpec, **kwargs) -> Model.
 MODELS: dict[str, Callable[..., Model]] = {
@@ -29,9 +29,10 @@ MODELS: dict[str, Callable[..., Model]] = {
 def get_model(name: str, spec: FeatureSpec, **kwargs) -> Model:
   """Builds backbone `name` for a dataset with feature sizes `spec`; kwargs go to its factory.
 
-  Raises ValueError listing the valid names when `name` is unknown.
+  Raises ValueError listing the valid names when `name` is unknown, and `keywords.KeywordError` listing the
+  factory's keywords for an unknown keyword.
   """
-  return lookup(MODELS, name, "model")(spec, **kwargs)
+  return keywords.call(MODELS, name, "model", (spec,), kwargs)
 
 
 __all__ = ["MODELS", "Model", "adapt_mask", "from_module", "get_model"]

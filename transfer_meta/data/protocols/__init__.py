@@ -9,18 +9,28 @@ Every protocol is `fn(data, seed=0, **params)`; its module holds `NAME`, `VERSIO
 from __future__ import annotations
 
 from transfer_meta.data.interactions import Interactions
+from transfer_meta.data.protocols import common
 from transfer_meta.data.protocols.item_cold import item_cold
 from transfer_meta.data.protocols.melu import melu
 from transfer_meta.data.protocols.recbole_metarec import recbole_metarec
 from transfer_meta.data.split import ColdStartSplit
-from transfer_meta.registry import lookup
 
 PROTOCOLS = {"melu": melu, "recbole_metarec": recbole_metarec, "item_cold": item_cold}
 
 
-def make_protocol(name: str, interactions: Interactions, seed: int = 0, **kwargs) -> ColdStartSplit:
+def make_protocol(
+  name: str, interactions: Interactions, seed: int = 0, *, min_tasks: int = common.MIN_TASKS, **kwargs
+) -> ColdStartSplit:
   """Splits `interactions` by protocol `name` (see `PROTOCOLS`); kwargs are the protocol's parameters.
 
-  Unknown names raise ValueError listing the valid ones; unknown parameters raise TypeError naming them.
+  A task set with fewer than `min_tasks` tasks (0: no check) gets a UserWarning saying which parameters
+  would give it more (`common.warn_few_tasks`).
+
+  Unknown names raise ValueError listing the valid ones; unknown parameters raise `keywords.KeywordError` (a TypeError)
+  naming them and listing the valid ones.
   """
-  return lookup(PROTOCOLS, name, "protocol")(interactions, seed, **kwargs)
+  from transfer_meta import keywords  # here: keywords imports this registry
+
+  split = keywords.call(PROTOCOLS, name, "protocol", (interactions, seed), kwargs, positional=2)
+  common.warn_few_tasks(split, min_tasks)
+  return split

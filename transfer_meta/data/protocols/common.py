@@ -6,6 +6,7 @@ one stage (say, `n_query`) never shifts the draws of another (say, which users a
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -180,3 +181,54 @@ def require_tasks(protocol: str, tasks: Mapping[str, TaskSet], params: Mapping, 
         f"{protocol}: task set {name!r} has zero tasks (excluded: {dict(excluded.get(name, {}))}) "
         f"with parameters {dict(params)}; loosen the parameters or use a larger dataset"
       )
+
+
+# Warn below this many tasks in any task set (`make_protocol(min_tasks=...)`, `config.min_tasks`).
+MIN_TASKS = 20
+
+
+def few_task_hint(name: str, params: Mapping) -> str:
+  """How to get more tasks into task set `name`, in terms of the protocol parameters that shape it."""
+  hints = []
+  if "new_item" in name and "year_cutoff" in params:
+    hints.append(
+      f"lower protocol.year_cutoff (now {params['year_cutoff']}, {params.get('year_cutoff_source', 'given')}; "
+      "items released after it are new)"
+    )
+  if "new_item" in name and "new_fraction" in params:
+    hints.append("raise protocol.new_fraction (or lower year_cutoff with new_by='year')")
+  if "new_user" in name and "new_user_fraction" in params:
+    hints.append(f"raise protocol.new_user_fraction (now {params['new_user_fraction']})")
+  if name == "valid" and "valid_fraction" in params:
+    hints.append(f"raise protocol.valid_fraction (now {params['valid_fraction']})")
+  if name in ("valid", "test") and "ratios" in params:
+    hints.append(f"change protocol.ratios (now {params['ratios']})")
+  if "min_ratings" in params:
+    hints.append(f"widen protocol.min_ratings..max_ratings (now {params['min_ratings']}..{params['max_ratings']})")
+  for key in ("n_query", "min_support", "n_support", "min_query"):
+    if key in params:
+      hints.append(f"lower protocol.{key} (now {params[key]})")
+  return "; ".join(hints) or "use a larger dataset"
+
+
+def warn_few_tasks(split, min_tasks: int) -> list[str]:
+  """Warns (UserWarning) for each task set of `split` with fewer than `min_tasks` tasks, saying how to fix it.
+
+  Args:
+    split: a `ColdStartSplit`.
+    min_tasks: the floor; 0 disables the check.
+  Returns:
+    The warning messages (one per small set), also issued through `warnings.warn`.
+  """
+  check_int("min_tasks", min_tasks, 0)
+  out = []
+  for name, ts in split.tasks.items():
+    if len(ts) < min_tasks:
+      msg = (
+        f"{split.protocol} seed {split.seed}: task set {name!r} has only {len(ts)} tasks (< min_tasks={min_tasks}), "
+        f"so its metrics are noisy; to get more: {few_task_hint(name, split.params)}; "
+        f"excluded: {dict(split.excluded.get(name, {}))}. Set min_tasks=0 (--config.min_tasks=0) to silence this."
+      )
+      warnings.warn(msg, UserWarning, stacklevel=3)
+      out.append(msg)
+  return out
