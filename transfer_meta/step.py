@@ -96,24 +96,56 @@ def meta_step_fn(
     'grad_norm' (of the averaged meta-gradient, before clipping) and 'param_norm' (after the update).
   """
 
-  def one_seed(meta_params, opt_state, batch, key):
+  return step_fn(task_batch_grad_fn(learner, chunk_size, groups), tx)
+
+
+def task_batch_grad_fn(learner: Learner, chunk_size: int | None = None, groups: int = 1) -> Callable:
+  """The meta-step's gradient over ONE seed's task batch: `(meta_params, batch, key) -> (grads, metrics)`.
+
+  The masked mean over tasks of `learner.task_grad` (`chunking.mean_task_grads`: the trainer's one vmap over
+  tasks), each task with its own key `split(key, T)[t]`. batch: {"support": x[T, S], "query": x[T, Q],
+  "task_mask": bool[T], ...}.
+  """
+
+  def grad_fn(meta_params, batch, key):
     task_keys = jax.random.split(key, batch["task_mask"].shape[0])
     task = {"support": batch["support"], "query": batch["query"]}
-    grads, metrics = chunking.mean_task_grads(
+    return chunking.mean_task_grads(
       learner.task_grad, meta_params, task, task_keys, batch["task_mask"], chunk_size, groups
     )
+
+  return grad_fn
+
+
+def step_fn(grad_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+  """A training step over all seeds from one seed's gradient: `(state, batch, keys) -> (state, metrics)`.
+
+  The meta-step is `step_fn(task_batch_grad_fn(learner), tx)`; other stages (`transfer_meta.stages`) pass
+  their own objective's gradient.
+
+  Args:
+    grad_fn: `(params, batch, key) -> (grads like params, {name: scalar})` for ONE seed.
+    tx: the optimiser (frozen leaves masked inside it).
+  Returns:
+    step(state, batch [N, ...], keys [N]) with state {"meta_params": [N, ...], "opt_state": [N, ...],
+    "step": int32 []}; seed n's key is fold_in(keys[n], step). Metrics f32 [N]: grad_fn's plus 'grad_norm'
+    (before clipping) and 'param_norm' (after the update).
+  """
+
+  def one_seed(meta_params, opt_state, batch, key):
+    grads, metrics = grad_fn(meta_params, batch, key)
     updates, opt_state = tx.update(grads, opt_state, meta_params)
     meta_params = optax.apply_updates(meta_params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = optax.tree.norm(meta_params)
     return meta_params, opt_state, metrics
 
-  def meta_step(state, batch, keys):
+  def step(state, batch, keys):
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, state["step"]))(keys)
     meta_params, opt_state, metrics = jax.vmap(one_seed)(state["meta_params"], state["opt_state"], batch, step_keys)
     return {"meta_params": meta_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
-  return meta_step
+  return step
 
 
 def jit_meta_step(fn: Callable, mesh: Mesh) -> Callable:

@@ -81,6 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.learner_name, c.learner = "maml", ml_collections.ConfigDict()
   c.compare_learners = ("none",)
   c.compare_kwargs = ml_collections.ConfigDict()
+  c.strategy_name, c.strategy = "", ml_collections.ConfigDict()  # a transfer strategy trained beside ("": none)
   c.baselines = ("random", "constant", "global_mean", "item_mean", "item_user_offset")
   c.optimizer_name, c.optimizer = "adam", ml_collections.ConfigDict({"learning_rate": 1e-3})
   c.grad_clip_norm = 0.0
@@ -388,16 +389,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: In
   results_lib.write_run_files(exp, workdir)
   log.info("%s; %s", exp.data.summary(), {n: ts.stats() for n, ts in exp.seeds[0].split.tasks.items()})
   specs = _learner_specs(config)
-  order = [n for n, _ in specs]
+  order = [n for n, _ in specs] + ([config.strategy_name] if config.strategy_name else [])
   mlog = runlog.MetricsLog(os.path.join(workdir, "metrics.jsonl"), order)
   trained, evaluated = {}, {}
   for name, kwargs in specs:
     trained[name] = train_learner(exp, name, kwargs, workdir, mlog)
     evaluated[name] = evaluate_trained(exp, trained[name])
+  if config.strategy_name:  # transfer strategies (stages) run after the learners, as one more table row
+    from transfer_meta import strategies  # noqa: PLC0415 (strategies build on this module)
+
+    strategy_run = strategies.run(exp, workdir, mlog)
+    trained[config.strategy_name], evaluated[config.strategy_name] = strategy_run.trained, strategy_run.evaluated
   mlog.canonicalize()
   base = results_lib.run_baselines(exp)
   comparisons = {n: evaluated[n] for n in order[1:]}
   results = results_lib.build_results(exp, evaluated[config.learner_name], comparisons, base, trained)
+  if config.strategy_name:
+    results["strategy"] = strategy_run.info
+    results["train"]["stage_seconds"] = strategy_run.seconds
   runlog.atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   table = results_lib.results_table(results)
   runlog.atomic_write(os.path.join(workdir, "results.md"), table)
