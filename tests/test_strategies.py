@@ -1,0 +1,202 @@
+"""Stages and strategies: every registered strategy end to end on the synthetic data (no per-strategy code), the
+maths (a frozen mask leaves those leaves bitwise unchanged; the ridge head equals numpy's ridge solution), the
+interaction stream, and a SIGKILL mid-stage followed by a resume that is bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+from test_resume import _run, _run_and_kill_when
+
+from transfer_meta import stages, step, train
+from transfer_meta.data.streams import InteractionIterator, training_rows
+from transfer_meta.learners import inner
+from transfer_meta.learners.ridge import ridge_head
+from transfer_meta.models.base import adapt_mask
+from transfer_meta.strategies import STRATEGIES, get_strategy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/strategies_synthetic.py:tiny"  # pretrain 6 steps -> meta 4 steps, checkpoints every 2
+COMMON = dict(pretrain_steps=4, batch_size=64)  # keywords every strategy takes
+
+
+def load_config(arg: str | None = "tiny") -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location(
+    "cfg_strategies", os.path.join(ROOT, "configs", "strategies_synthetic.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def exp():
+  return train.build_experiment(load_config())
+
+
+def _example(exp) -> dict:
+  first = exp.seeds[0].tasks["train"].batch(np.arange(1))
+  return {"support": step.unstack(first["support"], 0), "query": step.unstack(first["query"], 0)}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
+  config = load_config()
+  config.strategy_name = name
+  config.strategy = COMMON
+  config.seeds = 1
+  results = train.train_and_evaluate(config, str(tmp_path))
+  strategy = get_strategy(name, train.build_experiment(config).model, config, **COMMON)
+  assert results["strategy"]["name"] == name and results["strategy"]["learner"] == strategy.learner.name
+  assert [s["name"] for s in results["strategy"]["stages"]] == [s.name for s in strategy.stages]
+  assert set(results["train"]["stage_seconds"]) == {s.name for s in strategy.stages}
+  row = results["comparisons"][name]
+  assert set(row) == set(results["metrics"])  # valid and every scenario, like the learner
+  for scenario in row.values():
+    assert all(np.isfinite(v["mean"]) for v in scenario.values())
+  assert results["selection"]["best_step"][name][0] > 0
+  with open(tmp_path / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f if json.loads(line)["learner"] == name]
+  assert sorted({r["stage"] for r in records}) == sorted(s.name for s in strategy.stages)
+  assert [r["step"] for r in records] == list(range(1, sum(s.steps for s in strategy.stages) + 1))
+  for k, s in enumerate(strategy.stages):
+    assert str(s.steps) in os.listdir(tmp_path / "checkpoints" / name / f"{k}_{s.name}")
+  with open(tmp_path / "results.md") as f:
+    assert f"| new_user | {name} |" in f.read()
+
+
+def test_frozen_leaves_are_bitwise_unchanged_and_the_others_move(exp):
+  """Adam (whose moments would move every leaf) through `freeze`: leaves outside the regex keep their bits."""
+  model = exp.model
+  params = model.init(jax.random.key(0), _example(exp)["query"], None)
+  regex = "decision_"
+  mask = adapt_mask(params, regex)
+  tx = stages.freeze(optax.adam(0.05), params, regex)
+  grad_fn = stages.objective_grad(stages.supervised_objective(model))
+  one = step.step_fn(grad_fn, tx)
+  state = {"meta_params": jax.tree.map(lambda x: x[None], params), "step": np.int32(0)}
+  state["opt_state"] = jax.vmap(tx.init)(state["meta_params"])
+  it = InteractionIterator.from_split(exp.data, exp.seeds[0].split, exp.feats, 64, 0)
+  keys = jax.random.key(0)[None]
+  run = jax.jit(one)
+  for _ in range(3):
+    state, metrics = run(state, jax.tree.map(lambda x: x[None], next(it)), keys)
+    assert np.isfinite(metrics["loss"][0]) and metrics["grad_norm"][0] > 0
+  new = step.unstack(state["meta_params"], 0)
+  moved = jax.tree.map(lambda m, a, b: (m, bool(np.array_equal(np.asarray(a), np.asarray(b)))), mask, params, new)
+  flags = jax.tree.leaves(moved, is_leaf=lambda x: isinstance(x, tuple))
+  assert any(not m for m, _ in flags) and any(m for m, _ in flags)
+  for trainable, same in flags:
+    assert same != trainable  # frozen: bitwise equal; trainable: changed
+  for a, b, m in zip(jax.tree.leaves(params), jax.tree.leaves(new), jax.tree.leaves(mask)):
+    if not m:
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_freeze_and_strategy_checks_fail_clearly(exp):
+  params = exp.model.init(jax.random.key(0), _example(exp)["query"], None)
+  with pytest.raises(ValueError, match="matches no parameter"):
+    stages.freeze(optax.sgd(0.1), params, "no_such_layer")
+  assert stages.freeze(tx := optax.sgd(0.1), params, ".*") is tx
+  with pytest.raises(ValueError, match="valid strategys.*pretrain_finetune"):
+    get_strategy("pretrain_finetun", exp.model, exp.config)
+  good = get_strategy("pretrain_finetune", exp.model, exp.config, meta_steps=2)
+  with pytest.raises(ValueError, match="distinct names"):
+    stages.check_strategy(good._replace(stages=(good.stages[0], good.stages[0])))
+  with pytest.raises(ValueError, match="unknown stream 'pairs'; valid streams"):
+    stages.check_strategy(good._replace(stages=(good.stages[0]._replace(stream="pairs"),)))
+  with pytest.raises(ValueError, match="steps=0"):
+    stages.check_strategy(good._replace(stages=(good.stages[0]._replace(steps=0),)))
+
+
+def test_ridge_head_equals_numpy_ridge_on_the_head_design_matrix(exp):
+  model = exp.model
+  params = model.init(jax.random.key(3), _example(exp)["query"], None)
+  batch = exp.seeds[0].tasks["train"].batch(np.arange(2))
+  support = step.unstack(batch["support"], 1)
+  l2 = 0.5
+  adapted = jax.jit(ridge_head(model, l2=l2).adapt)(params, support, jax.random.key(0))
+  # Independent: the head's design matrix column by column (score change per unit head parameter), then numpy.
+  mask = adapt_mask(params, model.head_regex)
+  head, frozen = inner.partition(params, mask)
+  theta0, unravel = ravel_pytree(head)
+  score = jax.jit(lambda th: model.apply(inner.combine(unravel(th), frozen, mask), support, support))
+  f0 = np.asarray(score(theta0), np.float64)
+  eye = np.eye(theta0.shape[0], dtype=np.float32)
+  design = np.stack([np.asarray(score(theta0 + eye[j]), np.float64) - f0 for j in range(theta0.shape[0])], axis=1)
+  m = np.asarray(support["mask"], np.float64)
+  y = np.asarray(support["target"], np.float64)
+  lhs = design.T @ (m[:, None] * design) + l2 * np.eye(design.shape[1])
+  want = np.asarray(theta0, np.float64) + np.linalg.solve(lhs, design.T @ (m * (y - f0)))
+  got, _ = ravel_pytree(inner.partition(adapted, mask)[0])
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3, atol=1e-3)
+  for a, b, keep in zip(jax.tree.leaves(params), jax.tree.leaves(adapted), jax.tree.leaves(mask)):
+    if not keep:
+      np.testing.assert_array_equal(a, b)  # features frozen
+  before = np.sum(m * (y - f0) ** 2)
+  after = np.sum(m * (y - np.asarray(model.apply(adapted, support, support))) ** 2)
+  assert after < before
+
+
+def test_interaction_stream_covers_training_rows_once_per_epoch_and_resumes(exp):
+  st = exp.seeds[0]
+  rows = training_rows(st.split)
+  for name in st.split.scenarios:  # never an evaluated row
+    assert np.intersect1d(rows, st.split.tasks[name].query_rows).size == 0
+  b = 100
+  it = InteractionIterator(exp.data, exp.feats, st.split.target, rows, b, seed=3, drop_remainder=False)
+  seen = []
+  for _ in range(-(-rows.size // b)):
+    x = next(it)
+    assert x["user"].shape == (b,)
+    seen += list(zip(x["user"][x["mask"]], x["item"][x["mask"]], x["target"][x["mask"]]))
+  want = list(zip(exp.data.user[rows], exp.data.item[rows], st.split.target[rows]))
+  assert sorted(seen) == sorted(want) and it.state() == {"epoch": 1, "position": 0}
+  saved = it.state()
+  ahead = [next(it) for _ in range(2)]
+  again = InteractionIterator(exp.data, exp.feats, st.split.target, rows, b, seed=3, drop_remainder=False)
+  again.restore(saved)
+  for x, y in zip(ahead, [next(again) for _ in range(2)]):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  with pytest.raises(ValueError, match="out of range"):
+    again.restore({"epoch": 0, "position": rows.size})
+  with pytest.raises(ValueError, match="exceeds"):
+    InteractionIterator(exp.data, exp.feats, st.split.target, rows, rows.size + 1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _results_without_timing(workdir: str) -> dict:
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert set(results["train"]["stage_seconds"]) == {"pretrain", "meta"}
+  return {k: v for k, v in results.items() if k != "train"}
+
+
+def _read(workdir: str, name: str) -> str:
+  with open(os.path.join(workdir, name)) as f:
+    return f.read()
+
+
+def test_sigkill_mid_stage_then_resume_equals_uninterrupted(cache, tmp_path):
+  uninterrupted, killed = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
+  _run(uninterrupted, cache, CONFIG)
+  where = os.path.join("checkpoints", "pretrain_finetune")
+  _run_and_kill_when(killed, cache, os.path.join(where, "0_pretrain", "2", "commit_success.txt"), CONFIG)
+  _run_and_kill_when(killed, cache, os.path.join(where, "1_meta", "2", "commit_success.txt"), CONFIG)
+  _run(killed, cache, CONFIG)
+  assert _results_without_timing(killed) == _results_without_timing(uninterrupted)
+  for name in ("metrics.jsonl", "split_manifest.json", "config.json"):
+    assert _read(killed, name) == _read(uninterrupted, name), name
