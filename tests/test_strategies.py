@@ -1,6 +1,7 @@
 """Stages and strategies: every registered strategy end to end on the synthetic data (no per-strategy code), the
-maths (a frozen mask leaves those leaves bitwise unchanged; the ridge head equals numpy's ridge solution), the
-interaction stream, and a SIGKILL mid-stage followed by a resume that is bit-identical to an uninterrupted run."""
+maths (a frozen mask leaves those leaves bitwise unchanged; the ridge head equals numpy's ridge solution; the
+distillation loss equals a hand computation), the data streams, and a SIGKILL mid-stage followed by a resume that
+is bit-identical to an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -17,15 +18,16 @@ from jax.flatten_util import ravel_pytree
 from test_resume import _run, _run_and_kill_when
 
 from transfer_meta import stages, step, train
-from transfer_meta.data.streams import InteractionIterator, training_rows
+from transfer_meta.data.streams import InteractionIterator, SampledPairIterator, training_rows
 from transfer_meta.learners import inner
 from transfer_meta.learners.ridge import ridge_head
-from transfer_meta.models.base import adapt_mask
+from transfer_meta.models.base import Model, adapt_mask
 from transfer_meta.strategies import STRATEGIES, get_strategy
+from transfer_meta.strategies.distill import distill_objective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/strategies_synthetic.py:tiny"  # pretrain 6 steps -> meta 4 steps, checkpoints every 2
-COMMON = dict(pretrain_steps=4, batch_size=64)  # keywords every strategy takes
+COMMON = dict(batch_size=64)  # keywords every strategy takes (stage steps default to config.num_steps)
 
 
 def load_config(arg: str | None = "tiny") -> ml_collections.ConfigDict:
@@ -53,8 +55,9 @@ def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
   config.strategy_name = name
   config.strategy = COMMON
   config.seeds = 1
-  results = train.train_and_evaluate(config, str(tmp_path))
-  strategy = get_strategy(name, train.build_experiment(config).model, config, **COMMON)
+  built = train.build_experiment(config)
+  results = train.train_and_evaluate(config, str(tmp_path), data=built.data)
+  strategy = get_strategy(name, built.model, config, built.spec, **COMMON)
   assert results["strategy"]["name"] == name and results["strategy"]["learner"] == strategy.learner.name
   assert [s["name"] for s in results["strategy"]["stages"]] == [s.name for s in strategy.stages]
   assert set(results["train"]["stage_seconds"]) == {s.name for s in strategy.stages}
@@ -107,8 +110,8 @@ def test_freeze_and_strategy_checks_fail_clearly(exp):
     stages.freeze(optax.sgd(0.1), params, "no_such_layer")
   assert stages.freeze(tx := optax.sgd(0.1), params, ".*") is tx
   with pytest.raises(ValueError, match="valid strategys.*pretrain_finetune"):
-    get_strategy("pretrain_finetun", exp.model, exp.config)
-  good = get_strategy("pretrain_finetune", exp.model, exp.config, meta_steps=2)
+    get_strategy("pretrain_finetun", exp.model, exp.config, exp.spec)
+  good = get_strategy("pretrain_finetune", exp.model, exp.config, exp.spec, meta_steps=2)
   with pytest.raises(ValueError, match="distinct names"):
     stages.check_strategy(good._replace(stages=(good.stages[0], good.stages[0])))
   with pytest.raises(ValueError, match="unknown stream 'pairs'; valid streams"):
@@ -200,3 +203,49 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(cache, tmp_path):
   assert _results_without_timing(killed) == _results_without_timing(uninterrupted)
   for name in ("metrics.jsonl", "split_manifest.json", "config.json"):
     assert _read(killed, name) == _read(uninterrupted, name), name
+
+
+def test_distill_loss_equals_a_hand_computation():
+  teacher = Model("t", None, lambda p, x, c=None: p["w"] * x["item"], "w", "w")
+  student = Model("s", None, lambda p, x, c=None: p["a"] + p["b"] * x["user"], "a", "b")
+  params = {"teacher": {"w": np.float32(0.5)}, "student": {"a": np.float32(1.0), "b": np.float32(2.0)}}
+  ex = lambda u, i, t, m: {"user": np.float32(u), "item": np.float32(i), "target": np.float32(t), "mask": np.array(m)}
+  batch = {
+    "observed": ex([0, 1, 2], [2, 4, 6], [1.0, 4.0, 9.0], [True, True, False]),
+    "sampled": ex([0, 1, 2], [8, 0, 2], [0.0, 0.0, 0.0], [True, False, True]),
+  }
+  loss, metrics = distill_objective(teacher, student, alpha=0.25)(params, batch, None)
+  # student(observed) = 1 + 2u = [1, 3, 5]; teacher(observed) = i / 2 = [1, 2, 3]; ratings [1, 4, (9 masked)]
+  hard = ((1 - 1) ** 2 + (3 - 4) ** 2) / 2
+  soft_obs = ((1 - 1) ** 2 + (3 - 2) ** 2) / 2
+  # student(sampled) = [1, 3, 5]; teacher(sampled) = [4, 0, 1]; the second is masked
+  soft_sampled = ((1 - 4) ** 2 + (5 - 1) ** 2) / 2
+  soft = (soft_obs + soft_sampled) / 2
+  np.testing.assert_allclose(metrics["hard_loss"], hard, rtol=1e-6)
+  np.testing.assert_allclose(metrics["soft_loss"], soft, rtol=1e-6)
+  np.testing.assert_allclose(loss, 0.25 * hard + 0.75 * soft, rtol=1e-6)
+  grads = jax.grad(lambda p: distill_objective(teacher, student, 0.25)(p, batch, None)[0])(params)
+  assert float(grads["teacher"]["w"]) == 0.0  # the teacher's scores are targets, never trained by the student
+  with pytest.raises(ValueError, match="alpha"):
+    distill_objective(teacher, student, alpha=1.5)
+
+
+def test_sampled_pairs_are_unrated_and_resume_exactly(exp):
+  st = exp.seeds[0]
+  observed = InteractionIterator.from_split(exp.data, st.split, exp.feats, 128, 0)
+  it = SampledPairIterator(observed, seed=5)
+  rows = training_rows(st.split)
+  rated = set(zip(exp.data.user[rows].tolist(), exp.data.item[rows].tolist()))
+  kept = 0
+  for _ in range(3):
+    b = next(it)
+    np.testing.assert_array_equal(b["sampled"]["user"], b["observed"]["user"])
+    for u, i, m in zip(b["sampled"]["user"], b["sampled"]["item"], b["sampled"]["mask"]):
+      assert not (m and (int(u), int(i)) in rated)
+      kept += bool(m)
+  assert kept > 0.9 * 3 * 128  # rejection sampling finds an unrated item for nearly every pair
+  saved = it.state()
+  ahead = next(it)
+  again = SampledPairIterator(InteractionIterator.from_split(exp.data, st.split, exp.feats, 128, 0), seed=5)
+  again.restore(saved)
+  jax.tree.map(np.testing.assert_array_equal, ahead, next(again))

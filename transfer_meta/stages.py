@@ -39,7 +39,7 @@ import optax
 from transfer_meta import evaluate, runlog, sharding, step
 from transfer_meta import train as train_lib
 from transfer_meta.checkpoint import Checkpointer
-from transfer_meta.data.streams import InteractionIterator
+from transfer_meta.data.streams import InteractionIterator, SampledPairIterator
 from transfer_meta.data.tasks import TaskIterator, eval_batches
 from transfer_meta.learners.base import Learner
 from transfer_meta.losses import examples_loss, get_loss
@@ -62,6 +62,7 @@ class Strategy(NamedTuple):
   name: str
   stages: tuple[Stage, ...]
   learner: Learner  # initialises the params (learner.init) and adapts the last stage's per task at evaluation
+  describe: Callable | None = None  # (one seed's final params) -> dict for results.json (e.g. parameter counts)
 
 
 def objective_grad(objective: Callable) -> Callable:
@@ -133,14 +134,19 @@ def _interaction_stream(exp, st, batch_size: int):
   return InteractionIterator.from_split(exp.data, st.split, exp.feats, batch_size, st.seed)
 
 
-def _stack_interactions(batches: list[dict]) -> dict:
-  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+def _pair_stream(exp, st, batch_size: int):
+  return SampledPairIterator(_interaction_stream(exp, st, batch_size), st.seed)
+
+
+def _stack(batches: list[dict]) -> dict:
+  return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
 
 # name -> (make(exp, seed_tasks, batch_size) -> resumable iterator, stack(per-seed batches) -> [N, ...] batch)
 STREAMS = {
-  "tasks": (_task_stream, step.stack_seed_batches),
-  "interactions": (_interaction_stream, _stack_interactions),
+  "tasks": (_task_stream, step.stack_seed_batches),  # task batches (support/query), the meta-step's
+  "interactions": (_interaction_stream, _stack),  # minibatches of every training interaction x[B]
+  "sampled_pairs": (_pair_stream, _stack),  # {"observed": x[B], "sampled": x[B]}: + an unrated item per pair
 }
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from transfer_meta.data.examples import FeatureMatrices, gather_rows
+from transfer_meta.data.examples import FeatureMatrices, gather_rows, make_examples
 from transfer_meta.data.interactions import Interactions
 from transfer_meta.data.split import ColdStartSplit
 
@@ -98,3 +98,51 @@ class InteractionIterator:
     if epoch < 0 or not 0 <= position < self.rows.size:
       raise ValueError(f"iterator state {dict(state)} out of range for {self.rows.size} rows")
     self._epoch, self._position = epoch, position
+
+
+class SampledPairIterator:
+  """Observed minibatches, each pair joined by one sampled item the user did not rate in training.
+
+  `next()` -> {"observed": x[B], "sampled": x[B]}: `sampled[b]` has observed[b]'s user and an item drawn
+  uniformly among those the user has no training row for (rejection sampling, `tries` rounds; a pair still
+  colliding after them, or padding, has mask False), target 0 (a sampled item has no label: objectives use it
+  only for teacher scores). The draw is seeded by (seed, epoch, position) of the observed batch, so `state()`
+  / `restore()` of the observed iterator resume it exactly.
+
+  Args:
+    observed: the observed-pair iterator (its rows define what counts as rated).
+    seed: the sampling seed (>= 0).
+    tries: rejection rounds.
+  """
+
+  def __init__(self, observed: InteractionIterator, seed: int, tries: int = 8):
+    if seed < 0 or tries < 1:
+      raise ValueError(f"seed={seed} must be >= 0 and tries={tries} >= 1")
+    self.observed, self.seed, self.tries = observed, int(seed), int(tries)
+    data = observed.data
+    self.n_items = int(observed.feats.item_cat.shape[0])
+    self.rated = np.unique(data.user[observed.rows].astype(np.int64) * self.n_items + data.item[observed.rows])
+
+  def __iter__(self) -> Iterator[dict]:
+    return self
+
+  def __next__(self) -> dict:
+    where = self.observed.state()
+    x = next(self.observed)
+    rng = np.random.default_rng([self.seed, where["epoch"], where["position"]])
+    users = x["user"].astype(np.int64)
+    items = rng.integers(self.n_items, size=users.shape)
+    for _ in range(self.tries):
+      hit = np.isin(users * self.n_items + items, self.rated)
+      if not hit.any():
+        break
+      items[hit] = rng.integers(self.n_items, size=int(hit.sum()))
+    keep = x["mask"] & ~np.isin(users * self.n_items + items, self.rated)
+    sampled = make_examples(self.observed.feats, x["user"], items, None, keep)
+    return {"observed": x, "sampled": sampled}
+
+  def state(self) -> dict:
+    return self.observed.state()
+
+  def restore(self, state: dict) -> None:
+    self.observed.restore(state)

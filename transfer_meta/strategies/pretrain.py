@@ -15,6 +15,7 @@ from __future__ import annotations
 import ml_collections
 
 from transfer_meta import stages
+from transfer_meta.data.examples import FeatureSpec
 from transfer_meta.learners.maml import maml
 from transfer_meta.learners.ridge import ridge_head
 from transfer_meta.learners.transfer import finetune
@@ -38,6 +39,7 @@ def _pretrain_stage(
 def pretrain_finetune(
   model: Model,
   config: ml_collections.ConfigDict,
+  spec: FeatureSpec,
   pretrain_steps: int | None = None,
   batch_size: int = 256,
   learning_rate: float | None = None,
@@ -54,6 +56,7 @@ def pretrain_finetune(
 
   Args:
     model, config: the experiment's model and config (optimiser, `num_steps`, `batch_size` defaults).
+    spec: the dataset's feature sizes (unused: one model).
     pretrain_steps: pretraining steps (default `config.num_steps`).
     batch_size: interactions per pretraining step and seed (a multiple of the device count).
     learning_rate: pretraining learning rate (default the config optimiser's).
@@ -65,6 +68,7 @@ def pretrain_finetune(
     first_order: the meta-stage's MAML is first order.
     loss: 'mse' (ratings) or 'bce' (clicks).
   """
+  del spec
   regex = model.adapt_regex if adapt_regex is None else adapt_regex
   learner = finetune(model, inner_steps=inner_steps, inner_lr=inner_lr, adapt_regex=regex, loss=loss)
   out = [_pretrain_stage(model, config, pretrain_steps, batch_size, learning_rate, trainable, loss)]
@@ -78,6 +82,7 @@ def pretrain_finetune(
 def pretrain_frozen_head(
   model: Model,
   config: ml_collections.ConfigDict,
+  spec: FeatureSpec,
   pretrain_steps: int | None = None,
   batch_size: int = 256,
   learning_rate: float | None = None,
@@ -89,10 +94,11 @@ def pretrain_frozen_head(
   """Supervised pretraining, then per task a closed-form ridge fit of the head on the support.
 
   Args:
-    model, config, pretrain_steps, batch_size, learning_rate, trainable, loss: as `pretrain_finetune`.
+    model, config, spec, pretrain_steps, batch_size, learning_rate, trainable, loss: as `pretrain_finetune`.
     l2: ridge penalty towards the pretrained head.
     head_regex: the head's leaves (default `model.head_regex`).
   """
+  del spec
   learner = ridge_head(model, l2=l2, head_regex=head_regex, loss=loss)
   stage = _pretrain_stage(model, config, pretrain_steps, batch_size, learning_rate, trainable, loss)
   return stages.Strategy("pretrain_frozen_head", (stage,), learner)
