@@ -61,6 +61,8 @@ def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
   assert results["strategy"]["name"] == name and results["strategy"]["learner"] == strategy.learner.name
   assert [s["name"] for s in results["strategy"]["stages"]] == [s.name for s in strategy.stages]
   assert set(results["train"]["stage_seconds"]) == {s.name for s in strategy.stages}
+  if strategy.describe is not None:  # e.g. distill's parameter counts
+    assert results["strategy"]["describe"] and all(v > 0 for v in results["strategy"]["describe"].values())
   row = results["comparisons"][name]
   assert set(row) == set(results["metrics"])  # valid and every scenario, like the learner
   for scenario in row.values():
