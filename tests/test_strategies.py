@@ -24,6 +24,7 @@ from transfer_meta.learners.ridge import ridge_head
 from transfer_meta.models.base import Model, adapt_mask
 from transfer_meta.strategies import STRATEGIES, get_strategy
 from transfer_meta.strategies.distill import distill_objective
+from transfer_meta.strategies.fusion import fit_coef
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/strategies_synthetic.py:tiny"  # pretrain 6 steps -> meta 4 steps, checkpoints every 2
@@ -60,9 +61,10 @@ def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
   strategy = get_strategy(name, built.model, config, built.spec, **COMMON)
   assert results["strategy"]["name"] == name and results["strategy"]["learner"] == strategy.learner.name
   assert [s["name"] for s in results["strategy"]["stages"]] == [s.name for s in strategy.stages]
-  assert set(results["train"]["stage_seconds"]) == {s.name for s in strategy.stages}
-  if strategy.describe is not None:  # e.g. distill's parameter counts
-    assert results["strategy"]["describe"] and all(v > 0 for v in results["strategy"]["describe"].values())
+  fitted = {"fit"} if strategy.fit is not None else set()
+  assert set(results["train"]["stage_seconds"]) == {s.name for s in strategy.stages} | fitted
+  if strategy.describe is not None:  # e.g. distill's parameter counts, fusion's fitted coefficients
+    assert isinstance(results["strategy"]["describe"], dict) and results["strategy"]["describe"]
   row = results["comparisons"][name]
   assert set(row) == set(results["metrics"])  # valid and every scenario, like the learner
   for scenario in row.values():
@@ -251,3 +253,21 @@ def test_sampled_pairs_are_unrated_and_resume_exactly(exp):
   again = SampledPairIterator(InteractionIterator.from_split(exp.data, st.split, exp.feats, 128, 0), seed=5)
   again.restore(saved)
   jax.tree.map(np.testing.assert_array_equal, ahead, next(again))
+
+
+@pytest.mark.parametrize("mode", ["stack", "weight"])
+def test_fusion_coefficients_equal_numpy_least_squares(mode):
+  rng = np.random.default_rng(0)
+  sa, sb = rng.normal(3.5, 1.0, 200), rng.normal(3.5, 1.0, 200)
+  y = 0.3 + 0.6 * sa + 0.25 * sb + rng.normal(0, 0.1, 200)
+  got = fit_coef(sa, sb, y, mode)
+  if mode == "stack":
+    want = np.linalg.lstsq(np.c_[np.ones(200), sa, sb], y, rcond=None)[0]
+  else:  # y - sb = w (sa - sb): a one-column least squares
+    w = np.linalg.lstsq((sa - sb)[:, None], y - sb, rcond=None)[0][0]
+    want = np.array([0.0, w, 1.0 - w])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert fit_coef(sa, sb, sa, "weight")[1] == pytest.approx(1.0)  # y = sa: all weight on A
+  assert fit_coef(sa, sb, 2 * sa - sb, "weight")[1] == 1.0  # the unconstrained w = 2 is clipped to [0, 1]
+  with pytest.raises(ValueError, match="valid modes"):
+    fit_coef(sa, sb, y, "mean")

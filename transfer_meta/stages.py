@@ -11,7 +11,8 @@ stream (`STREAMS`: 'interactions' minibatches of every training interaction, or 
 a trainable regex: leaves whose path does not match are frozen INSIDE the optimiser (`freeze`: optax
 `multi_transform` with `set_to_zero`), never copied. Its output params feed the next stage; the last stage's are
 what `strategy.learner.adapt` adapts per task at evaluation, selected (best so far on `config.select_metric`) every
-`config.eval_every` steps of the last stage like a learner's meta-params.
+`config.eval_every` steps of the last stage like a learner's meta-params; an optional closed-form `strategy.fit` on
+the validation tasks (fusion weights) then maps the selected params of each seed.
 
 Every stage runs the same way as the meta-step: every seed at once (state [N, ...], batch [N, B, ...]), jitted by
 `step.jit_meta_step` (batch axis 1 split over the 'tasks' mesh axis, state replicated and donated), per-step keys
@@ -63,6 +64,7 @@ class Strategy(NamedTuple):
   stages: tuple[Stage, ...]
   learner: Learner  # initialises the params (learner.init) and adapts the last stage's per task at evaluation
   describe: Callable | None = None  # (one seed's final params) -> dict for results.json (e.g. parameter counts)
+  fit: Callable | None = None  # (one seed's selected params, its valid batches, eval key) -> params: closed-form fits
 
 
 def objective_grad(objective: Callable) -> Callable:
@@ -280,4 +282,9 @@ def run_strategy(exp, strategy: Strategy, workdir: str, mlog: runlog.MetricsLog)
     ckpt.close()
     seconds[stage.name] = round(spent + time.time() - t0, 3)
     params, offset = state["meta_params"], offset + stage.steps
+  if strategy.fit is not None:  # deterministic in the selected params, so recomputed (not checkpointed) on resume
+    t0 = time.time()
+    fitted = [strategy.fit(step.unstack(best.params, n), valid[n], eval_keys[n]) for n in range(len(seeds))]
+    best.params = _host_copy(jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(fitted)), mesh)
+    seconds["fit"] = round(time.time() - t0, 3)
   return train_lib.Trained(strategy.learner, best, sum(seconds.values())), seconds

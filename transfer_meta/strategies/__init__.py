@@ -24,11 +24,13 @@ from transfer_meta.models.base import Model
 from transfer_meta.registry import lookup
 from transfer_meta.stages import Strategy
 from transfer_meta.strategies.distill import distill
+from transfer_meta.strategies.fusion import fusion
 from transfer_meta.strategies.pretrain import pretrain_finetune, pretrain_frozen_head
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
   "pretrain_finetune": pretrain_finetune,  # supervised pretraining on every training interaction, fine-tune per task
   "pretrain_frozen_head": pretrain_frozen_head,  # same pretraining, closed-form ridge head per task
+  "fusion": fusion,  # two pretrained models, score fusion (convex weight or linear stacking) fitted on validation
   "distill": distill,  # id-based teacher -> side-feature student (hard labels + teacher scores), fine-tune per task
 }
 
