@@ -14,7 +14,9 @@ strategy's stages. Strategy settings (`STRATEGY_KWARGS`) are fixed, not tuned; e
 selected on valid MAE only. `pretrain_finetune` adapts MeLU's adapt set with MAML-MeLU's budget (2 SGD steps,
 lr 0.05) after 500 steps of supervised pretraining on every training interaction (512 per step, Adam 2e-3);
 `distill` trains a two-tower teacher with ids for 300 steps, then distils it into the MeLU student for 300 steps
-(observed pairs and as many sampled unrated items, alpha 0.5) and fine-tunes the student like `pretrain_finetune`.
+(observed pairs and as many sampled unrated items, alpha 0.5) and fine-tunes the student like `pretrain_finetune`;
+`fusion` pretrains MeLU and MF (500 steps each, as above) and stacks their fine-tuned scores with coefficients
+fitted on the validation tasks by least squares.
 Args: '' / 'melu' / 'item_cold', optionally ',smoke' (seconds: 2 seeds, 20 steps).
 """
 
@@ -30,6 +32,10 @@ PRETRAIN = dict(pretrain_steps=500, batch_size=512, learning_rate=2e-3)
 STRATEGY_KWARGS = {
   "pretrain_finetune": dict(PRETRAIN, adapt_regex=MELU_ADAPT, inner_steps=2, inner_lr=0.05),
   "pretrain_frozen_head": dict(PRETRAIN, l2=1.0),
+  # B = MF with ids and features (its default user-side adapt set, on both protocols); coefficients fitted on valid
+  "fusion": dict(
+    steps=500, batch_size=512, learning_rate=2e-3, other_name="mf", mode="stack", inner_steps=2, inner_lr=0.05
+  ),
   # teacher: the two-tower backbone with ids (default kwargs); student: the config's MeLU on side features
   "distill": dict(
     teacher_steps=300, student_steps=300, batch_size=512, learning_rate=2e-3, alpha=0.5, inner_steps=2, inner_lr=0.05
