@@ -271,3 +271,30 @@ def test_fusion_coefficients_equal_numpy_least_squares(mode):
   assert fit_coef(sa, sb, 2 * sa - sb, "weight")[1] == 1.0  # the unconstrained w = 2 is clipped to [0, 1]
   with pytest.raises(ValueError, match="valid modes"):
     fit_coef(sa, sb, y, "mean")
+
+
+def test_strategies_table_grid_trains_the_learners_once_per_protocol():
+  from experiments import strategies as table
+
+  module = importlib.util.module_from_spec(
+    spec := importlib.util.spec_from_file_location("cfg_s100k", os.path.join(ROOT, "configs", "strategies_ml100k.py"))
+  )
+  spec.loader.exec_module(module)
+  cells = table.grid("strategies_ml100k", ["melu", "item_cold"], {"seeds": 2})
+  names = list(module.STRATEGY_KWARGS)
+  assert [(p, s) for p, s, _ in cells] == [(p, s) for p in ("melu", "item_cold") for s in names]
+  for p, s, c in cells:
+    assert c.protocol_name == p and c.strategy_name == s and c.seeds == 2 and c.is_locked
+    assert c.strategy.to_dict() == module.STRATEGY_KWARGS[s]
+    first = s == names[0]
+    assert (c.learner_name, tuple(c.compare_learners)) == (("melu", ("fomaml", "none")) if first else ("none", ()))
+  per_seed = lambda v: {"new_user": {"mae": {"per_seed": [v, v]}}}
+  run = lambda learner, comparisons: {
+    "learner": learner,
+    "metrics": per_seed(1.0),
+    "comparisons": {m: per_seed(2.0 + i) for i, m in enumerate(comparisons)},
+    "baselines": {"item_user_offset": per_seed(0.5)},
+  }
+  values = table.table_values([("a", run("melu", ["none", "a"])), ("b", run("none", ["b"]))])
+  assert list(values) == ["melu", "none", "a", "b", "item_user_offset"]  # run b's own `none` is not repeated
+  assert values["b"]["new_user"]["mae"] == [2.0, 2.0] and values["a"]["new_user"]["mae"] == [3.0, 3.0]
