@@ -298,3 +298,45 @@ def test_strategies_table_grid_trains_the_learners_once_per_protocol():
   values = table.table_values([("a", run("melu", ["none", "a"])), ("b", run("none", ["b"]))])
   assert list(values) == ["melu", "none", "a", "b", "item_user_offset"]  # run b's own `none` is not repeated
   assert values["b"]["new_user"]["mae"] == [2.0, 2.0] and values["a"]["new_user"]["mae"] == [3.0, 3.0]
+
+
+SHARDED_SCRIPT = r"""
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"  # before jax is imported
+import dataclasses, sys, tempfile
+sys.path[:0] = [{root!r}, os.path.join({root!r}, "tests")]
+import chex, jax
+from tests.test_strategies import load_config
+from transfer_meta import runlog, sharding, stages, train
+from transfer_meta.strategies import get_strategy
+
+assert len(jax.devices()) == 8
+config = load_config()
+exp8 = train.build_experiment(config)
+exp1 = dataclasses.replace(exp8, mesh=sharding.make_mesh(jax.devices()[:1]))
+strategy = get_strategy(config.strategy_name, exp8.model, config, exp8.spec, **config.strategy)
+out = {{}}
+for name, exp in (("8", exp8), ("1", exp1)):
+  workdir = tempfile.mkdtemp()
+  mlog = runlog.MetricsLog(os.path.join(workdir, "metrics.jsonl"), [strategy.name])
+  out[name] = stages.run_strategy(exp, strategy, workdir, mlog)[0].selection
+leaf = jax.tree.leaves(out["8"].params)[0]
+assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
+assert out["8"].step == out["1"].step, (out["8"].step, out["1"].step)
+chex.assert_trees_all_close(out["8"].params, out["1"].params, rtol=1e-4, atol=1e-5)
+chex.assert_trees_all_close(out["8"].value, out["1"].value, rtol=1e-5)
+print("SHARDED_OK")
+"""
+
+
+def test_stages_on_8_fake_devices_equal_one_device():
+  """Every stage (interaction minibatches, then task batches) split over 8 devices gives one device's result."""
+  import subprocess
+  import sys
+
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  done = subprocess.run(
+    [sys.executable, "-c", SHARDED_SCRIPT.format(root=ROOT)], cwd=ROOT, env=env, capture_output=True, text=True,
+    timeout=600,
+  )  # fmt: skip
+  assert done.returncode == 0 and "SHARDED_OK" in done.stdout, done.stderr[-4000:]
