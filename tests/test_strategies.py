@@ -24,7 +24,7 @@ from transfer_meta.learners.ridge import ridge_head
 from transfer_meta.models.base import Model, adapt_mask
 from transfer_meta.strategies import STRATEGIES, get_strategy
 from transfer_meta.strategies.distill import distill_objective
-from transfer_meta.strategies.fusion import fit_coef
+from transfer_meta.strategies.fusion import fit_coef, fit_gate, gate_weight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/strategies_synthetic.py:tiny"  # pretrain 6 steps -> meta 4 steps, checkpoints every 2
@@ -340,3 +340,16 @@ def test_stages_on_8_fake_devices_equal_one_device():
     timeout=600,
   )  # fmt: skip
   assert done.returncode == 0 and "SHARDED_OK" in done.stdout, done.stderr[-4000:]
+
+
+def test_fusion_gate_recovers_a_planted_support_size_gate():
+  """Ratings that follow model A more as the support grows: the fitted gate is the planted one."""
+  rng = np.random.default_rng(1)
+  n = rng.integers(1, 60, 400)
+  sa, sb = rng.normal(3.5, 1.0, 400), rng.normal(3.5, 1.0, 400)
+  planted = np.array([-2.0, 0.8])
+  w = np.asarray(gate_weight(planted, n.astype(np.float32)), np.float64)
+  y = w * sa + (1 - w) * sb
+  got = fit_gate(sa, sb, y, n)
+  np.testing.assert_allclose(got, planted, atol=1e-3)
+  assert float(gate_weight(got, 50.0)) > 0.7 > 0.3 > float(gate_weight(got, 1.0))  # the weight shifts with n
