@@ -10,6 +10,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -25,6 +26,7 @@ from transfer_meta.models.base import Model, adapt_mask
 from transfer_meta.strategies import STRATEGIES, get_strategy
 from transfer_meta.strategies.distill import distill_objective
 from transfer_meta.strategies.fusion import fit_coef, fit_gate, gate_weight
+from transfer_meta.strategies.soup import soup_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/strategies_synthetic.py:tiny"  # pretrain 6 steps -> meta 4 steps, checkpoints every 2
@@ -353,3 +355,28 @@ def test_fusion_gate_recovers_a_planted_support_size_gate():
   got = fit_gate(sa, sb, y, n)
   np.testing.assert_allclose(got, planted, atol=1e-3)
   assert float(gate_weight(got, 50.0)) > 0.7 > 0.3 > float(gate_weight(got, 1.0))  # the weight shifts with n
+
+
+def test_soup_scores_with_the_average_and_pretraining_keeps_one_shared_init(exp):
+  model, k = exp.model, 3
+  both = soup_model(model, k)
+  x = _example(exp)["query"]
+  params = both.init(jax.random.key(0), x, None)
+  copies = jax.tree.map(
+    lambda c: c + jnp.arange(k, dtype=c.dtype).reshape((k,) + (1,) * (c.ndim - 1)) * 0.01, params["copies"]
+  )
+  mean = jax.tree.map(lambda c: np.mean(np.asarray(c, np.float64), axis=0).astype(np.float32), copies)
+  np.testing.assert_allclose(both.apply({"copies": copies}, x, None), model.apply(mean, x, None), rtol=1e-5, atol=1e-6)
+  strategy = get_strategy("soup", model, exp.config, exp.spec, n_copies=k, batch_size=66)
+  tx = strategy.stages[0].tx
+  one = jax.jit(step.step_fn(strategy.stages[0].grad_fn, tx))
+  state = {"meta_params": jax.tree.map(lambda p: p[None], params), "step": np.int32(0)}
+  state["opt_state"] = jax.vmap(tx.init)(state["meta_params"])
+  it = InteractionIterator.from_split(exp.data, exp.seeds[0].split, exp.feats, 66, 0)
+  for _ in range(3):
+    state, _ = one(state, jax.tree.map(lambda v: v[None], next(it)), jax.random.key(0)[None])
+  for leaf in jax.tree.leaves(state["meta_params"]["copies"]):
+    for c in range(1, k):  # pretraining the average moves every copy by the same bits
+      assert np.asarray(leaf[0, c]).tobytes() == np.asarray(leaf[0, 0]).tobytes()
+  with pytest.raises(ValueError, match="divisible"):
+    get_strategy("soup", model, exp.config, exp.spec, n_copies=4, batch_size=66)

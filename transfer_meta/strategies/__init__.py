@@ -26,11 +26,13 @@ from transfer_meta.stages import Strategy
 from transfer_meta.strategies.distill import distill
 from transfer_meta.strategies.fusion import fusion
 from transfer_meta.strategies.pretrain import pretrain_finetune, pretrain_frozen_head
+from transfer_meta.strategies.soup import soup
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
   "pretrain_finetune": pretrain_finetune,  # supervised pretraining on every training interaction, fine-tune per task
   "pretrain_frozen_head": pretrain_frozen_head,  # same pretraining, closed-form ridge head per task
   "fusion": fusion,  # two pretrained models, score fusion (convex weight or linear stacking) fitted on validation
+  "soup": soup,  # one pretrained init, K copies fine-tuned on disjoint data slices, their weights averaged
   "distill": distill,  # id-based teacher -> side-feature student (hard labels + teacher scores), fine-tune per task
 }
 
