@@ -18,27 +18,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/smoke_synthetic.py:tiny"  # maml then none, 2 seeds, 8 steps, checkpoints every 2 steps
 
 
-def _command(workdir: str, cache: str) -> list[str]:
+def _command(workdir: str, cache: str, config: str = CONFIG) -> list[str]:
   return [
     sys.executable,
     "-m",
     "transfer_meta.main",
-    f"--config={CONFIG}",
+    f"--config={config}",
     f"--workdir={workdir}",
     f"--compilation_cache={cache}",
   ]
 
 
-def _run(workdir: str, cache: str) -> subprocess.CompletedProcess:
-  done = subprocess.run(_command(workdir, cache), cwd=ROOT, capture_output=True, text=True, timeout=600)
+def _run(workdir: str, cache: str, config: str = CONFIG) -> subprocess.CompletedProcess:
+  done = subprocess.run(_command(workdir, cache, config), cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   return done
 
 
-def _run_and_kill_when(workdir: str, cache: str, marker: str) -> None:
+def _run_and_kill_when(workdir: str, cache: str, marker: str, config: str = CONFIG) -> None:
   """Starts the run, SIGKILLs it as soon as `marker` (a path under workdir) exists, while it still runs."""
   proc = subprocess.Popen(
-    _command(workdir, cache), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    _command(workdir, cache, config), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
   )
   path = os.path.join(workdir, marker)
   deadline = time.time() + 300

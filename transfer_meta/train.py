@@ -20,7 +20,6 @@ live only under "train").
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -31,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -49,6 +47,18 @@ from transfer_meta.learners import get_learner
 from transfer_meta.learners.base import Learner
 from transfer_meta.models import get_model
 from transfer_meta.models.base import Model
+from transfer_meta.step import (  # noqa: F401  (re-exported: tests and tools call train.<name>)
+  _masked_task_mean,
+  _select,
+  init_one,
+  jit_meta_step,
+  make_init,
+  make_optimizer,
+  meta_step_fn,
+  seed_keys,
+  stack_seed_batches,
+  unstack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.learner_name, c.learner = "maml", ml_collections.ConfigDict()
   c.compare_learners = ("none",)
   c.compare_kwargs = ml_collections.ConfigDict()
+  c.strategy_name, c.strategy = "", ml_collections.ConfigDict()  # a transfer strategy trained beside ("": none)
   c.baselines = ("random", "constant", "global_mean", "item_mean", "item_user_offset", "popularity")
   # Ranking protocols (`ranking`, `ranking_eval`): 'query' (each task's own query), 'catalogue', 'sampled'.
   c.eval_ranking = ("query",)
@@ -200,142 +211,6 @@ def _check_metrics(exp: Experiment) -> None:
   for st in exp.seeds:
     for name in exp.eval_sets:
       metrics_lib.check_cutoffs(st.split.metrics, st.tasks[name].query_sizes)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The step: one jitted program for every seed.
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """optax outer optimiser `config.optimizer_name(**config.optimizer)`, after global-norm clipping if
-  `config.grad_clip_norm > 0`."""
-  factory = getattr(optax, config.optimizer_name, None)
-  if factory is None or not callable(factory):
-    raise ValueError(
-      f"config.optimizer_name={config.optimizer_name!r} is not an optax optimizer (e.g. 'adam', 'adamw', 'sgd', 'lion')"
-    )
-  tx = factory(**config.optimizer.to_dict())
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx) if config.grad_clip_norm > 0 else tx
-
-
-def init_one(learner: Learner, tx: optax.GradientTransformation, example: dict, key: jax.Array) -> tuple:
-  """(meta_params, opt_state) of one seed.
-
-  Args:
-    learner, tx: the learner and the outer optimiser.
-    example: one task {"support": x[S], "query": x[Q]} fixing the model's input shapes.
-    key: the seed's init key.
-  """
-  k_model, k_learner = jax.random.split(key)
-  model_params = learner.model.init(k_model, example["query"], example["support"])
-  meta_params = learner.init(k_learner, model_params)
-  return meta_params, tx.init(meta_params)
-
-
-def make_init(learner: Learner, tx: optax.GradientTransformation, example: dict, mesh: Mesh | None = None):
-  """Shapes first: returns (abstract state, init(keys) -> state).
-
-  The state is {"meta_params": [N, ...], "opt_state": [N, ...], "step": int32 []}. Each seed is initialised by
-  one jitted (unvmapped) `init_one` and the seeds are stacked on the host: XLA compiles a vmapped
-  initialiser several times slower, and the unvmapped one is shared by every learner with the same model.
-  """
-  rep = sharding.replicated(mesh) if mesh is not None else None
-  one = jax.jit(functools.partial(init_one, learner, tx, example))
-
-  def abstract_state(keys):
-    meta, opt = jax.eval_shape(one, keys[0])
-    stack = lambda x: jax.ShapeDtypeStruct((keys.shape[0], *x.shape), x.dtype, sharding=rep)
-    return {
-      "meta_params": jax.tree.map(stack, meta),
-      "opt_state": jax.tree.map(stack, opt),
-      "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
-    }
-
-  def init(keys):
-    parts = [jax.device_get(one(keys[n])) for n in range(keys.shape[0])]
-    meta, opt = jax.tree.map(lambda *xs: np.stack(xs), *parts)
-    state = {"meta_params": meta, "opt_state": opt, "step": np.zeros((), np.int32)}
-    return jax.device_put(state, rep) if rep is not None else jax.tree.map(jnp.asarray, state)
-
-  return abstract_state, init
-
-
-_masked_task_mean = chunking.masked_task_mean  # the one masked mean over tasks
-
-
-def meta_step_fn(
-  learner: Learner, tx: optax.GradientTransformation, chunk_size: int | None = None, groups: int = 1
-) -> Callable:
-  """The (unjitted) meta-step over all seeds: `(state, batch, keys) -> (state, metrics)`.
-
-  Args (of the returned function):
-    state: from `make_init` (leading seed axis N on meta_params and opt_state).
-    batch: seed-stacked task batch {"support": x[N, T, S], "query": x[N, T, Q], "task_mask": bool[N, T], ...}.
-    keys: [N] per-seed training keys; step randomness is fold_in(keys[n], step), split over tasks.
-  Returns:
-    (new state, {metric: f32 [N]}) with the learner's task metrics (masked means over tasks) plus
-    'grad_norm' (of the averaged meta-gradient, before clipping) and 'param_norm' (after the update).
-  """
-
-  def one_seed(meta_params, opt_state, batch, key):
-    task_keys = jax.random.split(key, batch["task_mask"].shape[0])
-    task = {"support": batch["support"], "query": batch["query"]}
-    grads, metrics = chunking.mean_task_grads(
-      learner.task_grad, meta_params, task, task_keys, batch["task_mask"], chunk_size, groups
-    )
-    updates, opt_state = tx.update(grads, opt_state, meta_params)
-    meta_params = optax.apply_updates(meta_params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["param_norm"] = optax.tree.norm(meta_params)
-    return meta_params, opt_state, metrics
-
-  def meta_step(state, batch, keys):
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, state["step"]))(keys)
-    meta_params, opt_state, metrics = jax.vmap(one_seed)(state["meta_params"], state["opt_state"], batch, step_keys)
-    return {"meta_params": meta_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-  return meta_step
-
-
-def jit_meta_step(fn: Callable, mesh: Mesh) -> Callable:
-  """jit with explicit shardings (state/keys/metrics replicated, batch split on its task axis 1) and the
-  state donated."""
-  rep = sharding.replicated(mesh)
-  return jax.jit(
-    fn, in_shardings=(rep, sharding.task_sharding(mesh, 1), rep), out_shardings=(rep, rep), donate_argnums=0
-  )
-
-
-@jax.jit
-def _select(best, current, improved):
-  """Per seed: `current` where `improved` [N] else `best` (fresh buffers, never aliases the donated state)."""
-  return jax.tree.map(lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b), best, current)
-
-
-def _pad_axis1(x: dict, length: int) -> dict:
-  """Pads an examples dict [T, L, ...] to [T, length, ...] with masked zeros."""
-  return {k: np.pad(v, [(0, 0), (0, length - v.shape[1])] + [(0, 0)] * (v.ndim - 2)) for k, v in x.items()}
-
-
-def stack_seed_batches(batches: Sequence[dict]) -> dict:
-  """Stacks per-seed task batches into [N, T, ...], padding supports/queries to the longest among them."""
-  out = {"task_mask": np.stack([b["task_mask"] for b in batches]), "task_id": np.stack([b["task_id"] for b in batches])}
-  for part in ("support", "query"):
-    length = max(b[part]["mask"].shape[1] for b in batches)
-    padded = [_pad_axis1(b[part], length) for b in batches]
-    out[part] = {k: np.stack([p[k] for p in padded]) for k in padded[0]}
-  return out
-
-
-def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
-  """(train keys [N], eval keys [N]): init and per-step randomness come from the train key of seed s."""
-  keys = jnp.stack([jax.random.split(jax.random.key(s)) for s in seeds])
-  return keys[:, 0], keys[:, 1]
-
-
-def unstack(tree, n: int):
-  """Seed n's slice of a seed-stacked pytree."""
-  return jax.tree.map(lambda x: x[n], tree)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -550,16 +425,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: I
   results_lib.write_run_files(exp, workdir)
   log.info("%s; %s", exp.data.summary(), {n: ts.stats() for n, ts in exp.seeds[0].split.tasks.items()})
   specs = _learner_specs(config)
-  order = [n for n, _ in specs]
+  order = [n for n, _ in specs] + ([config.strategy_name] if config.strategy_name else [])
   mlog = runlog.MetricsLog(os.path.join(workdir, "metrics.jsonl"), order)
   trained, evaluated = {}, {}
   for name, kwargs in specs:
     trained[name] = train_learner(exp, name, kwargs, workdir, mlog)
     evaluated[name] = evaluate_trained(exp, trained[name])
+  if config.strategy_name:  # transfer strategies (stages) run after the learners, as one more table row
+    from transfer_meta import strategies  # noqa: PLC0415 (strategies build on this module)
+
+    strategy_run = strategies.run(exp, workdir, mlog)
+    trained[config.strategy_name], evaluated[config.strategy_name] = strategy_run.trained, strategy_run.evaluated
   mlog.canonicalize()
   base = results_lib.run_baselines(exp)
   comparisons = {n: evaluated[n] for n in order[1:]}
   results = results_lib.build_results(exp, evaluated[config.learner_name], comparisons, base, trained)
+  if config.strategy_name:
+    results["strategy"] = strategy_run.info
+    results["train"]["stage_seconds"] = strategy_run.seconds
   runlog.atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   table = results_lib.results_table(results)
   runlog.atomic_write(os.path.join(workdir, "results.md"), table)

@@ -16,6 +16,7 @@ from transfer_meta.learners.base import Learner
 from transfer_meta.learners.maml import anil, fomaml, maml, melu
 from transfer_meta.learners.meta_sgd import meta_sgd
 from transfer_meta.learners.reptile import reptile
+from transfer_meta.learners.ridge import ridge_head
 from transfer_meta.learners.transfer import finetune, head_only, none
 from transfer_meta.models.base import Model
 
@@ -29,6 +30,7 @@ LEARNERS: dict[str, Callable[..., Learner]] = {
   "none": none,  # one global model, no adaptation
   "finetune": finetune,  # global model, fine-tune all parameters on the support
   "head_only": head_only,  # global model, fit the head on the support
+  "ridge_head": ridge_head,  # global model, closed-form ridge fit of the head on the support
 }
 
 

@@ -1,0 +1,382 @@
+"""Stages and strategies: every registered strategy end to end on the synthetic data (no per-strategy code), the
+maths (a frozen mask leaves those leaves bitwise unchanged; the ridge head equals numpy's ridge solution; the
+distillation loss equals a hand computation), the data streams, and a SIGKILL mid-stage followed by a resume that
+is bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+from test_resume import _run, _run_and_kill_when
+
+from transfer_meta import stages, step, train
+from transfer_meta.data.streams import InteractionIterator, SampledPairIterator, training_rows
+from transfer_meta.learners import inner
+from transfer_meta.learners.ridge import ridge_head
+from transfer_meta.models.base import Model, adapt_mask
+from transfer_meta.strategies import STRATEGIES, get_strategy
+from transfer_meta.strategies.distill import distill_objective
+from transfer_meta.strategies.fusion import fit_coef, fit_gate, gate_weight
+from transfer_meta.strategies.soup import soup_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/strategies_synthetic.py:tiny"  # pretrain 6 steps -> meta 4 steps, checkpoints every 2
+COMMON = dict(batch_size=64)  # keywords every strategy takes (stage steps default to config.num_steps)
+
+
+def load_config(arg: str | None = "tiny") -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location(
+    "cfg_strategies", os.path.join(ROOT, "configs", "strategies_synthetic.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def exp():
+  return train.build_experiment(load_config())
+
+
+def _example(exp) -> dict:
+  first = exp.seeds[0].tasks["train"].batch(np.arange(1))
+  return {"support": step.unstack(first["support"], 0), "query": step.unstack(first["query"], 0)}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
+  config = load_config()
+  config.strategy_name = name
+  config.strategy = COMMON
+  config.seeds = 1
+  built = train.build_experiment(config)
+  results = train.train_and_evaluate(config, str(tmp_path), data=built.data)
+  strategy = get_strategy(name, built.model, config, built.spec, **COMMON)
+  assert results["strategy"]["name"] == name and results["strategy"]["learner"] == strategy.learner.name
+  assert [s["name"] for s in results["strategy"]["stages"]] == [s.name for s in strategy.stages]
+  fitted = {"fit"} if strategy.fit is not None else set()
+  assert set(results["train"]["stage_seconds"]) == {s.name for s in strategy.stages} | fitted
+  if strategy.describe is not None:  # e.g. distill's parameter counts, fusion's fitted coefficients
+    assert isinstance(results["strategy"]["describe"], dict) and results["strategy"]["describe"]
+  row = results["comparisons"][name]
+  assert set(row) == set(results["metrics"])  # valid and every scenario, like the learner
+  for scenario in row.values():
+    assert all(np.isfinite(v["mean"]) for v in scenario.values())
+  assert results["selection"]["best_step"][name][0] > 0
+  with open(tmp_path / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f if json.loads(line)["learner"] == name]
+  assert sorted({r["stage"] for r in records}) == sorted(s.name for s in strategy.stages)
+  assert [r["step"] for r in records] == list(range(1, sum(s.steps for s in strategy.stages) + 1))
+  for k, s in enumerate(strategy.stages):
+    assert str(s.steps) in os.listdir(tmp_path / "checkpoints" / name / f"{k}_{s.name}")
+  with open(tmp_path / "results.md") as f:
+    assert f"| new_user | {name} |" in f.read()
+
+
+def test_frozen_leaves_are_bitwise_unchanged_and_the_others_move(exp):
+  """Adam (whose moments would move every leaf) through `freeze`: leaves outside the regex keep their bits."""
+  model = exp.model
+  params = model.init(jax.random.key(0), _example(exp)["query"], None)
+  regex = "decision_"
+  mask = adapt_mask(params, regex)
+  tx = stages.freeze(optax.adam(0.05), params, regex)
+  grad_fn = stages.objective_grad(stages.supervised_objective(model))
+  one = step.step_fn(grad_fn, tx)
+  state = {"meta_params": jax.tree.map(lambda x: x[None], params), "step": np.int32(0)}
+  state["opt_state"] = jax.vmap(tx.init)(state["meta_params"])
+  it = InteractionIterator.from_split(exp.data, exp.seeds[0].split, exp.feats, 64, 0)
+  keys = jax.random.key(0)[None]
+  run = jax.jit(one)
+  for _ in range(3):
+    state, metrics = run(state, jax.tree.map(lambda x: x[None], next(it)), keys)
+    assert np.isfinite(metrics["loss"][0]) and metrics["grad_norm"][0] > 0
+  new = step.unstack(state["meta_params"], 0)
+  moved = jax.tree.map(lambda m, a, b: (m, bool(np.array_equal(np.asarray(a), np.asarray(b)))), mask, params, new)
+  flags = jax.tree.leaves(moved, is_leaf=lambda x: isinstance(x, tuple))
+  assert any(not m for m, _ in flags) and any(m for m, _ in flags)
+  for trainable, same in flags:
+    assert same != trainable  # frozen: bitwise equal; trainable: changed
+  for a, b, m in zip(jax.tree.leaves(params), jax.tree.leaves(new), jax.tree.leaves(mask)):
+    if not m:
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_freeze_and_strategy_checks_fail_clearly(exp):
+  params = exp.model.init(jax.random.key(0), _example(exp)["query"], None)
+  with pytest.raises(ValueError, match="matches no parameter"):
+    stages.freeze(optax.sgd(0.1), params, "no_such_layer")
+  assert stages.freeze(tx := optax.sgd(0.1), params, ".*") is tx
+  with pytest.raises(ValueError, match="valid strategys.*pretrain_finetune"):
+    get_strategy("pretrain_finetun", exp.model, exp.config, exp.spec)
+  good = get_strategy("pretrain_finetune", exp.model, exp.config, exp.spec, meta_steps=2)
+  with pytest.raises(ValueError, match="distinct names"):
+    stages.check_strategy(good._replace(stages=(good.stages[0], good.stages[0])))
+  with pytest.raises(ValueError, match="unknown stream 'pairs'; valid streams"):
+    stages.check_strategy(good._replace(stages=(good.stages[0]._replace(stream="pairs"),)))
+  with pytest.raises(ValueError, match="steps=0"):
+    stages.check_strategy(good._replace(stages=(good.stages[0]._replace(steps=0),)))
+
+
+def test_ridge_head_equals_numpy_ridge_on_the_head_design_matrix(exp):
+  model = exp.model
+  params = model.init(jax.random.key(3), _example(exp)["query"], None)
+  batch = exp.seeds[0].tasks["train"].batch(np.arange(2))
+  support = step.unstack(batch["support"], 1)
+  l2 = 0.5
+  adapted = jax.jit(ridge_head(model, l2=l2).adapt)(params, support, jax.random.key(0))
+  # Independent: the head's design matrix column by column (score change per unit head parameter), then numpy.
+  mask = adapt_mask(params, model.head_regex)
+  head, frozen = inner.partition(params, mask)
+  theta0, unravel = ravel_pytree(head)
+  score = jax.jit(lambda th: model.apply(inner.combine(unravel(th), frozen, mask), support, support))
+  f0 = np.asarray(score(theta0), np.float64)
+  eye = np.eye(theta0.shape[0], dtype=np.float32)
+  design = np.stack([np.asarray(score(theta0 + eye[j]), np.float64) - f0 for j in range(theta0.shape[0])], axis=1)
+  m = np.asarray(support["mask"], np.float64)
+  y = np.asarray(support["target"], np.float64)
+  lhs = design.T @ (m[:, None] * design) + l2 * np.eye(design.shape[1])
+  want = np.asarray(theta0, np.float64) + np.linalg.solve(lhs, design.T @ (m * (y - f0)))
+  got, _ = ravel_pytree(inner.partition(adapted, mask)[0])
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3, atol=1e-3)
+  for a, b, keep in zip(jax.tree.leaves(params), jax.tree.leaves(adapted), jax.tree.leaves(mask)):
+    if not keep:
+      np.testing.assert_array_equal(a, b)  # features frozen
+  before = np.sum(m * (y - f0) ** 2)
+  after = np.sum(m * (y - np.asarray(model.apply(adapted, support, support))) ** 2)
+  assert after < before
+
+
+def test_interaction_stream_covers_training_rows_once_per_epoch_and_resumes(exp):
+  st = exp.seeds[0]
+  rows = training_rows(st.split)
+  for name in st.split.scenarios:  # never an evaluated row
+    assert np.intersect1d(rows, st.split.tasks[name].query_rows).size == 0
+  b = 100
+  it = InteractionIterator(exp.data, exp.feats, st.split.target, rows, b, seed=3, drop_remainder=False)
+  seen = []
+  for _ in range(-(-rows.size // b)):
+    x = next(it)
+    assert x["user"].shape == (b,)
+    seen += list(zip(x["user"][x["mask"]], x["item"][x["mask"]], x["target"][x["mask"]]))
+  want = list(zip(exp.data.user[rows], exp.data.item[rows], st.split.target[rows]))
+  assert sorted(seen) == sorted(want) and it.state() == {"epoch": 1, "position": 0}
+  saved = it.state()
+  ahead = [next(it) for _ in range(2)]
+  again = InteractionIterator(exp.data, exp.feats, st.split.target, rows, b, seed=3, drop_remainder=False)
+  again.restore(saved)
+  for x, y in zip(ahead, [next(again) for _ in range(2)]):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  with pytest.raises(ValueError, match="out of range"):
+    again.restore({"epoch": 0, "position": rows.size})
+  with pytest.raises(ValueError, match="exceeds"):
+    InteractionIterator(exp.data, exp.feats, st.split.target, rows, rows.size + 1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _results_without_timing(workdir: str) -> dict:
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert set(results["train"]["stage_seconds"]) == {"pretrain", "meta"}
+  return {k: v for k, v in results.items() if k != "train"}
+
+
+def _read(workdir: str, name: str) -> str:
+  with open(os.path.join(workdir, name)) as f:
+    return f.read()
+
+
+def test_sigkill_mid_stage_then_resume_equals_uninterrupted(cache, tmp_path):
+  uninterrupted, killed = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
+  _run(uninterrupted, cache, CONFIG)
+  where = os.path.join("checkpoints", "pretrain_finetune")
+  _run_and_kill_when(killed, cache, os.path.join(where, "0_pretrain", "2", "commit_success.txt"), CONFIG)
+  _run_and_kill_when(killed, cache, os.path.join(where, "1_meta", "2", "commit_success.txt"), CONFIG)
+  _run(killed, cache, CONFIG)
+  assert _results_without_timing(killed) == _results_without_timing(uninterrupted)
+  for name in ("metrics.jsonl", "split_manifest.json", "config.json"):
+    assert _read(killed, name) == _read(uninterrupted, name), name
+
+
+def test_distill_loss_equals_a_hand_computation():
+  teacher = Model("t", None, lambda p, x, c=None: p["w"] * x["item"], "w", "w")
+  student = Model("s", None, lambda p, x, c=None: p["a"] + p["b"] * x["user"], "a", "b")
+  params = {"teacher": {"w": np.float32(0.5)}, "student": {"a": np.float32(1.0), "b": np.float32(2.0)}}
+  ex = lambda u, i, t, m: {"user": np.float32(u), "item": np.float32(i), "target": np.float32(t), "mask": np.array(m)}
+  batch = {
+    "observed": ex([0, 1, 2], [2, 4, 6], [1.0, 4.0, 9.0], [True, True, False]),
+    "sampled": ex([0, 1, 2], [8, 0, 2], [0.0, 0.0, 0.0], [True, False, True]),
+  }
+  loss, metrics = distill_objective(teacher, student, alpha=0.25)(params, batch, None)
+  # student(observed) = 1 + 2u = [1, 3, 5]; teacher(observed) = i / 2 = [1, 2, 3]; ratings [1, 4, (9 masked)]
+  hard = ((1 - 1) ** 2 + (3 - 4) ** 2) / 2
+  soft_obs = ((1 - 1) ** 2 + (3 - 2) ** 2) / 2
+  # student(sampled) = [1, 3, 5]; teacher(sampled) = [4, 0, 1]; the second is masked
+  soft_sampled = ((1 - 4) ** 2 + (5 - 1) ** 2) / 2
+  soft = (soft_obs + soft_sampled) / 2
+  np.testing.assert_allclose(metrics["hard_loss"], hard, rtol=1e-6)
+  np.testing.assert_allclose(metrics["soft_loss"], soft, rtol=1e-6)
+  np.testing.assert_allclose(loss, 0.25 * hard + 0.75 * soft, rtol=1e-6)
+  grads = jax.grad(lambda p: distill_objective(teacher, student, 0.25)(p, batch, None)[0])(params)
+  assert float(grads["teacher"]["w"]) == 0.0  # the teacher's scores are targets, never trained by the student
+  with pytest.raises(ValueError, match="alpha"):
+    distill_objective(teacher, student, alpha=1.5)
+
+
+def test_sampled_pairs_are_unrated_and_resume_exactly(exp):
+  st = exp.seeds[0]
+  observed = InteractionIterator.from_split(exp.data, st.split, exp.feats, 128, 0)
+  it = SampledPairIterator(observed, seed=5)
+  rows = training_rows(st.split)
+  rated = set(zip(exp.data.user[rows].tolist(), exp.data.item[rows].tolist()))
+  kept = 0
+  for _ in range(3):
+    b = next(it)
+    np.testing.assert_array_equal(b["sampled"]["user"], b["observed"]["user"])
+    for u, i, m in zip(b["sampled"]["user"], b["sampled"]["item"], b["sampled"]["mask"]):
+      assert not (m and (int(u), int(i)) in rated)
+      kept += bool(m)
+  assert kept > 0.9 * 3 * 128  # rejection sampling finds an unrated item for nearly every pair
+  saved = it.state()
+  ahead = next(it)
+  again = SampledPairIterator(InteractionIterator.from_split(exp.data, st.split, exp.feats, 128, 0), seed=5)
+  again.restore(saved)
+  jax.tree.map(np.testing.assert_array_equal, ahead, next(again))
+
+
+@pytest.mark.parametrize("mode", ["stack", "weight"])
+def test_fusion_coefficients_equal_numpy_least_squares(mode):
+  rng = np.random.default_rng(0)
+  sa, sb = rng.normal(3.5, 1.0, 200), rng.normal(3.5, 1.0, 200)
+  y = 0.3 + 0.6 * sa + 0.25 * sb + rng.normal(0, 0.1, 200)
+  got = fit_coef(sa, sb, y, mode)
+  if mode == "stack":
+    want = np.linalg.lstsq(np.c_[np.ones(200), sa, sb], y, rcond=None)[0]
+  else:  # y - sb = w (sa - sb): a one-column least squares
+    w = np.linalg.lstsq((sa - sb)[:, None], y - sb, rcond=None)[0][0]
+    want = np.array([0.0, w, 1.0 - w])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert fit_coef(sa, sb, sa, "weight")[1] == pytest.approx(1.0)  # y = sa: all weight on A
+  assert fit_coef(sa, sb, 2 * sa - sb, "weight")[1] == 1.0  # the unconstrained w = 2 is clipped to [0, 1]
+  with pytest.raises(ValueError, match="valid modes"):
+    fit_coef(sa, sb, y, "mean")
+
+
+def test_strategies_table_grid_trains_the_learners_once_per_protocol():
+  from experiments import strategies as table
+
+  module = importlib.util.module_from_spec(
+    spec := importlib.util.spec_from_file_location("cfg_s100k", os.path.join(ROOT, "configs", "strategies_ml100k.py"))
+  )
+  spec.loader.exec_module(module)
+  cells = table.grid("strategies_ml100k", ["melu", "item_cold"], {"seeds": 2})
+  names = list(module.STRATEGY_KWARGS)
+  assert [(p, s) for p, s, _ in cells] == [(p, s) for p in ("melu", "item_cold") for s in names]
+  for p, s, c in cells:
+    assert c.protocol_name == p and c.strategy_name == s and c.seeds == 2 and c.is_locked
+    assert c.strategy.to_dict() == module.STRATEGY_KWARGS[s]
+    first = s == names[0]
+    assert (c.learner_name, tuple(c.compare_learners)) == (("melu", ("fomaml", "none")) if first else ("none", ()))
+  per_seed = lambda v: {"new_user": {"mae": {"per_seed": [v, v]}}}
+  run = lambda learner, comparisons: {
+    "learner": learner,
+    "metrics": per_seed(1.0),
+    "comparisons": {m: per_seed(2.0 + i) for i, m in enumerate(comparisons)},
+    "baselines": {"item_user_offset": per_seed(0.5)},
+  }
+  values = table.table_values([("a", run("melu", ["none", "a"])), ("b", run("none", ["b"]))])
+  assert list(values) == ["melu", "none", "a", "b", "item_user_offset"]  # run b's own `none` is not repeated
+  assert values["b"]["new_user"]["mae"] == [2.0, 2.0] and values["a"]["new_user"]["mae"] == [3.0, 3.0]
+
+
+SHARDED_SCRIPT = r"""
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"  # before jax is imported
+import dataclasses, sys, tempfile
+sys.path[:0] = [{root!r}, os.path.join({root!r}, "tests")]
+import chex, jax
+from tests.test_strategies import load_config
+from transfer_meta import runlog, sharding, stages, train
+from transfer_meta.strategies import get_strategy
+
+assert len(jax.devices()) == 8
+config = load_config()
+exp8 = train.build_experiment(config)
+exp1 = dataclasses.replace(exp8, mesh=sharding.make_mesh(jax.devices()[:1]))
+strategy = get_strategy(config.strategy_name, exp8.model, config, exp8.spec, **config.strategy)
+out = {{}}
+for name, exp in (("8", exp8), ("1", exp1)):
+  workdir = tempfile.mkdtemp()
+  mlog = runlog.MetricsLog(os.path.join(workdir, "metrics.jsonl"), [strategy.name])
+  out[name] = stages.run_strategy(exp, strategy, workdir, mlog)[0].selection
+leaf = jax.tree.leaves(out["8"].params)[0]
+assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
+assert out["8"].step == out["1"].step, (out["8"].step, out["1"].step)
+chex.assert_trees_all_close(out["8"].params, out["1"].params, rtol=1e-4, atol=1e-5)
+chex.assert_trees_all_close(out["8"].value, out["1"].value, rtol=1e-5)
+print("SHARDED_OK")
+"""
+
+
+def test_stages_on_8_fake_devices_equal_one_device():
+  """Every stage (interaction minibatches, then task batches) split over 8 devices gives one device's result."""
+  import subprocess
+  import sys
+
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  done = subprocess.run(
+    [sys.executable, "-c", SHARDED_SCRIPT.format(root=ROOT)], cwd=ROOT, env=env, capture_output=True, text=True,
+    timeout=600,
+  )  # fmt: skip
+  assert done.returncode == 0 and "SHARDED_OK" in done.stdout, done.stderr[-4000:]
+
+
+def test_fusion_gate_recovers_a_planted_support_size_gate():
+  """Ratings that follow model A more as the support grows: the fitted gate is the planted one."""
+  rng = np.random.default_rng(1)
+  n = rng.integers(1, 60, 400)
+  sa, sb = rng.normal(3.5, 1.0, 400), rng.normal(3.5, 1.0, 400)
+  planted = np.array([-2.0, 0.8])
+  w = np.asarray(gate_weight(planted, n.astype(np.float32)), np.float64)
+  y = w * sa + (1 - w) * sb
+  got = fit_gate(sa, sb, y, n)
+  np.testing.assert_allclose(got, planted, atol=1e-3)
+  assert float(gate_weight(got, 50.0)) > 0.7 > 0.3 > float(gate_weight(got, 1.0))  # the weight shifts with n
+
+
+def test_soup_scores_with_the_average_and_pretraining_keeps_one_shared_init(exp):
+  model, k = exp.model, 3
+  both = soup_model(model, k)
+  x = _example(exp)["query"]
+  params = both.init(jax.random.key(0), x, None)
+  copies = jax.tree.map(
+    lambda c: c + jnp.arange(k, dtype=c.dtype).reshape((k,) + (1,) * (c.ndim - 1)) * 0.01, params["copies"]
+  )
+  mean = jax.tree.map(lambda c: np.mean(np.asarray(c, np.float64), axis=0).astype(np.float32), copies)
+  np.testing.assert_allclose(both.apply({"copies": copies}, x, None), model.apply(mean, x, None), rtol=1e-5, atol=1e-6)
+  strategy = get_strategy("soup", model, exp.config, exp.spec, n_copies=k, batch_size=66)
+  tx = strategy.stages[0].tx
+  one = jax.jit(step.step_fn(strategy.stages[0].grad_fn, tx))
+  state = {"meta_params": jax.tree.map(lambda p: p[None], params), "step": np.int32(0)}
+  state["opt_state"] = jax.vmap(tx.init)(state["meta_params"])
+  it = InteractionIterator.from_split(exp.data, exp.seeds[0].split, exp.feats, 66, 0)
+  for _ in range(3):
+    state, _ = one(state, jax.tree.map(lambda v: v[None], next(it)), jax.random.key(0)[None])
+  for leaf in jax.tree.leaves(state["meta_params"]["copies"]):
+    for c in range(1, k):  # pretraining the average moves every copy by the same bits
+      assert np.asarray(leaf[0, c]).tobytes() == np.asarray(leaf[0, 0]).tobytes()
+  with pytest.raises(ValueError, match="divisible"):
+    get_strategy("soup", model, exp.config, exp.spec, n_copies=4, batch_size=66)

@@ -1,0 +1,81 @@
+"""Transfer strategies: each an ordered list of stages plus the learner that adapts the result per task.
+
+    strategy = get_strategy("pretrain_finetune", model, config, pretrain_steps=500)
+    trained, seconds = stages.run_strategy(exp, strategy, workdir, mlog)
+
+A config selects one with `config.strategy_name` and `config.strategy` (its keywords); `train_and_evaluate`
+then trains it beside the learners and reports it as one more row of the same tables (results.json
+"comparisons", plus "strategy": the stages run). Add a strategy with one module here (a builder
+`(model, config, spec, **kw) -> stages.Strategy` that reads as its list of stages) and one registry line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import ml_collections
+
+from transfer_meta import runlog, stages, step
+from transfer_meta import train as train_lib
+from transfer_meta.data.examples import FeatureSpec
+from transfer_meta.models.base import Model
+from transfer_meta.registry import lookup
+from transfer_meta.stages import Strategy
+from transfer_meta.strategies.distill import distill
+from transfer_meta.strategies.fusion import fusion
+from transfer_meta.strategies.pretrain import pretrain_finetune, pretrain_frozen_head
+from transfer_meta.strategies.soup import soup
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+  "pretrain_finetune": pretrain_finetune,  # supervised pretraining on every training interaction, fine-tune per task
+  "pretrain_frozen_head": pretrain_frozen_head,  # same pretraining, closed-form ridge head per task
+  "fusion": fusion,  # two pretrained models, score fusion (convex weight or linear stacking) fitted on validation
+  "soup": soup,  # one pretrained init, K copies fine-tuned on disjoint data slices, their weights averaged
+  "distill": distill,  # id-based teacher -> side-feature student (hard labels + teacher scores), fine-tune per task
+}
+
+
+def get_strategy(name: str, model: Model, config: ml_collections.ConfigDict, spec: FeatureSpec, **kwargs) -> Strategy:
+  """The strategy `name` for `model` (defaults from `config`: optimiser, steps, batch size).
+
+  Args:
+    name: a key of `STRATEGIES` (unknown names raise ValueError listing the valid ones).
+    model: the experiment's model.
+    config: the experiment config.
+    spec: the dataset's feature sizes (strategies that build other models).
+    **kwargs: the builder's keywords (`config.strategy`).
+  Returns:
+    A `stages.Strategy` named `name`.
+  """
+  strategy = lookup(STRATEGIES, name, "strategy")(model, config, spec, **kwargs)
+  return strategy._replace(name=name)
+
+
+class StrategyRun(NamedTuple):
+  trained: train_lib.Trained  # selected last-stage params per seed, the evaluation learner, wall time
+  evaluated: list  # [{set: {metric: float}}] per seed (`train.evaluate_trained`)
+  info: dict  # results.json "strategy": name, kwargs, stages run (no timings)
+  seconds: dict  # {stage name: training seconds}
+
+
+def run(exp: train_lib.Experiment, workdir: str, mlog: runlog.MetricsLog) -> StrategyRun:
+  """Builds `exp.config.strategy_name` with `exp.config.strategy`, runs its stages and evaluates it like a learner.
+
+  The strategy's name must differ from the learner names (it is a row of the same tables).
+  """
+  config = exp.config
+  name, kwargs = config.strategy_name, config.strategy.to_dict()
+  learners = [n for n, _ in train_lib._learner_specs(config)]
+  if name in learners:
+    raise ValueError(f"config.strategy_name={name!r} is also a learner name {learners}: rows must be distinct")
+  strategy = get_strategy(name, exp.model, config, exp.spec, **kwargs)
+  trained, seconds = stages.run_strategy(exp, strategy, workdir, mlog)
+  info = {"name": name, "kwargs": kwargs, "learner": strategy.learner.name, "stages": stages.stage_info(strategy)}
+  if strategy.describe is not None:
+    info["describe"] = strategy.describe(jax.device_get(step.unstack(trained.selection.params, 0)))
+  return StrategyRun(trained, train_lib.evaluate_trained(exp, trained), info, seconds)
+
+
+__all__ = ["STRATEGIES", "Strategy", "StrategyRun", "get_strategy", "run"]
