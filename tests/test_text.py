@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from transfer_meta.data.interactions import DataError
-from transfer_meta.text import bert, minilm
+import transfer_meta as tm
+from transfer_meta.data.interactions import UNKNOWN, DataError
+from transfer_meta.text import bert, item_features, minilm
 
 TINY = bert.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=24, max_positions=12)
 B, L = 3, 7
@@ -295,3 +296,110 @@ def test_corrupt_cached_weights_are_fetched_again_then_an_error(real, tmp_path, 
   with pytest.raises(DataError, match=r"SHA-256 still wrong for model.safetensors \(expected 53aa5117.*missing"):
     minilm.cached_files(tmp_path)
   assert calls == [folder]
+
+
+# ------------------------------------------------------------------------------------ item text features
+
+
+def _tiny_catalogue(titles=("Toy Story", "Heat", "")) -> tm.Interactions:
+  """3 items with titles, a categorical year and multi-hot genres; 2 users; 4 ratings."""
+  n = len(titles)
+  items = tm.FeatureTable(
+    n=n,
+    categorical={"year": np.array([1, 2, 0][:n], np.int32)},
+    multi_hot={"genre": np.array([[1, 1], [0, 1], [0, 0]][:n], np.float32)},
+    text={"title": np.array(titles, dtype=object)},
+    vocab={"year": (UNKNOWN, "1995", "1996"), "genre": ("Animation", "Crime")},
+  )
+  return tm.Interactions(
+    name="tiny",
+    user=np.array([0, 0, 1, 1], np.int32),
+    item=np.array([0, 1, 1, 2], np.int32) % n,
+    rating=np.array([4, 5, 3, 1], np.float32),
+    timestamp=np.arange(4, dtype=np.int64),
+    user_features=tm.FeatureTable(n=2),
+    item_features=items,
+    user_raw_ids=np.array([1, 2], dtype=object),
+    item_raw_ids=np.arange(n).astype(object),
+  )
+
+
+def test_render_texts_fills_text_categorical_and_multi_hot_fields():
+  data = _tiny_catalogue()
+  assert item_features.render_texts(data) == ["Toy Story", "Heat", ""]
+  got = item_features.render_texts(data, "{title} ({year}): {genre}")
+  assert got == ["Toy Story (1995): Animation, Crime", "Heat (1996): Crime", " (): "]
+  with pytest.raises(DataError, match=r"uses \['plot'\]; item fields are \['genre', 'title', 'year'\]"):
+    item_features.render_texts(data, "{title} {plot}")
+  with pytest.raises(DataError, match="names no item field"):
+    item_features.render_texts(data, "a movie")
+
+
+def test_item_text_embedding_is_cached_and_keyed(real, tmp_path, monkeypatch):
+  data = _tiny_catalogue()
+  emb = item_features.item_text_embedding(data, cache_dir=tmp_path, encoder=real, progress=False)
+  chex.assert_shape(emb, (3, 384))
+  np.testing.assert_allclose(emb, minilm.embed_texts(real, ["Toy Story", "Heat", ""]), atol=1e-6)
+  files = sorted(p.name for p in (tmp_path / "text_features").iterdir())
+  assert len(files) == 2 and files[0].startswith("tiny-") and files[1].endswith(".npy")
+
+  def no_encoding(*a, **k):
+    raise AssertionError("a cached embedding must not be recomputed")
+
+  monkeypatch.setattr(minilm, "embed_texts", no_encoding)
+  monkeypatch.setattr(minilm, "load_minilm", no_encoding)
+  np.testing.assert_array_equal(item_features.item_text_embedding(data, cache_dir=tmp_path), emb)
+  with pytest.raises(AssertionError, match="must not be recomputed"):  # another template: another key
+    item_features.item_text_embedding(data, "{title} {genre}", cache_dir=tmp_path)
+  with pytest.raises(AssertionError, match="must not be recomputed"):  # other texts: another key
+    item_features.item_text_embedding(_tiny_catalogue(("Toy Story", "Heat", "Fargo")), cache_dir=tmp_path)
+
+
+def test_cache_key_covers_dataset_template_model_and_texts():
+  base = item_features.cache_key("d", "{title}", "abc", ["x", "y"])
+  others = [
+    item_features.cache_key("e", "{title}", "abc", ["x", "y"]),
+    item_features.cache_key("d", "{title}!", "abc", ["x", "y"]),
+    item_features.cache_key("d", "{title}", "abd", ["x", "y"]),
+    item_features.cache_key("d", "{title}", "abc", ["xy"]),
+  ]
+  assert len({base, *others}) == 5
+
+
+def test_corrupt_cached_embedding_is_recomputed(real, tmp_path):
+  data = _tiny_catalogue()
+  emb = item_features.item_text_embedding(data, cache_dir=tmp_path, encoder=real, progress=False)
+  (path,) = (tmp_path / "text_features").glob("*.npy")
+  np.save(path, np.zeros((2, 384), np.float32))  # wrong row count
+  again = item_features.item_text_embedding(data, cache_dir=tmp_path, encoder=real, progress=False)
+  np.testing.assert_array_equal(again, emb)
+  np.testing.assert_array_equal(np.load(path), emb)
+
+
+def test_with_text_features_is_a_dense_item_feature(real, tmp_path):
+  data = _tiny_catalogue()
+  out = item_features.with_text_features(data, cache_dir=tmp_path, encoder=real, progress=False)
+  spec = tm.FeatureSpec.from_interactions(out)
+  assert spec.item_dense_dim == 384 and tm.FeatureSpec.from_interactions(data).item_dense_dim == 0
+  feats = tm.FeatureMatrices.from_interactions(out)
+  x = tm.make_examples(feats, np.array([0, 1]), np.array([2, 0]))
+  np.testing.assert_array_equal(x["item_dense"], out.item_features.dense[item_features.FEATURE][[2, 0]])
+  with pytest.raises(DataError, match="already have a dense feature 'text_minilm'"):
+    item_features.with_text_features(out, cache_dir=tmp_path, encoder=real)
+
+
+def test_load_dataset_text_features_flag(real, tmp_path, monkeypatch):
+  (tmp_path / "r.csv").write_text("user,item,rating\n1,a,4\n2,b,5\n1,b,3\n")
+  (tmp_path / "i.csv").write_text("item,title\na,Toy Story\nb,Heat\n")
+  monkeypatch.setenv("TRANSFER_META_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setattr(minilm, "load_minilm", lambda cache_dir=None: real)  # the model itself is tested above
+  kw = dict(interactions=tmp_path / "r.csv", items=tmp_path / "i.csv", item_text=("title",))
+  kw["columns"] = {"user": "user", "item": "item", "rating": "rating", "timestamp": None}
+  plain = tm.load_dataset("csv", **kw)
+  assert plain.item_features.dense == {}
+  data = tm.load_dataset("csv", text_features=True, **kw)
+  np.testing.assert_allclose(
+    data.item_features.dense["text_minilm"], minilm.embed_texts(real, ["Toy Story", "Heat"]), atol=1e-6
+  )
+  with pytest.raises(DataError, match=r"uses \['plot'\]"):
+    tm.load_dataset("csv", text_features=True, text_template="{plot}", **kw)
