@@ -1,6 +1,6 @@
 """With item text vs without: the MAML family, the transfer baselines and the reference baselines on cold items.
 
-    python -m experiments.text_table --seeds=5                      # -> experiments/results/text_ml100k.{md,csv}
+    python -m experiments.text_table --seeds=5                      # -> experiments/results/text_<configs>.{md,csv}
     python -m experiments.text_table --configs=melu_ml100k --seeds=2 --set num_steps=20 --out=/tmp/t
 
 Each config runs twice, `dataset.text_features=False` and `=True` (a MiniLM embedding of the item title as a
@@ -26,18 +26,20 @@ from transfer_meta import report
 CONFIGS = ("melu_ml100k", "item_cold_ml100k")
 SCENARIOS = {"melu_ml100k": ("new_item", "new_user_new_item"), "item_cold_ml100k": ("new_item",)}
 METRICS = {"melu_ml100k": ("mae", "ndcg@3"), "item_cold_ml100k": ("mae", "auc")}
-# Besides the config's own learner (MAML-MeLU): the rest of the MAML family, then the transfer baselines.
-LEARNERS = ("fomaml", "maml", "anil", "meta_sgd", "reptile", "none", "finetune", "head_only")
+# Besides the config's own learner (MAML-MeLU): the rest of the MAML family and `none` (same network, no
+# adaptation); `--learners` adds the transfer baselines (finetune, head_only) where there is time for them.
+LEARNERS = ("fomaml", "maml", "anil", "meta_sgd", "reptile", "none")
 NO_INNER = ("none",)  # learners without an inner loop take no inner kwargs
 MELU_ADAPT = r"decision_|output"
 
 
-def overrides(config, text: bool) -> dict:
+def overrides(config, text: bool, learners: Sequence[str] = LEARNERS) -> dict:
   """The run's overrides: text on/off and the comparison learners with the config's inner loop."""
   inner = {k: config.learner[k] for k in ("inner_steps", "inner_lr")}
-  kwargs = {name: dict(inner) for name in LEARNERS if name not in NO_INNER}
-  kwargs["fomaml"]["adapt_regex"] = MELU_ADAPT
-  return {"dataset.text_features": text, "compare_learners": LEARNERS, "compare_kwargs": kwargs}
+  kwargs = {name: dict(inner) for name in learners if name not in NO_INNER}
+  if "fomaml" in kwargs:
+    kwargs["fomaml"]["adapt_regex"] = MELU_ADAPT
+  return {"dataset.text_features": text, "compare_learners": tuple(learners), "compare_kwargs": kwargs}
 
 
 def paired_rows(
@@ -75,6 +77,7 @@ def paired_rows(
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from " + ", ".join(CONFIGS))
+  parser.add_argument("--learners", default=",".join(LEARNERS), help="comparison learners (comma-separated)")
   runner.add_run_args(parser, "RUNS/text/<config>/text=<bool>")
   args = runner.parse_run_args(parser, argv)
   cache = os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = ({"seeds": args.seeds} if args.seeds is not None else {}) | runner.parse_sets(args.sets)
     values = {}
     for text in (False, True):
-      config = runner.apply_overrides(base, sets | overrides(base, text))
+      config = runner.apply_overrides(base, sets | overrides(base, text, args.learners.split(",")))
       info = runner.run(config, os.path.join(args.runs, "text", runner.config_name(spec), f"text={text}"))
       values[text] = runner.method_values(info.results)
       walls.append(f"{name} text={text}: {runner.describe_wall(info)}")
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
       "",
       f"- commit: {runner.commit()}",
       f"- machine: {runner.machine()}",
-      f"- learners besides MAML-MeLU: {', '.join(LEARNERS)} (inner loop of the config)",
+      f"- learners besides MAML-MeLU: {args.learners} (inner loop of the config)",
       f"- wall time: {'; '.join(walls)}",
       f"- finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
       "",
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     "MAE: lower is better (Δ < 0 means text helps); ndcg@3 and auc: higher is better.",
     "reference baselines (random .. item_user_offset) use no item features: text cannot change them.",
   ]
-  md, csv = report.write_tables(tables, os.path.join(args.out, "text_ml100k"), header=header, notes=notes)
+  stem = "text_" + "_".join(runner.config_name(s) for s in args.configs.split(","))
+  md, csv = report.write_tables(tables, os.path.join(args.out, stem), header=header, notes=notes)
   print(open(md).read())
   print(f"wrote {md} and {csv}")
   return 0

@@ -51,14 +51,19 @@ def render_texts(data: Interactions, template: str = DEFAULT_TEMPLATE) -> list[s
   Raises:
     DataError: the template names a field the dataset's items do not have (the message lists those they do).
   """
-  names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-  if not names:
-    raise DataError(f"{data.name}: text template {template!r} names no item field, so every item gets one text")
-  fields = template_fields(data.item_features)
-  unknown = [f for f in names if f not in fields]
+  return render_table(data.item_features, template, data.name)
+
+
+def render_table(items: FeatureTable, template: str, name: str) -> list[str]:
+  """`render_texts` over a `FeatureTable` (`name` labels errors): one text per row."""
+  fields_used = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+  if not fields_used:
+    raise DataError(f"{name}: text template {template!r} names no item field, so every item gets one text")
+  fields = template_fields(items)
+  unknown = [f for f in fields_used if f not in fields]
   if unknown:
-    raise DataError(f"{data.name}: text template {template!r} uses {unknown}; item fields are {sorted(fields)}")
-  return [template.format_map({f: fields[f][i] for f in names}) for i in range(data.n_items)]
+    raise DataError(f"{name}: text template {template!r} uses {unknown}; item fields are {sorted(fields)}")
+  return [template.format_map({f: fields[f][i] for f in fields_used}) for i in range(items.n)]
 
 
 def cache_key(dataset: str, template: str, model_checksum: str, texts: Sequence[str]) -> str:
