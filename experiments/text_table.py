@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
   )
   notes += [
-    "mean ± std over seeds (population std); Δ = with text - without, paired per seed (same split, same init).",
+    "mean ± std over seeds (population std); Δ = with text - without, paired per seed (same split and data order).",
     "MAE: lower is better (Δ < 0 means text helps); ndcg@3 and auc: higher is better.",
     "reference baselines (random .. item_user_offset) use no item features: text cannot change them.",
   ]

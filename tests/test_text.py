@@ -3,6 +3,7 @@ against stored reference values, and the fetch path's errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -14,8 +15,10 @@ import pytest
 from scipy.special import erf
 
 import transfer_meta as tm
+from experiments import runner, text_table
+from transfer_meta import serving, train
 from transfer_meta.data.interactions import UNKNOWN, DataError
-from transfer_meta.text import bert, item_features, minilm
+from transfer_meta.text import bert, item_features, minilm, zero_shot
 
 TINY = bert.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=24, max_positions=12)
 B, L = 3, 7
@@ -403,3 +406,67 @@ def test_load_dataset_text_features_flag(real, tmp_path, monkeypatch):
   )
   with pytest.raises(DataError, match=r"uses \['plot'\]"):
     tm.load_dataset("csv", text_features=True, text_template="{plot}", **kw)
+
+
+# ---------------------------------------------------------------------------------- serving and table
+
+
+@pytest.fixture(scope="module")
+def text_run(real, tmp_path_factory):
+  """A 2-step MAML-MeLU run on ML-100K with item text features (1 seed, no comparisons or baselines)."""
+  config = runner.load_config("melu_ml100k:smoke")
+  with config.unlocked():
+    config.dataset.text_features = True
+    config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 2, 2, 2
+    config.compare_learners, config.baselines, config.progress = (), (), False
+    config.compare_kwargs = {}
+  workdir = str(tmp_path_factory.mktemp("text_run"))
+  train.train_and_evaluate(config, workdir)
+  return serving.load_meta_params(workdir)
+
+
+def test_zero_shot_rows_reproduce_catalogue_items(text_run, real, monkeypatch):
+  monkeypatch.setattr(zero_shot, "_encoder", lambda cache_dir=None: real)
+  bundle = text_run
+  data = bundle.data
+  assert data.item_features.dense["text_minilm"].shape == (1682, 384)
+  cat_ids = [1, 49, 180]  # dense ids of three catalogue items, re-described as if new
+  fields = item_features.template_fields(data.item_features)
+  new = []
+  for i in cat_ids:
+    genres = [g for g, on in zip(data.item_features.vocab["genre"], data.item_features.multi_hot["genre"][i]) if on]
+    new.append({"title": fields["title"][i], "genre": genres, "release_year": fields["release_year"][i]})
+  rated, ratings = [1, 50, 100], [5.0, 4.0, 2.0]  # raw ids of the user's support
+  got = serving.score_new_items(bundle, new, rated, ratings, user_features={"gender": "F"})
+  catalogue = serving.adapt(bundle, rated, ratings, user_features={"gender": "F"}).scores
+  np.testing.assert_allclose(got, catalogue[cat_ids], rtol=1e-5, atol=1e-5)  # melu embeds no item ids
+  title_only = serving.score_new_items(bundle, [{"title": fields["title"][i]} for i in cat_ids], rated, ratings)
+  assert title_only.shape == (3,) and np.isfinite(title_only).all()
+  other = serving.score_new_items(bundle, [{"title": "A documentary about bees"}] * 3, rated, ratings)
+  assert np.abs(other - title_only).max() > 0  # the text alone moves the score
+
+
+def test_zero_shot_refuses_what_a_new_item_cannot_be(text_run, real, monkeypatch):
+  monkeypatch.setattr(zero_shot, "_encoder", lambda cache_dir=None: real)
+  with pytest.raises(DataError, match=r"unknown field\(s\) \['plot'\]"):
+    serving.score_new_items(text_run, [{"title": "x", "plot": "y"}])
+  with pytest.raises(DataError, match=r"'genre' labels \['Space Opera'\] not in its vocabulary"):
+    serving.score_new_items(text_run, [{"title": "x", "genre": ["Space Opera"]}])
+  with pytest.raises(DataError, match="new_items is empty"):
+    serving.score_new_items(text_run, [])
+  plain = dataclasses.replace(text_run.data, item_features=dataclasses.replace(text_run.data.item_features, dense={}))
+  with pytest.raises(DataError, match="no item text feature 'text_minilm'"):
+    zero_shot.new_item_rows(plain, [{"title": "x"}], "{title}", real)
+
+
+def test_text_table_pairs_runs_per_seed():
+  off = {"melu": {"new_item": {"mae": [1.0, 0.8]}}, "item_mean": {"new_item": {"mae": [0.9, 0.9]}}}
+  on = {"melu": {"new_item": {"mae": [0.7, 0.9]}}, "item_mean": {"new_item": {"mae": [0.9, 0.9]}}}
+  rows = text_table.paired_rows(off, on, ["new_item"], ["mae"], baselines=["item_mean"])
+  assert [(r.scenario, r.method) for r in rows] == [("new_item", "melu"), ("new_item", "item_mean")]
+  delta = rows[0].cells["Δ mae"]
+  np.testing.assert_allclose(delta.per_seed, [-0.3, 0.1])
+  np.testing.assert_allclose((delta.mean, delta.std), (-0.1, 0.2))
+  assert set(rows[1].cells) == {"mae"}
+  with pytest.raises(ValueError, match="2 seeds without text, 1 with"):
+    text_table.paired_rows(off, {"melu": {"new_item": {"mae": [0.7]}}}, ["new_item"], ["mae"], ["item_mean"])
