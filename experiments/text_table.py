@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from " + ", ".join(CONFIGS))
   parser.add_argument("--learners", default=",".join(LEARNERS), help="comparison learners (comma-separated)")
+  parser.add_argument(
+    "--only", choices=("", "False", "True"), default="", help="run only text_features=False or =True (no table)"
+  )
   runner.add_run_args(parser, "RUNS/text/<config>/text=<bool>")
   args = runner.parse_run_args(parser, argv)
   cache = os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
@@ -91,14 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     sets = ({"seeds": args.seeds} if args.seeds is not None else {}) | runner.parse_sets(args.sets)
     values = {}
     for text in (False, True):
+      if args.only and str(text) != args.only:
+        continue
       config = runner.apply_overrides(base, sets | overrides(base, text, args.learners.split(",")))
       info = runner.run(config, os.path.join(args.runs, "text", runner.config_name(spec), f"text={text}"))
       values[text] = runner.method_values(info.results)
       walls.append(f"{name} text={text}: {runner.describe_wall(info)}")
       baselines = list(info.results.get("baselines", {}))
       res = info.results
+    if args.only:
+      continue
     title = f"{name}: {res['protocol']} v{res['protocol_version']}, seeds {res['seeds']}"
     tables[title] = paired_rows(values[False], values[True], SCENARIOS[name], METRICS[name], baselines)
+  if args.only:
+    print(f"ran {args.configs} with text_features={args.only}; rerun without --only to write the table")
+    return 0
   header = "\n".join(
     [
       "# Item text features (MiniLM title embedding) vs none, ML-100K",
