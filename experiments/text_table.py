@@ -42,6 +42,18 @@ def overrides(config, text: bool, learners: Sequence[str] = LEARNERS) -> dict:
   return {"dataset.text_features": text, "compare_learners": tuple(learners), "compare_kwargs": kwargs}
 
 
+def learner_overrides(config, text: bool, learner: str) -> dict:
+  """`--per_learner` runs: one learner alone (the config's own, or a comparison with the config's inner loop);
+  only the config's own learner's run also evaluates the reference baselines."""
+  if learner == config.learner_name:
+    kwargs = config.learner.to_dict()
+  else:
+    kwargs = overrides(config, text, (learner,))["compare_kwargs"].get(learner, {})
+  out = {"dataset.text_features": text, "learner_name": learner, "learner": kwargs}
+  out |= {"compare_learners": (), "compare_kwargs": {}}
+  return out if learner == config.learner_name else out | {"baselines": ()}
+
+
 def paired_rows(
   off: Mapping, on: Mapping, scenarios: Sequence[str], metrics: Sequence[str], baselines: Sequence[str]
 ) -> list[report.Row]:
@@ -55,8 +67,9 @@ def paired_rows(
     Rows in scenario, then method order.
   """
   rows = []
+  order = [m for m in off if m not in baselines] + [m for m in off if m in baselines]
   for scenario in scenarios:
-    for method in off:
+    for method in order:
       a = off[method].get(scenario)
       if a is None:
         continue
@@ -81,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--only", choices=("", "False", "True"), default="", help="run only text_features=False or =True (no table)"
   )
+  parser.add_argument(
+    "--per_learner",
+    action="store_true",
+    help="one run per learner (RUNS/text/<config>/text=<bool>/<learner>): separate processes can share the work",
+  )
+  parser.add_argument("--only_learner", default="", help="with --per_learner: run just this learner (no table)")
   runner.add_run_args(parser, "RUNS/text/<config>/text=<bool>")
   args = runner.parse_run_args(parser, argv)
   cache = os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
@@ -96,18 +115,33 @@ def main(argv: list[str] | None = None) -> int:
     for text in (False, True):
       if args.only and str(text) != args.only:
         continue
-      config = runner.apply_overrides(base, sets | overrides(base, text, args.learners.split(",")))
-      info = runner.run(config, os.path.join(args.runs, "text", runner.config_name(spec), f"text={text}"))
-      values[text] = runner.method_values(info.results)
+      workdir = os.path.join(args.runs, "text", runner.config_name(spec), f"text={text}")
+      learners = args.learners.split(",")
+      if not args.per_learner:
+        config = runner.apply_overrides(base, sets | overrides(base, text, learners))
+        info = runner.run(config, workdir)
+        values[text] = runner.method_values(info.results)
+      else:
+        values[text] = {}
+        for learner in (base.learner_name, *learners):
+          if args.only_learner and learner != args.only_learner:
+            continue
+          config = runner.apply_overrides(base, sets | learner_overrides(base, text, learner))
+          one = runner.run(config, os.path.join(workdir, learner))
+          values[text] |= runner.method_values(one.results)
+          if learner == base.learner_name:
+            info = one
+        if args.only_learner:
+          continue
       walls.append(f"{name} text={text}: {runner.describe_wall(info)}")
       baselines = list(info.results.get("baselines", {}))
       res = info.results
-    if args.only:
+    if args.only or args.only_learner:
       continue
     title = f"{name}: {res['protocol']} v{res['protocol_version']}, seeds {res['seeds']}"
     tables[title] = paired_rows(values[False], values[True], SCENARIOS[name], METRICS[name], baselines)
-  if args.only:
-    print(f"ran {args.configs} with text_features={args.only}; rerun without --only to write the table")
+  if args.only or args.only_learner:
+    print(f"ran {args.configs} text={args.only or 'both'} {args.only_learner}; rerun without --only* for the table")
     return 0
   header = "\n".join(
     [
