@@ -15,6 +15,7 @@ features, so text cannot change them: they are listed once as the bar to beat.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -52,6 +53,29 @@ def learner_overrides(config, text: bool, learner: str) -> dict:
   out = {"dataset.text_features": text, "learner_name": learner, "learner": kwargs}
   out |= {"compare_learners": (), "compare_kwargs": {}}
   return out if learner == config.learner_name else out | {"baselines": ()}
+
+
+def collect(workdir: str) -> tuple[dict, dict | None, list[str]]:
+  """Finished runs of one side, without running anything: a combined run's results.json, else the per-learner
+  runs under it that have finished.
+
+  Returns:
+    ({method: {scenario: {metric: [per seed]}}}, the results.json holding the baselines (None if none
+    finished), the finished runs' directories).
+  """
+  paths = [os.path.join(workdir, "results.json")]
+  if not os.path.isfile(paths[0]):
+    subdirs = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []
+    paths = [os.path.join(workdir, d, "results.json") for d in subdirs]
+  values, main, found = {}, None, []
+  for path in paths:
+    if os.path.isfile(path):
+      with open(path) as f:
+        results = json.load(f)
+      values |= runner.method_values(results)
+      main = results if results.get("baselines") else main
+      found.append(os.path.dirname(path))
+  return values, main, found
 
 
 def paired_rows(
@@ -100,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     help="one run per learner (RUNS/text/<config>/text=<bool>/<learner>): separate processes can share the work",
   )
   parser.add_argument("--only_learner", default="", help="with --per_learner: run just this learner (no table)")
+  parser.add_argument(
+    "--collect",
+    action="store_true",
+    help="run nothing: tabulate the finished runs (combined or per learner) and the methods both sides have",
+  )
   runner.add_run_args(parser, "RUNS/text/<config>/text=<bool>")
   args = runner.parse_run_args(parser, argv)
   cache = os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
@@ -111,6 +140,24 @@ def main(argv: list[str] | None = None) -> int:
       parser.error(f"--configs: {spec!r} is not one of {CONFIGS} (optionally with ':smoke')")
     base = runner.load_config(spec)
     sets = ({"seeds": args.seeds} if args.seeds is not None else {}) | runner.parse_sets(args.sets)
+    if args.collect:
+      values, mains, found = {}, {}, {}
+      for text in (False, True):
+        workdir = os.path.join(args.runs, "text", runner.config_name(spec), f"text={text}")
+        values[text], mains[text], found[text] = collect(workdir)
+        walls.append(f"{name} text={text}: {len(found[text])} finished run(s) under {workdir}")
+      if mains[False] is None or mains[True] is None:
+        print(f"{spec}: no finished run with baselines on both sides yet; skipped")
+        continue
+      both = [m for m in values[False] if m in values[True]]
+      only = sorted(set(values[False]) ^ set(values[True]))
+      if only:
+        notes.append(f"{name}: left out, finished on one side only: {', '.join(only)}.")
+      res, baselines = mains[False], list(mains[False]["baselines"])
+      values = {t: {m: values[t][m] for m in both} for t in (False, True)}
+      title = f"{name}: {res['protocol']} v{res['protocol_version']}, seeds {res['seeds']}"
+      tables[title] = paired_rows(values[False], values[True], SCENARIOS[name], METRICS[name], baselines)
+      continue
     values = {}
     for text in (False, True):
       if args.only and str(text) != args.only:
@@ -151,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
       "",
       f"- commit: {runner.commit()}",
       f"- machine: {runner.machine()}",
-      f"- learners besides MAML-MeLU: {args.learners} (inner loop of the config)",
+      "- methods: those finished on both sides (--collect)"
+      if args.collect
+      else f"- learners besides MAML-MeLU: {args.learners} (inner loop of the config)",
       f"- wall time: {'; '.join(walls)}",
       f"- finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
       "",

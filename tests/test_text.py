@@ -4,6 +4,7 @@ against stored reference values, and the fetch path's errors."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -470,3 +471,23 @@ def test_text_table_pairs_runs_per_seed():
   assert set(rows[1].cells) == {"mae"}
   with pytest.raises(ValueError, match="2 seeds without text, 1 with"):
     text_table.paired_rows(off, {"melu": {"new_item": {"mae": [0.7]}}}, ["new_item"], ["mae"], ["item_mean"])
+
+
+def test_text_table_collects_combined_or_per_learner_runs(tmp_path):
+  def write(path, learner, mae, baselines=None):
+    path.mkdir(parents=True)
+    results = {"learner": learner, "metrics": {"new_item": {"mae": {"per_seed": mae}}}}
+    if baselines:
+      results["baselines"] = {"item_mean": {"new_item": {"mae": {"per_seed": baselines}}}}
+    (path / "results.json").write_text(json.dumps(results))
+
+  write(tmp_path / "per" / "melu", "melu", [0.9, 0.8], baselines=[1.0, 1.0])
+  write(tmp_path / "per" / "none", "none", [1.1, 1.2])
+  (tmp_path / "per" / "anil").mkdir()  # unfinished: no results.json
+  values, main, found = text_table.collect(str(tmp_path / "per"))
+  assert list(values) == ["melu", "item_mean", "none"] and main["learner"] == "melu" and len(found) == 2
+  write(tmp_path / "one", "melu", [0.7, 0.6], baselines=[1.0, 1.0])
+  write(tmp_path / "one" / "none", "none", [5.0, 5.0])  # ignored: the combined results.json wins
+  values, main, found = text_table.collect(str(tmp_path / "one"))
+  assert values["melu"]["new_item"]["mae"] == [0.7, 0.6] and "none" not in values and found == [str(tmp_path / "one")]
+  assert text_table.collect(str(tmp_path / "missing")) == ({}, None, [])
