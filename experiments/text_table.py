@@ -146,14 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         workdir = os.path.join(args.runs, "text", runner.config_name(spec), f"text={text}")
         values[text], mains[text], found[text] = collect(workdir)
         walls.append(f"{name} text={text}: {len(found[text])} finished run(s) under {workdir}")
-      if mains[False] is None or mains[True] is None:
-        print(f"{spec}: no finished run with baselines on both sides yet; skipped")
+      if mains[False] is None and mains[True] is None:
+        print(f"{spec}: no finished run with the baselines yet; skipped")
         continue
       both = [m for m in values[False] if m in values[True]]
       only = sorted(set(values[False]) ^ set(values[True]))
       if only:
         notes.append(f"{name}: left out, finished on one side only: {', '.join(only)}.")
-      res, baselines = mains[False], list(mains[False]["baselines"])
+      res = mains[False] or mains[True]  # the baselines read no features: either side's are the same
+      baselines = list(res["baselines"])
+      for t in (False, True):
+        values[t] |= {b: runner.method_values(res)[b] for b in baselines}
       values = {t: {m: values[t][m] for m in both} for t in (False, True)}
       title = f"{name}: {res['protocol']} v{res['protocol_version']}, seeds {res['seeds']}"
       tables[title] = paired_rows(values[False], values[True], SCENARIOS[name], METRICS[name], baselines)
