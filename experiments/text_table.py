@@ -149,14 +149,14 @@ def main(argv: list[str] | None = None) -> int:
       if mains[False] is None and mains[True] is None:
         print(f"{spec}: no finished run with the baselines yet; skipped")
         continue
-      both = [m for m in values[False] if m in values[True]]
-      only = sorted(set(values[False]) ^ set(values[True]))
-      if only:
-        notes.append(f"{name}: left out, finished on one side only: {', '.join(only)}.")
       res = mains[False] or mains[True]  # the baselines read no features: either side's are the same
       baselines = list(res["baselines"])
       for t in (False, True):
         values[t] |= {b: runner.method_values(res)[b] for b in baselines}
+      both = [m for m in values[False] if m in values[True]]
+      only = sorted(set(values[False]) ^ set(values[True]))
+      if only:
+        notes.append(f"{name}: left out, finished on one side only: {', '.join(only)}.")
       values = {t: {m: values[t][m] for m in both} for t in (False, True)}
       title = f"{name}: {res['protocol']} v{res['protocol_version']}, seeds {res['seeds']}"
       tables[title] = paired_rows(values[False], values[True], SCENARIOS[name], METRICS[name], baselines)
