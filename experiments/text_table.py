@@ -2,6 +2,9 @@
 
     python -m experiments.text_table --seeds=5                      # -> experiments/results/text_<configs>.{md,csv}
     python -m experiments.text_table --configs=melu_ml100k --seeds=2 --set num_steps=20 --out=/tmp/t
+    # on a busy machine, one process per (side, learner), then tabulate what finished:
+    python -m experiments.text_table --configs=melu_ml100k --seeds=5 --per_learner --only=True --only_learner=melu
+    python -m experiments.text_table --collect
 
 Each config runs twice, `dataset.text_features=False` and `=True` (a MiniLM embedding of the item title as a
 dense item feature, projected 384 -> d by every model; the encoder frozen), with the same seeds, splits and
