@@ -148,7 +148,13 @@ def main(argv: list[str] | None = None) -> int:
       for text in (False, True):
         workdir = os.path.join(args.runs, "text", runner.config_name(spec), f"text={text}")
         values[text], mains[text], found[text] = collect(workdir)
-        walls.append(f"{name} text={text}: {len(found[text])} finished run(s) under {workdir}")
+        secs = []
+        for d in found[text]:
+          wall_path = os.path.join(d, runner.WALL_FILE)
+          if os.path.isfile(wall_path):
+            with open(wall_path) as f:
+              secs.append(json.load(f)["wall_seconds"])
+        walls.append(f"{name} text={text}: {len(found[text])} run(s), {sum(secs) / 60:.1f} min of process wall time")
       if mains[False] is None and mains[True] is None:
         print(f"{spec}: no finished run with the baselines yet; skipped")
         continue
@@ -156,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
       baselines = list(res["baselines"])
       for t in (False, True):
         values[t] |= {b: runner.method_values(res)[b] for b in baselines}
-      both = [m for m in values[False] if m in values[True]]
+      rank = {m: i for i, m in enumerate((base.learner_name, *LEARNERS, "finetune", "head_only", *baselines))}
+      both = sorted((m for m in values[False] if m in values[True]), key=lambda m: rank.get(m, len(rank)))
       only = sorted(set(values[False]) ^ set(values[True]))
       if only:
         notes.append(f"{name}: left out, finished on one side only: {', '.join(only)}.")
