@@ -20,7 +20,7 @@ $(RUN_STAMP): $(BIN)/python requirements.txt pyproject.toml
 	touch $(RUN_STAMP)
 
 # Tests add the tools and the optional TFDS extra (its loader is tested offline with mock data).
-$(TEST_STAMP): $(RUN_STAMP) requirements-tfds.txt requirements-test.txt
+$(TEST_STAMP): $(RUN_STAMP) requirements-tfds.txt requirements-text.txt requirements-test.txt
 	$(BIN)/pip install -q -r requirements-test.txt
 	touch $(TEST_STAMP)
 

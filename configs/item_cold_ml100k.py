@@ -32,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The item-cold-start config; `arg` 'smoke' shrinks it to seconds."""
   c = default_config()
   c.dataset_name = "ml-100k"
+  # Item text features (MiniLM title embedding, `text` extra): --config.dataset.text_features=True
+  c.dataset = ml_collections.ConfigDict(dict(text_features=False, text_template="{title}"))
   c.protocol_name = "item_cold"
   c.protocol = ml_collections.ConfigDict(dict(n_support=10, min_query=5, max_query=50))
   c.model_name = "melu"

@@ -35,6 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The benchmark config; `arg` 'smoke' shrinks it to seconds (same data and protocol)."""
   c = default_config()
   c.dataset_name = "ml-100k"
+  # Item text features (MiniLM title embedding, `text` extra): --config.dataset.text_features=True
+  c.dataset = ml_collections.ConfigDict(dict(text_features=False, text_template="{title}"))
   c.protocol_name = "melu"
   c.protocol = ml_collections.ConfigDict(dict(n_query=10, min_support=1))
   c.model_name = "melu"

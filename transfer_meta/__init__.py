@@ -15,7 +15,7 @@ from transfer_meta.data.protocols import PROTOCOLS, make_protocol
 from transfer_meta.data.split import ColdStartSplit, TaskSet
 from transfer_meta.learners import LEARNERS, get_learner
 from transfer_meta.models import MODELS, get_model
-from transfer_meta.serving import adapt, load_meta_params
+from transfer_meta.serving import adapt, load_meta_params, score_new_items
 from transfer_meta.train import train_and_evaluate
 
 __version__ = "0.1.0"
@@ -40,5 +40,6 @@ __all__ = [
   "make_examples",
   "make_protocol",
   "metrics",
+  "score_new_items",
   "train_and_evaluate",
 ]

@@ -243,3 +243,38 @@ def adapt(
     key,
   )
   return Adapted(task_params, np.asarray(scores), bundle.data.item_raw_ids)
+
+
+def score_new_items(
+  bundle: Bundle | str,
+  new_items: Sequence[Mapping],
+  items: Sequence = (),
+  ratings: Sequence[float] = (),
+  user: Any = None,
+  user_features: Mapping | None = None,
+  dense_ids: bool = False,
+  key: jax.Array | None = None,
+) -> np.ndarray:
+  """Zero-shot scores of brand-new items (not in the catalogue, no ratings) from their text, for one user.
+
+  The run must have been trained with item text features (`config.dataset.text_features=True`); each new item
+  is embedded with the same MiniLM model and text template (`transfer_meta.text.zero_shot`), then scored by the
+  meta-initialisation adapted to the user's ratings (none given: the meta-initialisation itself).
+
+  Args:
+    bundle: from `load_meta_params`, or a run's workdir.
+    new_items: one dict per new item, e.g. {"title": "Heat"} or {"title": ..., "genre": ["Crime"]}.
+    items, ratings, user, user_features, dense_ids, key: the user and their support, as in `adapt`.
+  Returns:
+    f32 [len(new_items)]: predicted rating (or click logit) of each new item.
+  """
+  from transfer_meta.text.zero_shot import new_item_rows
+
+  if isinstance(bundle, str):
+    bundle = load_meta_params(bundle)
+  template = bundle.config.dataset.get("text_template", "{title}")
+  rows = new_item_rows(bundle.data, new_items, template)
+  # The new items join the catalogue for one call: `adapt` scores every catalogue row, the last n are theirs.
+  catalogue = {k: jnp.concatenate([bundle.catalogue[k], jnp.asarray(rows[k])]) for k in _ITEM_KEYS}
+  out = adapt(dataclasses.replace(bundle, catalogue=catalogue), items, ratings, user, user_features, dense_ids, key)
+  return out.scores[-len(new_items) :]

@@ -34,13 +34,21 @@ def _csv(**kw):
 DATASETS = {"ml-100k": _ml100k, "ml-1m": _ml1m, "synthetic": _synthetic, "csv": _csv}
 
 
-def load_dataset(name: str, /, **kwargs) -> Interactions:
+def load_dataset(name: str, /, text_features: bool = False, text_template: str = "{title}", **kwargs) -> Interactions:
   """Loads a dataset by name: 'ml-100k', 'ml-1m', 'synthetic', 'csv', or 'tfds:movielens/<variant>-ratings'.
 
   `name` is positional-only, so a loader's own `name=` keyword (the csv dataset's name) passes through.
+  `text_features=True` adds a MiniLM embedding of each item's `text_template` as dense item feature
+  'text_minilm' (cached; needs the `text` extra; see `transfer_meta.text.item_features`).
   """
   if name.startswith("tfds:"):
     from transfer_meta.data.tfds_source import load_tfds
 
-    return load_tfds(name[len("tfds:") :], **kwargs)
-  return lookup(DATASETS, name, "dataset")(**kwargs)
+    data = load_tfds(name[len("tfds:") :], **kwargs)
+  else:
+    data = lookup(DATASETS, name, "dataset")(**kwargs)
+  if text_features:
+    from transfer_meta.text.item_features import with_text_features
+
+    data = with_text_features(data, text_template, cache_dir=kwargs.get("cache_dir"))
+  return data

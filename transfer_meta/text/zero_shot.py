@@ -1,0 +1,95 @@
+"""Brand-new items at serving time: item-side example rows built from an item's text (and any features given).
+
+    rows = new_item_rows(data, [{"title": "Titanic"}, {"title": "Heat", "genre": ["Crime"]}], template="{title}")
+
+Each new item is a dict of field values, named as the dataset's item fields: text fields (`title`) as strings,
+categorical features (`release_year`) as a vocabulary label, multi-hot features (`genre`) as a list of labels.
+Anything not given is unknown (categorical id 0, empty multi-hot set, empty text). The text embedding is the
+same MiniLM embedding of the same `template` the model was trained with, so a model trained with text
+features scores an item that has no ratings, no id and nothing but a title. The item id is 0 (models that
+embed item ids see row 0's id vector: serve new items with models built with `use_ids=False`, the default).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from transfer_meta.data.interactions import UNKNOWN, DataError, FeatureTable, Interactions
+from transfer_meta.text import item_features, minilm
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder(cache_dir=None) -> minilm.TextEncoder:
+  return minilm.load_minilm(cache_dir)
+
+
+def new_item_table(data: Interactions, new_items: Sequence[Mapping]) -> FeatureTable:
+  """The new items' features in the dataset's vocabularies (dense features left out: see `new_item_rows`).
+
+  Raises:
+    DataError: a field the dataset's items do not have, or a label outside a feature's vocabulary.
+  """
+  table = data.item_features
+  known = set(table.text) | set(table.categorical) | set(table.multi_hot)
+  for i, item in enumerate(new_items):
+    unknown = sorted(set(item) - known)
+    if unknown:
+      raise DataError(f"new item {i}: unknown field(s) {unknown}; {data.name} items have {sorted(known)}")
+  cat, multi = {}, {}
+  for name, vocab in ((n, table.vocab[n]) for n in table.categorical):
+    labels = [str(item.get(name, UNKNOWN)) for item in new_items]
+    bad = [(i, x) for i, x in enumerate(labels) if x not in vocab]
+    if bad:
+      raise DataError(f"new items: {name!r} labels {bad[:3]} (item, label) not in its vocabulary {list(vocab)[:12]}")
+    cat[name] = np.asarray([vocab.index(x) for x in labels], np.int32)
+  for name in table.multi_hot:
+    vocab = table.vocab[name]
+    rows = []
+    for i, item in enumerate(new_items):
+      labels = [str(x) for x in item.get(name, [])]
+      bad = [x for x in labels if x not in vocab]
+      if bad:
+        raise DataError(f"new item {i}: {name!r} labels {bad} not in its vocabulary {list(vocab)}")
+      rows.append(np.isin(np.asarray(vocab), labels).astype(np.float32))
+    multi[name] = np.stack(rows) if rows else np.zeros((0, len(vocab)), np.float32)
+  text = {name: np.asarray([str(item.get(name, "")) for item in new_items], dtype=object) for name in table.text}
+  vocab = {n: table.vocab[n] for n in (*table.categorical, *table.multi_hot)}
+  return FeatureTable(n=len(new_items), categorical=cat, multi_hot=multi, text=text, vocab=vocab)
+
+
+def new_item_rows(
+  data: Interactions, new_items: Sequence[Mapping], template: str, encoder: minilm.TextEncoder | None = None
+) -> dict:
+  """Item-side example fields of brand-new items: {item int32 [n] (zeros), item_cat [n, Fi], item_multi [n, Vi],
+  item_dense [n, Di]} in the dataset's layout, the text embedding in the `item_features.FEATURE` columns.
+
+  Args:
+    data: the training dataset, with the text feature (`load_dataset(..., text_features=True)`).
+    new_items: one dict of field values per new item (module docstring).
+    template: the text template the dataset's embedding was built with.
+    encoder: the MiniLM encoder (loaded once per process when None).
+  Raises:
+    DataError: the dataset has no text feature, or has other dense item features a new item cannot supply.
+  """
+  dense = data.item_features.dense
+  if item_features.FEATURE not in dense:
+    raise DataError(
+      f"{data.name} has no item text feature {item_features.FEATURE!r}: train with config.dataset.text_features=True"
+    )
+  others = sorted(set(dense) - {item_features.FEATURE})
+  if others:
+    raise DataError(f"{data.name}: new items cannot supply the dense item feature(s) {others}")
+  if not new_items:
+    raise DataError("new_items is empty")
+  table = new_item_table(data, new_items)
+  texts = item_features.render_table(table, template, f"{data.name} (new items)")
+  emb = minilm.embed_texts(encoder or _encoder(), texts, batch_size=min(64, len(texts)))
+  return {
+    "item": np.zeros(table.n, np.int32),
+    "item_cat": table.cat_matrix(),
+    "item_multi": table.multi_matrix(),
+    "item_dense": emb,
+  }
