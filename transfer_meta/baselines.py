@@ -94,6 +94,34 @@ def _item_user_offset(data, split, taskset, seed, lam):
   return (_item_mean(data, split, taskset, seed, lam) + np.repeat(offset, taskset.query_sizes())).astype(np.float32)
 
 
+def reference_prior(kind: str, data: Interactions, split: ColdStartSplit, lam: float = 5.0) -> np.ndarray:
+  """f32 [N]: per interaction row, the reference score a residual model starts from (`models/residual.py`).
+
+  'global_mean': mu for every row. 'item_mean' / 'item_user_offset': the row's shrunk item mean over training
+  rows (the query user's mean for item tasks, as in `item_mean`); a training row's own target is left out of
+  its mean (leave-one-out), so training tasks see the reference as a new user's rows do. The support offset
+  of 'item_user_offset' is added per task by the model, from the support alone.
+  """
+  if kind == "global_mean":
+    return np.full(len(data), _global_mean(split), np.float32)
+  if kind not in ("item_mean", "item_user_offset"):
+    raise ValueError(f"unknown reference {kind!r}; valid: ['global_mean', 'item_mean', 'item_user_offset']")
+  if lam < 0:
+    raise ValueError(f"parameter lam={lam} must be >= 0")
+  side = _query_side(data, split)
+  train = np.unique(split.tasks["train"].all_rows())
+  n = data.n_items if split.task_kind == "user" else data.n_users
+  target = split.target.astype(np.float64)
+  mu = _global_mean(split)
+  sums = np.bincount(side[train], weights=target[train], minlength=n)
+  counts = np.bincount(side[train], minlength=n).astype(np.float64)
+  prior = (sums[side] + lam * mu) / (counts[side] + lam)
+  loo_den = counts[side[train]] - 1 + lam
+  loo = np.where(loo_den > 0, (sums[side[train]] - target[train] + lam * mu) / np.maximum(loo_den, 1e-12), mu)
+  prior[train] = loo
+  return prior.astype(np.float32)
+
+
 # name -> fn(data, split, taskset, seed, lam) -> f32 [sum of query sizes], aligned with taskset.query_rows.
 BASELINES: dict[str, Callable] = {
   "random": _random,
