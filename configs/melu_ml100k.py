@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.protocol_name = "melu"
   c.protocol = ml_collections.ConfigDict(dict(n_query=10, min_support=1))
   c.model_name = "melu"
-  c.model = ml_collections.ConfigDict(dict(emb_dim=32, hidden=(64, 64), use_ids=False))
+  c.model = ml_collections.ConfigDict(dict(emb_dim=32, hidden=(64, 64), use_user_ids=False, use_item_ids=False))
   c.learner_name = "melu"
   inner = dict(inner_steps=2, inner_lr=0.05)
   c.learner = ml_collections.ConfigDict(dict(inner, first_order=False))  # adapt set: the model's (MeLU's)
@@ -74,4 +74,25 @@ def sweep() -> list[dict]:
     {"model_name": name, "model": {}, "compare_learners": ("none",), "compare_kwargs": {}}
     for name in ("two_tower", "mf", "transformer")
   ]
+  out += protocol_sweep()
   return out
+
+
+def protocol_sweep() -> list[dict]:
+  """Issue 8's training-protocol capabilities, one added at a time (the 'residual' sweep; selected on valid by
+  `python -m experiments.ablate --config=melu_ml100k --sweep=residual --select`)."""
+  res = {"residual": "item_user_offset"}
+  episodic = {**res, "resample_train": True}
+  items = {**episodic, "model.use_item_ids": True}
+  cold = {"oov_min_count": 5, "ordinal_features": ("release_year",)}
+  return [
+    {"residual": ""},
+    res,
+    episodic,
+    {**episodic, "outer_support": True},
+    items,
+    {**items, **cold},
+    {"residual": "", "resample_train": True, "model.use_item_ids": True, **cold},
+    {**items, **cold, "learner.inner_lr": 0.1},
+    {**items, **cold, "num_steps": 600},
+  ]
