@@ -89,10 +89,8 @@ def protocol_sweep() -> list[dict]:
     {"residual": ""},
     res,
     episodic,
-    {**episodic, "outer_support": True},
     items,
     {**items, **cold},
     {"residual": "", "resample_train": True, "model.use_item_ids": True, **cold},
-    {**items, **cold, "learner.inner_lr": 0.1},
-    {**items, **cold, "num_steps": 600},
+    {**episodic, "outer_support": True},
   ]
