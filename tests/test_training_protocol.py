@@ -310,3 +310,11 @@ def test_residual_without_a_prior_fails_clearly(data):
     model.apply(params, x, x)
   with pytest.raises(ValueError, match="unknown residual reference"):
     with_residual(model, "median")
+
+
+def test_serving_refuses_runs_it_would_score_wrong(tmp_path):
+  c = load_config("smoke_synthetic", "tiny")
+  c.residual = "item_user_offset"
+  (tmp_path / "config.json").write_text(c.to_json())
+  with pytest.raises(NotImplementedError, match="residual"):
+    tm.load_meta_params(str(tmp_path))

@@ -67,6 +67,20 @@ def _read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+# Training-protocol fields whose models need per-split data (a prior per row, OOV remapping, derived columns)
+# that the serving path does not rebuild yet: refused rather than served wrong.
+_UNSERVABLE = {"residual": "", "oov_min_count": 0, "ordinal_features": ()}
+
+
+def _refuse_unservable(config: ml_collections.ConfigDict) -> None:
+  bad = {k: config.get(k) for k, off in _UNSERVABLE.items() if config.get(k, off) not in (off, None, [], ())}
+  if bad:
+    raise NotImplementedError(
+      f"serving does not support runs trained with {bad} yet (their scores need the split's reference prior, "
+      "OOV remapping or derived feature columns); serve a run without these fields"
+    )
+
+
 def load_meta_params(
   workdir: str, seed_index: int = 0, item: str = "best_meta_params", data: Interactions | None = None
 ) -> Bundle:
@@ -83,6 +97,7 @@ def load_meta_params(
   if item not in ("best_meta_params", "meta_params"):
     raise ValueError(f"item must be 'best_meta_params' or 'meta_params', got {item!r}")
   config = _read_config(workdir)
+  _refuse_unservable(config)
   seeds = list(seed_list(config))
   if not 0 <= seed_index < len(seeds):
     raise ValueError(f"seed_index={seed_index} out of range for the run's {len(seeds)} seeds")
