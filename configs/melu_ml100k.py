@@ -91,6 +91,5 @@ def protocol_sweep() -> list[dict]:
     episodic,
     items,
     {**items, **cold},
-    {"residual": "", "resample_train": True, "model.use_item_ids": True, **cold},
     {**episodic, "outer_support": True},
   ]
