@@ -290,7 +290,21 @@ def selection_report(selection: Mapping, records: Sequence[Mapping], reference: 
   return {"selected": chosen, "reference": reference, "scenarios": out}
 
 
-def selection_markdown(selection: Mapping, report_: Mapping, header: str) -> str:
+def evidence_rows(records: Sequence[Mapping], reference: str, metrics: Sequence[str]) -> list[dict]:
+  """Every (setting, trained method) on every test scenario, paired by seed with `reference`: the ablation's
+  evidence of where each capability helps. Never used to select (`select_on_valid` reads valid only)."""
+  rows = []
+  for r in records:
+    res = r["results"]
+    ref = res["baselines"][reference]
+    for method, sets in trained_methods(res).items():
+      for scenario, per in ref.items():
+        imp = {m: paired(sets[scenario][m]["per_seed"], per[m]["per_seed"], lower_is_better(m)) for m in metrics}
+        rows.append({"label": r["label"], "method": method, "scenario": scenario, "improvement": imp})
+  return rows
+
+
+def selection_markdown(selection: Mapping, report_: Mapping, header: str, evidence: Sequence[Mapping] = ()) -> str:
   """Two tables: every tried (setting, method) on valid; the selected one on test beside the reference."""
   sel = selection["selected"]
   lines = [
@@ -320,6 +334,18 @@ def selection_markdown(selection: Mapping, report_: Mapping, header: str) -> str
         f"{np.mean(v['reference']):.4f} ± {np.std(v['reference']):.4f} | {imp['mean']:+.4f} ± {imp['se']:.4f} | "
         f"{imp['z']:+.1f} | {'**yes**' if imp['wins'] else 'no'} |"
       )
+  if evidence:
+    metrics = list(evidence[0]["improvement"])
+    lines += [
+      "",
+      f"## Evidence only (not used to select): every tried setting on test, improvement over `{ref}` ± SE (z)",
+      "",
+      "| setting | method | scenario | " + " | ".join(metrics) + " |",
+      "|---|---|---|" + "---:|" * len(metrics),
+    ]
+    for row in evidence:
+      cells = [f"{v['mean']:+.4f} ± {v['se']:.4f} ({v['z']:+.1f})" for v in row["improvement"].values()]
+      lines.append(f"| {row['label']} | {row['method']} | {row['scenario']} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -344,10 +370,11 @@ def write_selection(
       "",
     ]
   )
+  evidence = evidence_rows(out["runs"], reference, metrics)
   with open(f"{stem}.md", "w") as f:
-    f.write(selection_markdown(selection, rep, header))
+    f.write(selection_markdown(selection, rep, header, evidence))
   with open(f"{stem}.json", "w") as f:
-    json.dump({"selection": selection, "report": rep}, f, indent=1)
+    json.dump({"selection": selection, "report": rep, "evidence": evidence}, f, indent=1)
   return f"{stem}.md", f"{stem}.json"
 
 

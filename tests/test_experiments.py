@@ -178,6 +178,14 @@ def test_ablate_select_chooses_on_valid_only_and_pairs_by_seed(produced, tmp_pat
   with open(tmp_path / f"ablate_{NAME}_support_cap_selection.md") as f:
     md = f.read()
   assert "**selected**" in md and f"`{best[1]} @ {best[0]}`" in md and "| new_user | ndcg@3 |" in md
+  # The evidence table pairs every tried setting on test, the same way (and is not what selected).
+  assert len(out["evidence"]) == len(tried) * len(SCENARIOS)
+  row = next(
+    e for e in out["evidence"] if (e["label"], e["method"], e["scenario"]) == ("support_cap=1", "none", "warm")
+  )
+  ours = _per_seed(_results(os.path.join(produced.runs, "ablate", NAME, "support_cap=1")), "none")["warm"]["mae"]
+  ref = _per_seed(_results(os.path.join(produced.runs, "ablate", NAME, "support_cap=1")), "item_user_offset")
+  assert row["improvement"]["mae"]["mean"] == pytest.approx(np.mean(np.subtract(ref["warm"]["mae"], ours)), abs=1e-12)
 
 
 def test_paired_improvement_by_hand():
