@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import transfer_meta as tm
-from transfer_meta import baselines, runlog, train
+from transfer_meta import baselines, evaluate, runlog, train
 from transfer_meta.data import categorical
 from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
 from transfer_meta.data.interactions import DataError
@@ -312,9 +312,31 @@ def test_residual_without_a_prior_fails_clearly(data):
     with_residual(model, "median")
 
 
-def test_serving_refuses_runs_it_would_score_wrong(tmp_path):
+@pytest.fixture(scope="module")
+def protocol_run(tmp_path_factory):
+  """A tiny run with every serving-relevant protocol field on, and its bundle for seed 1."""
   c = load_config("smoke_synthetic", "tiny")
-  c.residual = "item_user_offset"
-  (tmp_path / "config.json").write_text(c.to_json())
-  with pytest.raises(NotImplementedError, match="residual"):
-    tm.load_meta_params(str(tmp_path))
+  c.num_steps, c.eval_every, c.compare_learners, c.baselines = 4, 2, (), ()
+  c.residual, c.resample_train, c.oov_min_count, c.ordinal_features = "item_user_offset", True, 3, ("release_year",)
+  workdir = str(tmp_path_factory.mktemp("protocol_serving"))
+  tm.train_and_evaluate(c, workdir)
+  exp = train.build_experiment(c)
+  return exp, tm.load_meta_params(workdir, seed_index=1, data=tm.load_dataset(c.dataset_name, **c.dataset))
+
+
+def test_serving_a_residual_oov_run_scores_what_the_evaluator_scores(protocol_run):
+  exp, bundle = protocol_run
+  st, data = exp.seeds[1], exp.data
+  ts = st.split.tasks["new_user"]
+  for t in (0, 3):
+    s_rows, q_rows = ts.support(t), ts.query(t)
+    batch = st.tasks["new_user"].batch(np.array([t]))
+    support, query = train.unstack(batch["support"], 0), train.unstack(batch["query"], 0)
+    want = evaluate.score_task(bundle.learner, bundle.meta_params, support, query, jax.random.key(0))
+    user = data.user_raw_ids[data.user[s_rows[0]]]
+    out = tm.adapt(bundle, data.item_raw_ids[data.item[s_rows]], data.rating[s_rows], user=user)
+    np.testing.assert_allclose(out.scores[data.item[q_rows]], np.asarray(want)[: q_rows.size], rtol=1e-5, atol=1e-5)
+  # New users' stored features went through the OOV maps (some of them read the OOV row), as in evaluation.
+  oov = [int(m.shape[0]) for m in bundle.user_maps]
+  stored = categorical.remap(data.user_features.cat_matrix()[data.user[ts.support_rows]], bundle.user_maps)
+  assert any((stored[:, f] == size).any() for f, size in enumerate(oov))

@@ -154,7 +154,7 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
   feats = FeatureMatrices.from_interactions(data)
   spec = FeatureSpec.from_interactions(data)
   spec = categorical.oov_spec(spec) if config.oov_min_count else spec
-  model = _build_model(config, spec)
+  model = build_model(config, spec)
   buckets = tuple(config.buckets)
   seeds = []
   for s in seed_list(config):
@@ -174,7 +174,7 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
   return exp
 
 
-def _build_model(config: ml_collections.ConfigDict, spec: FeatureSpec) -> Model:
+def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec) -> Model:
   """The backbone, in its compute dtype, wrapped as a residual over `config.residual` when set."""
   kwargs = config.model.to_dict()
   if config.residual:

@@ -35,7 +35,12 @@ def oov_spec(spec: FeatureSpec) -> FeatureSpec:
 
 
 def oov_column(values: np.ndarray, train_entities: np.ndarray, size: int, min_count: int) -> np.ndarray:
-  """One categorical column with unseen and rare values mapped to the OOV index `size`.
+  """`values` through `oov_map` (same arguments): int32 [n] remapped ids in [0, size]."""
+  return oov_map(values, train_entities, size, min_count)[values]
+
+
+def oov_map(values: np.ndarray, train_entities: np.ndarray, size: int, min_count: int) -> np.ndarray:
+  """The map of one categorical column: value id -> itself, or the OOV index `size` when unseen or rare.
 
   Args:
     values: int32 [n] category ids of every entity, in [0, size).
@@ -43,7 +48,7 @@ def oov_column(values: np.ndarray, train_entities: np.ndarray, size: int, min_co
     size: the vocabulary size; `size` is the OOV index.
     min_count: a value on fewer than `min_count` training entities maps to OOV (>= 2, so the row trains).
   Returns:
-    int32 [n] remapped ids in [0, size].
+    int32 [size]: the remapped id of each value id, in [0, size].
   """
   if min_count < 2:
     raise ValueError(f"oov min_count={min_count} must be >= 2 (at 1 no training entity would train the OOV row)")
@@ -54,7 +59,7 @@ def oov_column(values: np.ndarray, train_entities: np.ndarray, size: int, min_co
   if unseen_used.any() and not (rare & (counts > 0)).any():
     seen = np.flatnonzero(counts > 0)
     rare[seen[np.argmin(counts[seen])]] = True  # hold out the least frequent value: the OOV row must train
-  return np.where(rare[values], size, values).astype(np.int32)
+  return np.where(rare, size, np.arange(size)).astype(np.int32)
 
 
 def train_entities(data: Interactions, split: ColdStartSplit) -> tuple[np.ndarray, np.ndarray]:
@@ -63,21 +68,33 @@ def train_entities(data: Interactions, split: ColdStartSplit) -> tuple[np.ndarra
   return np.unique(data.user[rows]), np.unique(data.item[rows])
 
 
+def oov_maps(data: Interactions, split: ColdStartSplit, min_count: int) -> dict[str, tuple[np.ndarray, ...]]:
+  """{'user': maps, 'item': maps}: per categorical feature (cat_matrix order), `oov_map` from the split's
+  training rows. Serving applies the user maps to a new user's features."""
+  users, items = train_entities(data, split)
+  out = {}
+  for side, table, entities in (("user", data.user_features, users), ("item", data.item_features, items)):
+    cat, sizes = table.cat_matrix(), table.cat_sizes()
+    out[side] = tuple(oov_map(cat[:, f], entities, size, min_count) for f, size in enumerate(sizes))
+  return out
+
+
+def remap(cat: np.ndarray, maps: tuple[np.ndarray, ...]) -> np.ndarray:
+  """int32 [..., F] categorical ids through one map per feature."""
+  cols = [maps[f][cat[..., f]] for f in range(len(maps))]
+  return np.stack(cols, axis=-1).astype(np.int32) if cols else np.asarray(cat, np.int32)
+
+
 def with_oov(feats: FeatureMatrices, data: Interactions, split: ColdStartSplit, min_count: int) -> FeatureMatrices:
-  """`feats` with every categorical column remapped by `oov_column` from the split's training rows.
+  """`feats` with every categorical column remapped by `oov_maps` from the split's training rows.
 
   Returns:
     FeatureMatrices whose categorical ids index tables of `oov_spec(FeatureSpec.from_interactions(data))`.
   """
-  users, items = train_entities(data, split)
-  spec = FeatureSpec.from_interactions(data)
-  cols = {}
-  for side, entities, sizes in (("user", users, spec.user_cat_sizes), ("item", items, spec.item_cat_sizes)):
-    cat = getattr(feats, f"{side}_cat")
-    cols[f"{side}_cat"] = np.stack(
-      [oov_column(cat[:, f], entities, size, min_count) for f, size in enumerate(sizes)] or [cat[:, :0]], axis=1
-    ).reshape(cat.shape)
-  return dataclasses.replace(feats, **cols)
+  maps = oov_maps(data, split, min_count)
+  return dataclasses.replace(
+    feats, user_cat=remap(feats.user_cat, maps["user"]), item_cat=remap(feats.item_cat, maps["item"])
+  )
 
 
 def _numeric_vocab(name: str, vocab: Sequence[str]) -> np.ndarray:
