@@ -18,6 +18,12 @@ Tables. One section per scenario; a row per (method, override value), methods be
 learners and the reference baselines (`--baselines` picks which), written 'melu @ support_cap=5'; a column per metric,
 mean ± std over seeds (`transfer_meta.report`). The .json beside them keeps each run's overrides, wall time and
 full results.json.
+
+Selection (`--select`): the (setting, method) with the best validation metric — the config's `select_metric`
+(mean over seeds; trained methods only, never a baseline) — is chosen without looking at any test scenario;
+ablate_<config>_<sweep>_selection.{md,json} list every tried setting's validation value, then the selected one
+on every test scenario beside `--reference` (default item_user_offset), paired by seed: the mean difference, its
+standard error (std of the per-seed differences, ddof=1, over sqrt(n)) and whether it wins by more than 2 SE.
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from experiments import runner
 from transfer_meta import report
@@ -80,7 +89,9 @@ def select(sweeps: Mapping[str, list], name: str) -> dict[str, list[dict]]:
 
 
 def format_value(key: str, value) -> str:
-  """A short, readable value: VALUE_NAMES first, then floats by %g, tuples joined by '+'."""
+  """A short, readable value: VALUE_NAMES first, then floats by %g, tuples joined by '+', '' as 'none'."""
+  if isinstance(value, str) and not value:
+    return "none"
   named = VALUE_NAMES.get(key.rsplit(".", 1)[-1], {})
   if not isinstance(value, bool) and isinstance(value, int | float) and value in named:
     return named[value]
@@ -94,12 +105,16 @@ def format_value(key: str, value) -> str:
 
 
 def labels(overrides: Sequence[Mapping]) -> list[str]:
-  """One label per override dict: 'key=value' for each key whose value varies within the sweep (the first key
-  when none varies), keys by their last dotted component."""
+  """One label per override dict: 'key=value' for each key of it whose value varies within the sweep (the first
+  key when none varies), keys by their last dotted component; a key an override does not set is left out."""
   keys = list(dict.fromkeys(k for o in overrides for k in o))
   varying = [k for k in keys if len({json.dumps(o.get(k), sort_keys=True, default=str) for o in overrides}) > 1]
   shown = varying or keys[:1]
-  out = [", ".join(f"{k.rsplit('.', 1)[-1]}={format_value(k, o.get(k))}" for k in shown) for o in overrides]
+  out = [
+    ", ".join(f"{k.rsplit('.', 1)[-1]}={format_value(k, o[k])}" for k in shown if k in o)
+    or f"{keys[0].rsplit('.', 1)[-1]}={format_value(keys[0], o.get(keys[0]))}"
+    for o in overrides
+  ]
   if len(set(out)) != len(out):
     raise ValueError(f"sweep has duplicate runs: labels {out}")
   return out
@@ -197,6 +212,172 @@ def write(spec: str, sweep: str, out: dict, base: dict, wall: float, out_dir: st
   return md, csv, f"{stem}.json"
 
 
+LOWER_IS_BETTER = ("mae", "rmse", "mse")
+
+
+def lower_is_better(metric: str) -> bool:
+  """True for error metrics (MAE, RMSE, MSE), False for ranking metrics (nDCG, precision, ...)."""
+  return metric.split("@")[0].split(":")[0] in LOWER_IS_BETTER
+
+
+def trained_methods(results: Mapping) -> dict:
+  """{method: {set: {metric: {...}}}} of the learner and its comparisons (never the baselines)."""
+  return {results["learner"]: results["metrics"], **results.get("comparisons", {})}
+
+
+def select_on_valid(records: Sequence[Mapping], metric: str, mode: str) -> dict:
+  """Every (setting, trained method) by its validation `metric`, and the best one; no test scenario is read.
+
+  Args:
+    records: the runs of a sweep (`ablate(...)["runs"]`: label and results each).
+    metric: a metric inside the 'valid' set ('mae'); mode: 'min' or 'max'.
+  Returns:
+    {"metric", "mode", "rows": [{"label", "method", "mean", "per_seed"}] in sweep order, "selected": the best row}.
+  """
+  if mode not in ("min", "max"):
+    raise ValueError(f"selection mode {mode!r}: want 'min' or 'max'")
+  rows = []
+  for r in records:
+    for method, sets in trained_methods(r["results"]).items():
+      if "valid" not in sets or metric not in sets["valid"]:
+        raise ValueError(f"run {r['label']!r}, method {method!r} has no valid/{metric}: cannot select on it")
+      per_seed = list(sets["valid"][metric]["per_seed"])
+      rows.append({"label": r["label"], "method": method, "mean": float(np.mean(per_seed)), "per_seed": per_seed})
+  if not rows:
+    raise ValueError("no trained method in the sweep's runs: nothing to select")
+  best = (min if mode == "min" else max)(rows, key=lambda row: row["mean"])
+  return {"metric": metric, "mode": mode, "rows": rows, "selected": best}
+
+
+def paired(a: Sequence[float], b: Sequence[float], lower_better: bool) -> dict:
+  """The per-seed improvement of a over b (b - a for error metrics, a - b otherwise).
+
+  Returns:
+    {"mean", "se" (std of the differences, ddof=1, / sqrt(n); nan for n < 2), "z" (mean / se), "wins" (z > 2)}.
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape or a.size == 0:
+    raise ValueError(f"paired comparison needs per-seed values of one length, got {a.shape} and {b.shape}")
+  d = (b - a) if lower_better else (a - b)
+  se = float(np.std(d, ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
+  mean = float(d.mean())
+  z = mean / se if se > 0 else (math.inf if mean > 0 else -math.inf if mean < 0 else 0.0)
+  return {"mean": mean, "se": se, "z": z, "wins": bool(se == se and z > 2)}
+
+
+def selection_report(selection: Mapping, records: Sequence[Mapping], reference: str, metrics: Sequence[str]) -> dict:
+  """The selected setting's test scenarios beside the `reference` baseline of the same run, paired by seed.
+
+  Returns:
+    {"selected", "reference", "scenarios": {scenario: {metric: {"method", "reference", "improvement"}}}} with the
+    method's and reference's per-seed values and `paired(...)` as the improvement.
+  """
+  chosen = selection["selected"]
+  results = next(r["results"] for r in records if r["label"] == chosen["label"])
+  if reference not in results.get("baselines", {}):
+    raise ValueError(
+      f"reference {reference!r} is not a baseline of the run; it has {list(results.get('baselines', {}))}"
+    )
+  method_sets, ref_sets = trained_methods(results)[chosen["method"]], results["baselines"][reference]
+  out = {}
+  for scenario, per in ref_sets.items():
+    out[scenario] = {}
+    for m in metrics:
+      if m not in per:
+        raise ValueError(f"metric {m!r} is not reported; the run has {sorted(per)}")
+      a, b = method_sets[scenario][m]["per_seed"], per[m]["per_seed"]
+      out[scenario][m] = {"method": a, "reference": b, "improvement": paired(a, b, lower_is_better(m))}
+  return {"selected": chosen, "reference": reference, "scenarios": out}
+
+
+def evidence_rows(records: Sequence[Mapping], reference: str, metrics: Sequence[str]) -> list[dict]:
+  """Every (setting, trained method) on every test scenario, paired by seed with `reference`: the ablation's
+  evidence of where each capability helps. Never used to select (`select_on_valid` reads valid only)."""
+  rows = []
+  for r in records:
+    res = r["results"]
+    ref = res["baselines"][reference]
+    for method, sets in trained_methods(res).items():
+      for scenario, per in ref.items():
+        imp = {m: paired(sets[scenario][m]["per_seed"], per[m]["per_seed"], lower_is_better(m)) for m in metrics}
+        rows.append({"label": r["label"], "method": method, "scenario": scenario, "improvement": imp})
+  return rows
+
+
+def selection_markdown(selection: Mapping, report_: Mapping, header: str, evidence: Sequence[Mapping] = ()) -> str:
+  """Two tables: every tried (setting, method) on valid; the selected one on test beside the reference."""
+  sel = selection["selected"]
+  lines = [
+    header,
+    f"## Every tried setting on valid/{selection['metric']} ({selection['mode']}; mean ± std over seeds)",
+  ]
+  lines += ["", f"| setting | method | valid/{selection['metric']} | selected |", "|---|---|---:|---|"]
+  for row in selection["rows"]:
+    mark = "**selected**" if (row["label"], row["method"]) == (sel["label"], sel["method"]) else ""
+    lines.append(f"| {row['label']} | {row['method']} | {row['mean']:.4f} ± {np.std(row['per_seed']):.4f} | {mark} |")
+  ref = report_["reference"]
+  lines += [
+    "",
+    f"## Selected: `{sel['method']}{SEP}{sel['label']}` on the test scenarios, beside `{ref}` (paired by seed)",
+    "",
+    "Improvement = the reference's error minus the method's (MAE, RMSE) or the method's score minus the "
+    "reference's (nDCG); SE = std of the per-seed differences (ddof=1) / sqrt(seeds); a win needs > 2 SE.",
+    "",
+    f"| scenario | metric | {sel['method']} | {ref} | improvement ± SE | z | wins |",
+    "|---|---|---:|---:|---:|---:|---|",
+  ]
+  for scenario, per in report_["scenarios"].items():
+    for m, v in per.items():
+      imp = v["improvement"]
+      lines.append(
+        f"| {scenario} | {m} | {np.mean(v['method']):.4f} ± {np.std(v['method']):.4f} | "
+        f"{np.mean(v['reference']):.4f} ± {np.std(v['reference']):.4f} | {imp['mean']:+.4f} ± {imp['se']:.4f} | "
+        f"{imp['z']:+.1f} | {'**yes**' if imp['wins'] else 'no'} |"
+      )
+  if evidence:
+    metrics = list(evidence[0]["improvement"])
+    lines += [
+      "",
+      f"## Evidence only (not used to select): every tried setting on test, improvement over `{ref}` ± SE (z)",
+      "",
+      "| setting | method | scenario | " + " | ".join(metrics) + " |",
+      "|---|---|---|" + "---:|" * len(metrics),
+    ]
+    for row in evidence:
+      cells = [f"{v['mean']:+.4f} ± {v['se']:.4f} ({v['z']:+.1f})" for v in row["improvement"].values()]
+      lines.append(f"| {row['label']} | {row['method']} | {row['scenario']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_selection(
+  spec: str, sweep: str, out: dict, reference: str, metrics: Sequence[str], out_dir: str, command: str
+) -> tuple[str, str]:
+  """Selects on valid (the config's select_metric) and writes ablate_<config>_<sweep>_selection.{md,json}."""
+  config = runner.load_config(spec)
+  set_name, _, metric = config.select_metric.partition("/")
+  selection = select_on_valid(out["runs"], metric, config.select_mode)
+  rep = selection_report(selection, out["runs"], reference, metrics)
+  first = out["runs"][0]["results"]
+  stem = os.path.join(out_dir, f"ablate_{runner.config_name(spec)}_{sweep}_selection")
+  header = "\n".join(
+    [
+      f"# Selection on the validation set: sweep `{sweep}` of {runner.config_name(spec)} ({first['dataset']})",
+      "",
+      f"`{command}`",
+      "",
+      f"- commit: {runner.commit()}; seeds: {first['seeds']}; machine: {runner.machine()}",
+      f"- selected on {set_name}/{metric} ({config.select_mode}) only; test scenarios were not read to choose.",
+      "",
+    ]
+  )
+  evidence = evidence_rows(out["runs"], reference, metrics)
+  with open(f"{stem}.md", "w") as f:
+    f.write(selection_markdown(selection, rep, header, evidence))
+  with open(f"{stem}.json", "w") as f:
+    json.dump({"selection": selection, "report": rep, "evidence": evidence}, f, indent=1)
+  return f"{stem}.md", f"{stem}.json"
+
+
 def _baselines(flag: str) -> bool | list[str]:
   """--baselines: 'all' -> True, 'none' or '' -> False, 'a,b' -> ['a', 'b']."""
   if flag == "all":
@@ -212,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--baselines", default="all", help="reference baselines in the table: 'all', 'none' or comma-separated names"
   )
+  parser.add_argument("--select", action="store_true", help="select on valid and write the _selection tables")
+  parser.add_argument("--reference", default="item_user_offset", help="baseline the selected setting is paired with")
+  parser.add_argument("--select_metrics", default="mae,ndcg@3", help="test metrics of the selection table")
   runner.add_run_args(parser, "RUNS/ablate/<config>/<run>")
   args = runner.parse_run_args(parser, argv)
   module, _ = runner.config_module(args.config)
@@ -231,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
   for name, overrides in chosen.items():
     start = time.time()
     out = ablate(args.config, name, overrides, base, args.runs, baselines=_baselines(args.baselines))
-    for path in write(args.config, name, out, base, time.time() - start, args.out, command):
+    paths = write(args.config, name, out, base, time.time() - start, args.out, command)
+    if args.select:
+      metrics = [m for m in args.select_metrics.split(",") if m]
+      paths += write_selection(args.config, name, out, args.reference, metrics, args.out, command)
+    for path in paths:
       print(f"wrote {path}")
   return 0
 

@@ -151,6 +151,56 @@ def test_ablate_rerun_reuses_finished_runs(produced, tmp_path):
     runner.method_values(first["support_cap=5"]["results"], ["nope"])
 
 
+def test_ablate_select_chooses_on_valid_only_and_pairs_by_seed(produced, tmp_path):
+  args = [a for a in produced.common if not a.startswith("--out=")]
+  _cli("ablate", f"--config={SPEC}", "--sweep=support_cap", "--select", f"--out={tmp_path}", *args)
+  with open(tmp_path / f"ablate_{NAME}_support_cap_selection.json") as f:
+    out = json.load(f)
+  # Independently: the (run, trained method) with the lowest mean valid MAE (the tiny config's select_metric).
+  tried = {}
+  for k in K_LABELS:
+    results = _results(os.path.join(produced.runs, "ablate", NAME, k))
+    for m in ("maml", "none"):
+      tried[(k, m)] = _per_seed(results, m)["valid"]["mae"]
+  best = min(tried, key=lambda km: np.mean(tried[km]))
+  sel = out["selection"]
+  assert (sel["selected"]["label"], sel["selected"]["method"]) == best
+  assert [(r["label"], r["method"]) for r in sel["rows"]] == list(tried)  # every tried setting is listed
+  results = _results(os.path.join(produced.runs, "ablate", NAME, best[0]))
+  ours, ref = _per_seed(results, best[1]), _per_seed(results, "item_user_offset")
+  for scenario in SCENARIOS:
+    for metric, sign in (("mae", -1.0), ("ndcg@3", 1.0)):
+      d = sign * (np.asarray(ours[scenario][metric]) - np.asarray(ref[scenario][metric]))
+      imp = out["report"]["scenarios"][scenario][metric]["improvement"]
+      assert imp["mean"] == pytest.approx(d.mean(), abs=1e-12)
+      assert imp["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(d.size), abs=1e-12)
+      assert imp["wins"] == bool(imp["mean"] > 2 * imp["se"])
+  with open(tmp_path / f"ablate_{NAME}_support_cap_selection.md") as f:
+    md = f.read()
+  assert "**selected**" in md and f"`{best[1]} @ {best[0]}`" in md and "| new_user | ndcg@3 |" in md
+  # The evidence table pairs every tried setting on test, the same way (and is not what selected).
+  assert len(out["evidence"]) == len(tried) * len(SCENARIOS)
+  row = next(
+    e for e in out["evidence"] if (e["label"], e["method"], e["scenario"]) == ("support_cap=1", "none", "warm")
+  )
+  ours = _per_seed(_results(os.path.join(produced.runs, "ablate", NAME, "support_cap=1")), "none")["warm"]["mae"]
+  ref = _per_seed(_results(os.path.join(produced.runs, "ablate", NAME, "support_cap=1")), "item_user_offset")
+  assert row["improvement"]["mae"]["mean"] == pytest.approx(np.mean(np.subtract(ref["warm"]["mae"], ours)), abs=1e-12)
+
+
+def test_paired_improvement_by_hand():
+  # Error metric: improvement = reference - method per seed = [0.02, 0.03, 0.01]: mean 0.02, SE 0.01/sqrt(3).
+  imp = ablate.paired([0.70, 0.70, 0.70], [0.72, 0.73, 0.71], lower_better=True)
+  assert imp["mean"] == pytest.approx(0.02) and imp["se"] == pytest.approx(0.01 / np.sqrt(3))
+  assert imp["z"] == pytest.approx(0.02 / (0.01 / np.sqrt(3))) and imp["wins"]
+  tie = ablate.paired([0.70, 0.74], [0.72, 0.71], lower_better=True)  # +0.02 and -0.03: no win
+  assert tie["mean"] == pytest.approx(-0.005) and not tie["wins"]
+  assert ablate.paired([0.6, 0.7], [0.5, 0.5], lower_better=False)["mean"] == pytest.approx(0.15)
+  assert ablate.lower_is_better("mae") and not ablate.lower_is_better("ndcg@3")
+  with pytest.raises(ValueError, match="one length"):
+    ablate.paired([0.1], [0.1, 0.2], lower_better=True)
+
+
 def test_a_run_of_another_config_is_refused_not_reused(produced):
   config = runner.apply_overrides(runner.load_config(SPEC), {"num_steps": 3})
   with pytest.raises(ValueError, match=r"different config \(keys \['num_steps'\]\)"):

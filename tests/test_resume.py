@@ -16,6 +16,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/smoke_synthetic.py:tiny"  # maml then none, 2 seeds, 8 steps, checkpoints every 2 steps
+# With issue 8's training protocol on: episodic resampling (whose split depends on the pass), a residual over
+# item_user_offset and OOV rows; resume must stay bit-identical with all of them.
+PROTOCOL = {"resample_train": "True", "residual": "item_user_offset", "oov_min_count": "3"}
 
 
 def _command(workdir: str, cache: str, config: str = CONFIG) -> list[str]:
@@ -26,6 +29,7 @@ def _command(workdir: str, cache: str, config: str = CONFIG) -> list[str]:
     f"--config={config}",
     f"--workdir={workdir}",
     f"--compilation_cache={cache}",
+    *(f"--config.{k}={v}" for k, v in PROTOCOL.items()),
   ]
 
 
@@ -78,6 +82,8 @@ def uninterrupted(tmp_path_factory, cache):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
   done = _run(workdir, cache)
   assert "| new_user | maml |" in done.stdout and "| new_user | item_user_offset |" in done.stdout
+  config = json.loads(_read(workdir, "config.json"))
+  assert (config["resample_train"], config["residual"], config["oov_min_count"]) == (True, "item_user_offset", 3)
   return workdir
 
 

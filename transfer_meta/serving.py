@@ -26,14 +26,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from transfer_meta import baselines
 from transfer_meta.checkpoint import abstract_tree, restore_item
-from transfer_meta.data import load_dataset
+from transfer_meta.data import categorical, load_dataset
 from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
 from transfer_meta.data.interactions import UNKNOWN, DataError, Interactions
-from transfer_meta.data.tasks import DEFAULT_BUCKETS, bucket
+from transfer_meta.data.protocols import make_protocol
+from transfer_meta.data.tasks import DEFAULT_BUCKETS, PRIOR, bucket
 from transfer_meta.learners import get_learner
 from transfer_meta.learners.base import Learner
-from transfer_meta.train import build_model, seed_list
+from transfer_meta.train import _cap, build_model, seed_list
 
 _ITEM_KEYS = ("item", "item_cat", "item_multi", "item_dense")
 
@@ -48,8 +50,9 @@ class Bundle:
   meta_params: Any  # pytree of one seed's meta-parameters
   step: int  # checkpoint step it came from
   seed: int
-  catalogue: dict  # item-side example arrays on device: item int32 [I], item_cat [I, Fi], ...
+  catalogue: dict  # item-side example arrays on device: item int32 [I], item_cat [I, Fi], ...[, prior f32 [I]]
   item_index: Mapping  # raw item id -> dense id
+  user_maps: tuple | None = None  # per user categorical feature, value id -> OOV-remapped id (oov_min_count runs)
 
 
 class Adapted(NamedTuple):
@@ -86,10 +89,12 @@ def load_meta_params(
   if not 0 <= seed_index < len(seeds):
     raise ValueError(f"seed_index={seed_index} out of range for the run's {len(seeds)} seeds")
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
-  feats = FeatureMatrices.from_interactions(data)
-  model = build_model(config, FeatureSpec.from_interactions(data))  # as trained: keywords, compute dtype
+  data, feats, spec, user_maps, prior = _protocol_inputs(config, data, seeds[seed_index])
+  model = build_model(config, spec)  # as trained: keywords, compute dtype, residual
   learner = get_learner(config.learner_name, model, **config.learner.to_dict())
   example = make_examples(feats, np.zeros(1, np.int32), np.zeros(1, np.int32))
+  if prior is not None:
+    example[PRIOR] = prior[:1]
 
   def init(key):
     return learner.init(key, model.init(key, example, example))
@@ -105,10 +110,43 @@ def load_meta_params(
     for k, v in make_examples(feats, np.zeros(data.n_items, np.int32), np.arange(data.n_items, dtype=np.int32)).items()
     if k in _ITEM_KEYS
   }
+  if prior is not None:
+    catalogue[PRIOR] = jnp.asarray(prior)
   item_index = {_key(r): i for i, r in enumerate(data.item_raw_ids)}
   return Bundle(
-    config, data, learner, jax.tree.map(lambda x: x[seed_index], params), step, seeds[seed_index], catalogue, item_index
+    config,
+    data,
+    learner,
+    jax.tree.map(lambda x: x[seed_index], params),
+    step,
+    seeds[seed_index],
+    catalogue,
+    item_index,
+    user_maps,
   )
+
+
+def _protocol_inputs(config: ml_collections.ConfigDict, data: Interactions, seed: int) -> tuple:
+  """What issue 8's training-protocol fields change at serving time, rebuilt from the run's split of `seed`:
+  (data with ordinal columns, feature matrices with OOV remapping, spec, user OOV maps or None, per-item
+  reference prior f32 [I] or None)."""
+  if config.get("ordinal_features", ()):
+    data = categorical.ordinal_as_dense(data, tuple(config.ordinal_features))
+  feats, spec = FeatureMatrices.from_interactions(data), FeatureSpec.from_interactions(data)
+  residual, min_count = config.get("residual", ""), config.get("oov_min_count", 0)
+  if not (residual or min_count):
+    return data, feats, spec, None, None
+  split = make_protocol(config.protocol_name, data, seed=seed, **config.protocol.to_dict())
+  split = _cap(split, config.get("support_cap", 0))
+  if split.task_kind != "user":
+    raise NotImplementedError(f"serving adapts to a user; the run's protocol {config.protocol_name!r} has item tasks")
+  user_maps = None
+  if min_count:
+    maps = categorical.oov_maps(data, split, min_count)
+    feats = categorical.with_oov(feats, data, split, min_count)
+    spec, user_maps = categorical.oov_spec(spec), maps["user"]
+  prior = baselines.entity_prior(residual, data, split, config.residual_lam) if residual else None
+  return data, feats, spec, user_maps, prior
 
 
 def _key(raw) -> str:
@@ -187,7 +225,7 @@ def _adapt_and_score(learner: Learner, meta_params, catalogue: dict, user: dict,
 
   def examples(idx, tgt, msk):
     n = idx.shape[0]
-    x = {k: catalogue[k][idx] for k in _ITEM_KEYS}
+    x = {k: v[idx] for k, v in catalogue.items()}
     return {**x, "target": tgt, "mask": msk, **{k: jnp.broadcast_to(v, (n, *v.shape)) for k, v in user.items()}}
 
   support = examples(items, target, mask)
@@ -229,6 +267,8 @@ def adapt(
   if ratings.shape != dense.shape or not np.isfinite(ratings).all():
     raise DataError(f"need one finite rating per item: {dense.shape[0]} items, ratings shape {ratings.shape}")
   row = user_row(bundle.data, user, user_features)
+  if bundle.user_maps is not None:
+    row["user_cat"] = categorical.remap(row["user_cat"], bundle.user_maps)
   width = bucket(max(dense.shape[0], 1), tuple(bundle.config.get("buckets", DEFAULT_BUCKETS)))
   pad = width - dense.shape[0]
   key = jax.random.key(0) if key is None else key

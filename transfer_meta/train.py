@@ -33,11 +33,11 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from transfer_meta import chunking, evaluate, plots, precision, ranking_eval, runlog, sharding
+from transfer_meta import baselines, chunking, evaluate, plots, precision, ranking_eval, runlog, sharding
 from transfer_meta import metrics as metrics_lib
 from transfer_meta import results as results_lib
 from transfer_meta.checkpoint import Checkpointer
-from transfer_meta.data import load_dataset
+from transfer_meta.data import categorical, load_dataset
 from transfer_meta.data.examples import FeatureMatrices, FeatureSpec
 from transfer_meta.data.interactions import Interactions
 from transfer_meta.data.protocols import make_protocol
@@ -45,7 +45,7 @@ from transfer_meta.data.split import ColdStartSplit
 from transfer_meta.data.tasks import DEFAULT_BUCKETS, TaskData, TaskIterator, eval_batches
 from transfer_meta.learners import get_learner
 from transfer_meta.learners.base import Learner
-from transfer_meta.models import get_model
+from transfer_meta.models import get_model, residual
 from transfer_meta.models.base import Model
 from transfer_meta.step import (  # noqa: F401  (re-exported: tests and tools call train.<name>)
   _masked_task_mean,
@@ -75,6 +75,11 @@ def default_config() -> ml_collections.ConfigDict:
   `select_mode` 'min' or 'max'. `grad_clip_norm` 0 disables clipping. `chunk_size` > 0 computes the task
   mean chunk by chunk (must divide `batch_size`); `compute_dtype` 'bfloat16' computes the model in bf16.
   `eval_ranking` adds 'catalogue' / 'sampled' ranking of every scenario (`ranking_eval`; `ranking` holds its knobs).
+  Training protocol (DESIGN.md): `resample_train` draws a fresh support/query split of every training task
+  each pass; `outer_support` adds the support to the outer loss; `residual` ('global_mean', 'item_mean',
+  'item_user_offset') makes the model predict the offset from that reference (`models/residual.py`);
+  `oov_min_count` >= 2 maps unseen and rare categorical values to a trained OOV row (`data/categorical.py`);
+  `ordinal_features` names categorical features also fed as a standardised number (e.g. 'release_year').
   """
   c = ml_collections.ConfigDict()
   c.dataset_name, c.dataset = "synthetic", ml_collections.ConfigDict()
@@ -115,6 +120,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.compute_dtype = "float32"  # "bfloat16": model compute in bf16, meta-parameters stay float32
   c.buckets = DEFAULT_BUCKETS
   c.progress = True
+  c.resample_train = False  # episodic: a fresh support/query split of every training task at each pass
+  c.outer_support = False  # the outer loss scores the support too (query = support + query in training)
+  c.residual = ""  # '' or a reference: 'global_mean', 'item_mean', 'item_user_offset'
+  c.residual_lam = 5.0  # shrinkage of the reference's means and support offset (baselines' lam)
+  c.oov_min_count = 0  # 0 off; >= 2: values on fewer training entities (and unseen ones) share a trained OOV row
+  c.ordinal_features = ()  # categorical features with numeric vocabularies, also fed as numbers
   return c
 
 
@@ -162,19 +173,14 @@ def _cap(split: ColdStartSplit, k: int) -> ColdStartSplit:
   return dataclasses.replace(split, tasks={n: ts.cap_support(k) for n, ts in split.tasks.items()})
 
 
-def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec) -> Model:
-  """The run's model as training, evaluation and serving all use it: backbone, its keywords, compute dtype."""
-  model = get_model(config.model_name, spec, **config.model.to_dict())
-  if config.get("compute_dtype", "float32") != "float32":
-    model = precision.with_compute_dtype(model, config.compute_dtype)
-  return model
-
-
 def build_experiment(config: ml_collections.ConfigDict, data: Interactions | None = None) -> Experiment:
   """Loads the dataset, makes each seed's split and task sets, builds the model and the mesh."""
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
+  if config.ordinal_features:
+    data = categorical.ordinal_as_dense(data, tuple(config.ordinal_features))
   feats = FeatureMatrices.from_interactions(data)
   spec = FeatureSpec.from_interactions(data)
+  spec = categorical.oov_spec(spec) if config.oov_min_count else spec
   model = build_model(config, spec)
   buckets = tuple(config.buckets)
   seeds = []
@@ -184,7 +190,9 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
       config.support_cap,
     )
     names = ("train", "valid", *split.scenarios)
-    seeds.append(SeedTasks(s, split, {n: TaskData.from_split(data, split, n, feats, buckets) for n in names}))
+    sf = categorical.with_oov(feats, data, split, config.oov_min_count) if config.oov_min_count else feats
+    prior = baselines.reference_prior(config.residual, data, split, config.residual_lam) if config.residual else None
+    seeds.append(SeedTasks(s, split, {n: TaskData.from_split(data, split, n, sf, buckets, prior) for n in names}))
   mesh = sharding.make_mesh()
   if config.chunk_size:
     chunking.check_chunk_size(config.chunk_size, config.batch_size)
@@ -195,6 +203,20 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
   _check_metrics(exp)
   ranking_eval.RankingConfig.from_config(config)  # fails early on a bad config.eval_ranking / config.ranking
   return exp
+
+
+def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec) -> Model:
+  """The run's model as training, evaluation and serving all use it: the backbone with its keywords, in its
+  compute dtype, wrapped as a residual over `config.residual` when set."""
+  kwargs = config.model.to_dict()
+  if config.residual:
+    residual.check_kind(config.residual)
+    if kwargs.get("global_bias") is None:  # unset (None = factory default): the network predicts the offset
+      kwargs["global_bias"] = 0.0
+  model = get_model(config.model_name, spec, **kwargs)
+  if config.compute_dtype != "float32":
+    model = precision.with_compute_dtype(model, config.compute_dtype)
+  return residual.with_residual(model, config.residual, config.residual_lam) if config.residual else model
 
 
 def _check_metrics(exp: Experiment) -> None:
@@ -303,7 +325,12 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
   abstract = abstract_state(train_keys)
   iterators = [
     TaskIterator(
-      st.tasks["train"], config.batch_size, st.seed, drop_remainder=config.batch_size <= len(st.tasks["train"])
+      st.tasks["train"],
+      config.batch_size,
+      st.seed,
+      drop_remainder=config.batch_size <= len(st.tasks["train"]),
+      resample=config.resample_train,
+      outer_support=config.outer_support,
     )
     for st in exp.seeds
   ]

@@ -34,12 +34,31 @@ def n_feature_parts(spec: FeatureSpec, side: str) -> int:
   return len(cat_sizes) + int(multi_dim > 0) + int(dense_dim > 0)
 
 
+def resolve_ids(
+  use_ids: bool | None, use_user_ids: bool | None, use_item_ids: bool | None, default: bool
+) -> tuple[bool, bool]:
+  """(user ids on, item ids on) from the shared switch `use_ids` and the per-side ones.
+
+  A per-side switch left None takes `use_ids`, or `default` when that is None too; a per-side switch that
+  contradicts an explicit `use_ids` raises ValueError (say one or the other, not both).
+  """
+  for side, flag in (("user", use_user_ids), ("item", use_item_ids)):
+    if use_ids is not None and flag is not None and bool(flag) != bool(use_ids):
+      raise ValueError(
+        f"use_ids={use_ids} contradicts use_{side}_ids={flag}: set the per-side switches "
+        "(use_user_ids, use_item_ids) and leave use_ids unset"
+      )
+  shared = default if use_ids is None else bool(use_ids)
+  pick = lambda flag: shared if flag is None else bool(flag)  # noqa: E731
+  return pick(use_user_ids), pick(use_item_ids)
+
+
 def require_inputs(spec: FeatureSpec, sides: tuple[str, ...], use_ids: bool, model: str) -> None:
   """Raises ValueError when `sides` have no side features and ids are off: the model would see nothing."""
   if not use_ids and not any(n_feature_parts(spec, side) for side in sides):
     raise ValueError(
       f"model {model!r} has no input: the {'/'.join(sides)} side has no side features in this "
-      "dataset; pass use_ids=True"
+      f"dataset; pass use_ids=True (or use_{sides[0]}_ids=True)"
     )
 
 

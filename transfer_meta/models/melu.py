@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from transfer_meta.data.examples import FeatureSpec
 from transfer_meta.models.base import Model, from_module
-from transfer_meta.models.features import SideFeatures, require_inputs
+from transfer_meta.models.features import SideFeatures, require_inputs, resolve_ids
 
 ADAPT_REGEX = r"decision_|output"
 HEAD_REGEX = r"output"
@@ -32,15 +32,17 @@ class MeLU(nn.Module):
     emb_dim: width of each feature embedding (32 in the paper).
     hidden: widths of the decision layers (64, 64 in the paper).
     global_bias: initial bias of the output (the mean rating; 0 for click targets).
-    use_ids: also embed the user and item ids (zero-initialised, so a new id starts at its features);
-      off in the paper, useful only for datasets without side features.
+    use_user_ids, use_item_ids: also embed the user / item ids (zero-initialised, so a new id starts at its
+      features); off in the paper. Item ids let the network learn individual warm items without also
+      memorising training users.
   """
 
   spec: FeatureSpec
   emb_dim: int = 32
   hidden: Sequence[int] = (64, 64)
   global_bias: float = 3.5
-  use_ids: bool = False
+  use_user_ids: bool = False
+  use_item_ids: bool = False
 
   @nn.compact
   def __call__(self, x: dict, context: dict | None = None) -> jax.Array:
@@ -49,9 +51,10 @@ class MeLU(nn.Module):
       SideFeatures(self.spec, "user", self.emb_dim, name="user_features")(x),
       SideFeatures(self.spec, "item", self.emb_dim, name="item_features")(x),
     ]
-    if self.use_ids:
-      zeros = nn.initializers.zeros
+    zeros = nn.initializers.zeros
+    if self.use_user_ids:
       parts.append(nn.Embed(self.spec.n_users, self.emb_dim, embedding_init=zeros, name="user_id")(x["user"]))
+    if self.use_item_ids:
       parts.append(nn.Embed(self.spec.n_items, self.emb_dim, embedding_init=zeros, name="item_id")(x["item"]))
     h = jnp.concatenate(parts, axis=-1)
     for i, width in enumerate(self.hidden):
@@ -65,11 +68,15 @@ def melu(
   emb_dim: int = 32,
   hidden: Sequence[int] = (64, 64),
   global_bias: float = 3.5,
-  use_ids: bool = False,
+  use_ids: bool | None = None,
   adapt_regex: str = ADAPT_REGEX,
   head_regex: str = HEAD_REGEX,
+  use_user_ids: bool | None = None,
+  use_item_ids: bool | None = None,
 ) -> Model:
-  """The MeLU backbone as a `Model` (see `MeLU` for the arguments)."""
-  require_inputs(spec, ("user", "item"), use_ids, "melu")
-  module = MeLU(spec, emb_dim, tuple(hidden), global_bias, use_ids)
+  """The MeLU backbone as a `Model` (see `MeLU` for the arguments). `use_ids` switches both id tables
+  (default off); `use_user_ids` / `use_item_ids` switch one side each (see `features.resolve_ids`)."""
+  user_ids, item_ids = resolve_ids(use_ids, use_user_ids, use_item_ids, default=False)
+  require_inputs(spec, ("user", "item"), user_ids or item_ids, "melu")
+  module = MeLU(spec, emb_dim, tuple(hidden), global_bias, user_ids, item_ids)
   return from_module("melu", module, adapt_regex, head_regex)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from transfer_meta.data.examples import FeatureSpec
 from transfer_meta.models.base import Model, from_module
-from transfer_meta.models.features import SIDES, SideFeatures, n_feature_parts
+from transfer_meta.models.features import SIDES, SideFeatures, n_feature_parts, resolve_ids
 
 TASK_KINDS = SIDES
 
@@ -39,14 +39,16 @@ class MF(nn.Module):
   Attributes:
     spec: the dataset's feature sizes.
     dim: factor width D.
-    use_ids: add per-id vectors and biases (zero-initialised) to the feature-based ones.
+    use_user_ids, use_item_ids: add per-id vectors and biases (zero-initialised) to the feature-based ones,
+      per side.
     global_bias: initial global bias (the mean rating; 0 for click targets).
     init_scale: stddev of the feature embeddings at initialisation.
   """
 
   spec: FeatureSpec
   dim: int = 32
-  use_ids: bool = True
+  use_user_ids: bool = True
+  use_item_ids: bool = True
   global_bias: float = 3.5
   init_scale: float = 0.1
 
@@ -55,7 +57,7 @@ class MF(nn.Module):
     zeros, normal = nn.initializers.zeros, nn.initializers.normal(self.init_scale)
     vec = SideFeatures(self.spec, side, self.dim, "sum", normal, normal, name=f"{side}_features")(x)
     bias = SideFeatures(self.spec, side, 1, "sum", zeros, zeros, name=f"{side}_bias_features")(x)[..., 0]
-    if self.use_ids:
+    if self.use_user_ids if side == "user" else self.use_item_ids:
       n = self.spec.n_users if side == "user" else self.spec.n_items
       vec = vec + nn.Embed(n, self.dim, embedding_init=zeros, name=f"{side}_id")(x[side])
       bias = bias + nn.Embed(n, 1, embedding_init=zeros, name=f"{side}_id_bias")(x[side])[..., 0]
@@ -77,13 +79,17 @@ def mf(
   spec: FeatureSpec,
   task_kind: str = "user",
   dim: int = 32,
-  use_ids: bool = True,
+  use_ids: bool | None = None,
   global_bias: float = 3.5,
   init_scale: float = 0.1,
   adapt_regex: str | None = None,
   head_regex: str | None = None,
+  use_user_ids: bool | None = None,
+  use_item_ids: bool | None = None,
 ) -> Model:
-  """The MF backbone as a `Model` (see `MF`); by default adapts the `task_kind` side's deltas."""
+  """The MF backbone as a `Model` (see `MF`); by default adapts the `task_kind` side's deltas. `use_ids`
+  switches both id tables (default on); `use_user_ids` / `use_item_ids` one side each."""
   regex = default_regex(task_kind)
-  module = MF(spec, dim, use_ids, global_bias, init_scale)
+  user_ids, item_ids = resolve_ids(use_ids, use_user_ids, use_item_ids, default=True)
+  module = MF(spec, dim, user_ids, item_ids, global_bias, init_scale)
   return from_module("mf", module, adapt_regex or regex, head_regex or regex)

@@ -105,7 +105,9 @@ class SupportTransformer(nn.Module):
     num_layers: self-attention blocks over the support items.
     mlp_dim: hidden width of each block's MLP.
     hidden: hidden widths of the output MLP.
-    use_ids: add zero-initialised id embeddings to the token features.
+    use_ids: add zero-initialised id embeddings to the token features (the token side's ids).
+    use_task_ids: add a zero-initialised id embedding of the task side (the user of a user task) to the
+      task features the score MLP reads.
     rating_center, rating_scale: a rating r enters as (r - center) / scale.
     global_bias: initial output bias (the mean rating; 0 for click targets).
   """
@@ -122,6 +124,7 @@ class SupportTransformer(nn.Module):
   rating_center: float = 3.0
   rating_scale: float = 2.0
   global_bias: float = 3.5
+  use_task_ids: bool = False
 
   @property
   def token_side(self) -> str:
@@ -136,6 +139,9 @@ class SupportTransformer(nn.Module):
     self.task_features = SideFeatures(self.spec, self.task_kind, self.emb_dim)
     if self.use_ids:
       self.token_id = nn.Embed(n_tokens, self.emb_dim, embedding_init=nn.initializers.zeros)
+    if self.use_task_ids:
+      n_task = self.spec.n_users if self.task_kind == "user" else self.spec.n_items
+      self.task_id = nn.Embed(n_task, self.emb_dim, embedding_init=nn.initializers.zeros)
     self.token_proj = nn.Dense(self.width)
     self.encoder = [EncoderBlock(self.num_heads, self.width, self.mlp_dim) for _ in range(self.num_layers)]
     self.encoder_norm = nn.LayerNorm()
@@ -166,7 +172,10 @@ class SupportTransformer(nn.Module):
     mask = context["mask"][None, :] & (context[side][None, :] != x[side][:, None])  # [N, S] leave-one-out
     attended = self.cross_attn(queries, tokens, values, mask)  # [N, W]
     count = jnp.log1p(jnp.sum(mask, axis=-1, dtype=jnp.float32))[:, None]
-    h = jnp.concatenate([queries, attended, count, self.task_features(x)], axis=-1)
+    parts = [queries, attended, count, self.task_features(x)]
+    if self.use_task_ids:
+      parts.append(self.task_id(x[self.task_kind]))
+    h = jnp.concatenate(parts, axis=-1)
     for layer in self.score_hidden:
       h = nn.relu(layer(h))
     return self.score_out(h)[:, 0]
@@ -181,21 +190,37 @@ def transformer(
   num_layers: int = 1,
   mlp_dim: int = 64,
   hidden: Sequence[int] = (64,),
-  use_ids: bool = True,
+  use_ids: bool | None = None,
   rating_center: float = 3.0,
   rating_scale: float = 2.0,
   global_bias: float = 3.5,
   adapt_regex: str = ADAPT_REGEX,
   head_regex: str = HEAD_REGEX,
+  use_user_ids: bool | None = None,
+  use_item_ids: bool | None = None,
 ) -> Model:
-  """The support-set transformer as a `Model` (see `SupportTransformer`)."""
+  """The support-set transformer as a `Model` (see `SupportTransformer`).
+
+  Ids per side: the token side's (items of a user task) default on, the task side's default off.
+  `use_ids` is the token side's switch (what it always meant here); `use_user_ids` / `use_item_ids` name
+  a side each, and one contradicting `use_ids` raises ValueError.
+  """
   if task_kind not in SIDES:
     raise ValueError(f"task_kind must be one of {SIDES}, got {task_kind!r}")
   if width % num_heads:
     raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
   if rating_scale <= 0:
     raise ValueError(f"rating_scale must be > 0, got {rating_scale}")
-  require_inputs(spec, ("item" if task_kind == "user" else "user",), use_ids, "transformer")
+  token_side = "item" if task_kind == "user" else "user"
+  flags = {"user": use_user_ids, "item": use_item_ids}
+  if use_ids is not None and flags[token_side] is not None and bool(flags[token_side]) != bool(use_ids):
+    raise ValueError(
+      f"use_ids={use_ids} contradicts use_{token_side}_ids={flags[token_side]} (the transformer's use_ids is "
+      f"the token side's, {token_side}): set one of them"
+    )
+  token_ids = bool(flags[token_side]) if flags[token_side] is not None else (True if use_ids is None else use_ids)
+  task_ids = bool(flags[task_kind]) if flags[task_kind] is not None else False
+  require_inputs(spec, (token_side,), token_ids, "transformer")
   module = SupportTransformer(
     spec,
     task_kind,
@@ -205,9 +230,10 @@ def transformer(
     num_layers,
     mlp_dim,
     tuple(hidden),
-    use_ids,
+    bool(token_ids),
     rating_center,
     rating_scale,
     global_bias,
+    task_ids,
   )
   return from_module("transformer", module, adapt_regex, head_regex)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from transfer_meta.data.examples import FeatureSpec
 from transfer_meta.models.base import Model, from_module
-from transfer_meta.models.features import SIDES, SideFeatures, require_inputs
+from transfer_meta.models.features import SIDES, SideFeatures, require_inputs, resolve_ids
 
 SIMILARITIES = ("dot", "cosine")
 
@@ -68,7 +68,7 @@ class TwoTower(nn.Module):
     hidden: hidden widths of each tower.
     out_dim: width D of the tower outputs.
     similarity: 'dot' (scaled) or 'cosine' (times a learned temperature).
-    use_ids: add zero-initialised id embeddings to the tower inputs.
+    use_user_ids, use_item_ids: add zero-initialised id embeddings to the user / item tower inputs.
     global_bias: initial global bias (the mean rating; 0 for click targets).
   """
 
@@ -77,14 +77,15 @@ class TwoTower(nn.Module):
   hidden: Sequence[int] = (64,)
   out_dim: int = 32
   similarity: str = "dot"
-  use_ids: bool = True
+  use_user_ids: bool = True
+  use_item_ids: bool = True
   global_bias: float = 3.5
 
   @nn.compact
   def __call__(self, x: dict, context: dict | None = None) -> jax.Array:
     del context  # the two-tower model reads only the examples it scores.
-    u = Tower(self.spec, "user", self.emb_dim, self.hidden, self.out_dim, self.use_ids, name="user_tower")(x)
-    v = Tower(self.spec, "item", self.emb_dim, self.hidden, self.out_dim, self.use_ids, name="item_tower")(x)
+    u = Tower(self.spec, "user", self.emb_dim, self.hidden, self.out_dim, self.use_user_ids, name="user_tower")(x)
+    v = Tower(self.spec, "item", self.emb_dim, self.hidden, self.out_dim, self.use_item_ids, name="item_tower")(x)
     if self.similarity == "dot":
       sim = jnp.sum(u * v, axis=-1) / jnp.sqrt(float(self.out_dim))
     elif self.similarity == "cosine":
@@ -102,16 +103,20 @@ def two_tower(
   hidden: Sequence[int] = (64,),
   out_dim: int = 32,
   similarity: str = "dot",
-  use_ids: bool = True,
+  use_ids: bool | None = None,
   global_bias: float = 3.5,
   adapt_regex: str | None = None,
   head_regex: str | None = None,
+  use_user_ids: bool | None = None,
+  use_item_ids: bool | None = None,
 ) -> Model:
-  """The two-tower backbone as a `Model` (see `TwoTower`); adapts the task side's last tower layer."""
+  """The two-tower backbone as a `Model` (see `TwoTower`); adapts the task side's last tower layer. `use_ids`
+  switches both id tables (default on); `use_user_ids` / `use_item_ids` one side each."""
   if similarity not in SIMILARITIES:
     raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
   regex = default_regex(task_kind)
+  ids = dict(zip(SIDES, resolve_ids(use_ids, use_user_ids, use_item_ids, default=True)))
   for side in SIDES:
-    require_inputs(spec, (side,), use_ids, "two_tower")
-  module = TwoTower(spec, emb_dim, tuple(hidden), out_dim, similarity, use_ids, global_bias)
+    require_inputs(spec, (side,), ids[side], "two_tower")
+  module = TwoTower(spec, emb_dim, tuple(hidden), out_dim, similarity, ids["user"], ids["item"], global_bias)
   return from_module("two_tower", module, adapt_regex or regex, head_regex or regex)
