@@ -441,10 +441,15 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
     total=config.num_steps, initial=start, desc=name, unit="step", disable=not (config.progress and runlog.is_writer())
   )
   show, postfix = ("train/outer_loss", "train/grad_norm", config.select_metric), {}
+  next_batch = lambda: sharding.shard_batch(stack_seed_batches([next(it) for it in iterators]), mesh, 1)
   t0 = time.time()
+  batch = next_batch() if start < config.num_steps else None
   for step in range(start, config.num_steps):
-    batch = sharding.shard_batch(stack_seed_batches([next(it) for it in iterators]), mesh, 1)
-    state, metrics = meta_step(state, batch, train_keys)
+    state, metrics = meta_step(state, batch, train_keys)  # dispatched asynchronously
+    # Prefetch: the next batch is built on the host while the step runs. Checkpoints keep the iterator
+    # positions of the batch not yet consumed, so a resumed run draws exactly the batches this one would.
+    positions = [it.state() for it in iterators]
+    batch = next_batch() if step + 1 < config.num_steps else None
     metrics = jax.device_get(metrics)
     done, last = step + 1, step + 1 == config.num_steps
     _check_finite(metrics, done, name, ckpt)
@@ -465,7 +470,7 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
         "learner": name,
         "step": done,
         "seeds": seeds,
-        "iterators": [it.state() for it in iterators],
+        "iterators": positions,
         "best_value": best.value,
         "best_step": best.step,
         "seconds": seconds + time.time() - t0,
