@@ -72,8 +72,8 @@ def auto_chunk_size(n_tasks: int, devices: int = 1, target: int = AUTO_CHUNK) ->
 
   Up to 2 * target tasks: no chunking (one vmap is as fast and compiles to the same program as before). Larger:
   the multiple of `devices` closest to `target` among the divisors of `n_tasks` in [target / 2, 2 * target];
-  when none divides, chunks of `target` (rounded up to a multiple of `devices`) and the batch padded with masked
-  tasks to the next multiple (at most one chunk of padding, e.g. 466 tasks -> 480 slots of 32).
+  when none divides, ceil(T / target) chunks of equal size (rounded up to a multiple of `devices`) and the batch
+  padded with masked tasks to fill them (less than one chunk of padding, e.g. 466 tasks -> 15 x 32 = 480 slots).
 
   Args:
     n_tasks: real tasks per step (T).
@@ -89,7 +89,8 @@ def auto_chunk_size(n_tasks: int, devices: int = 1, target: int = AUTO_CHUNK) ->
   fits = [c for c in range(max(1, target // 2), 2 * target + 1) if n_tasks % c == 0 and c % devices == 0]
   if fits:
     return min(fits, key=lambda c: (abs(c - target), c)), n_tasks
-  chunk = -(-target // devices) * devices
+  per_chunk = -(-n_tasks // -(-n_tasks // target))  # ceil(T / number of target-size chunks): least padding
+  chunk = -(-per_chunk // devices) * devices
   return chunk, -(-n_tasks // chunk) * chunk
 
 
