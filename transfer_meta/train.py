@@ -62,7 +62,9 @@ def default_config() -> ml_collections.ConfigDict:
   fixes the protocol split, the initialisation and the data order. `support_cap` > 0 keeps the first K
   support interactions of every task (K-shot ablations). `select_metric` is 'valid/<metric>' and
   `select_mode` 'min' or 'max'. `grad_clip_norm` 0 disables clipping. `chunk_size` > 0 computes the task
-  mean chunk by chunk (must divide `batch_size`); `compute_dtype` 'bfloat16' computes the model in bf16.
+  mean chunk by chunk (must divide `batch_size`), -1 chooses (`chunking.auto_chunk_size`: the plain vmap up to
+  64 tasks, chunks of about 32 beyond, padded with masked tasks if no such chunk divides); `compute_dtype`
+  'bfloat16' computes the model in bf16.
   """
   c = ml_collections.ConfigDict()
   c.dataset_name, c.dataset = "synthetic", ml_collections.ConfigDict()
@@ -84,7 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.select_metric, c.select_mode = "valid/mae", "min"
   c.support_cap = 0
-  c.chunk_size = 0  # > 0: tasks per chunk inside the step (lax.scan over chunks; bounds memory); 0: plain vmap
+  c.chunk_size = -1  # > 0: tasks per chunk (lax.scan over chunks; bounds memory); 0: plain vmap; -1: automatic
   c.compute_dtype = "float32"  # "bfloat16": model compute in bf16, meta-parameters stay float32
   c.buckets = DEFAULT_BUCKETS
   c.progress = True
@@ -150,9 +152,9 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
     names = ("train", "valid", *split.scenarios)
     seeds.append(SeedTasks(s, split, {n: TaskData.from_split(data, split, n, feats, buckets) for n in names}))
   mesh = sharding.make_mesh()
-  if config.chunk_size:
-    chunking.check_chunk_size(config.chunk_size, config.batch_size)
-    sharding.check_batch_size(config.chunk_size, mesh, "config.chunk_size")
+  chunk, _ = chunking.resolve_chunk_size(config.chunk_size, config.batch_size, mesh.devices.size)
+  if chunk:
+    sharding.check_batch_size(chunk, mesh, "config.chunk_size")
   sharding.check_batch_size(config.batch_size, mesh, "config.batch_size")
   sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
   exp = Experiment(config, data, feats, spec, model, tuple(seeds), mesh)
@@ -400,9 +402,10 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
   example = {"support": unstack(first["support"], 0), "query": unstack(first["query"], 0)}
   abstract_state, init = make_init(learner, tx, example, mesh)
   abstract = abstract_state(train_keys)
+  chunk, slots = chunking.resolve_chunk_size(config.chunk_size, config.batch_size, mesh.devices.size)
   iterators = [
     TaskIterator(
-      st.tasks["train"], config.batch_size, st.seed, drop_remainder=config.batch_size <= len(st.tasks["train"])
+      st.tasks["train"], config.batch_size, st.seed, config.batch_size <= len(st.tasks["train"]), slots=slots
     )
     for st in exp.seeds
   ]
@@ -435,7 +438,6 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
     log.info("%s: resumed from step %d", name, start)
   mlog.rewind(name, start)
 
-  chunk = config.chunk_size or None
   meta_step = jit_meta_step(meta_step_fn(learner, tx, chunk, mesh.devices.size if chunk else 1), mesh)
   bar = tqdm(
     total=config.num_steps, initial=start, desc=name, unit="step", disable=not (config.progress and runlog.is_writer())

@@ -137,11 +137,14 @@ class TaskIterator:
   """Endless training batches in a deterministic order.
 
   Epoch e visits the tasks in the permutation drawn from (seed, e). Without `drop_remainder` an epoch's
-  last, short batch is padded with masked tasks; with it, that short batch is skipped. `state()` /
-  `restore()` make a resumed run see exactly the batches an uninterrupted one would.
+  last, short batch is padded with masked tasks; with it, that short batch is skipped. `slots` (default
+  `batch_size`) pads every batch with masked tasks to that many (a chunked step's multiple of its chunk size).
+  `state()` / `restore()` make a resumed run see exactly the batches an uninterrupted one would.
   """
 
-  def __init__(self, task_data: TaskData, batch_size: int, seed: int, drop_remainder: bool = False):
+  def __init__(
+    self, task_data: TaskData, batch_size: int, seed: int, drop_remainder: bool = False, slots: int | None = None
+  ):
     if batch_size < 1 or (drop_remainder and batch_size > len(task_data)):
       raise ValueError(
         f"batch_size={batch_size} must be in 1..{len(task_data) if drop_remainder else 'inf'} "
@@ -149,7 +152,10 @@ class TaskIterator:
       )
     if seed < 0:
       raise ValueError(f"seed={seed} must be >= 0")
+    if slots is not None and slots < batch_size:
+      raise ValueError(f"slots={slots} must be >= batch_size={batch_size}")
     self.task_data, self.batch_size, self.seed, self.drop_remainder = task_data, batch_size, seed, drop_remainder
+    self.slots = batch_size if slots is None else slots
     self._epoch, self._position, self._perm = 0, 0, None
 
   def _order(self) -> np.ndarray:
@@ -167,7 +173,7 @@ class TaskIterator:
     end = min(self._position + self.batch_size, n)
     indices = self._order()[self._position : end]
     self._epoch, self._position = (self._epoch + 1, 0) if end == n else (self._epoch, end)
-    return self.task_data.batch(indices, self.batch_size)
+    return self.task_data.batch(indices, self.slots)
 
   def state(self) -> dict:
     """{"epoch", "position"}: where the next batch starts (plain ints, checkpointable)."""
