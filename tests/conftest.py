@@ -42,6 +42,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
+def jax_cache(pytestconfig, tmp_path_factory) -> str:
+  """The suite's compilation-cache directory, for subprocesses' `--compilation_cache=` (a fresh temporary one
+  when the suite's cache is off)."""
+  return _cache_dir(pytestconfig) or str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="session")
 def ml100k():
   """MovieLens-100K `Interactions` (fetched once into the cache, ~2 MB; offline afterwards)."""
   return tm.load_dataset("ml-100k")
