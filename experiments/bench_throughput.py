@@ -17,6 +17,12 @@ A case is variant:batch[:chunk]; each runs in its own process (so peak RSS is th
   loop      our own loop-over-tasks variant of the same step: a Python loop calling a jitted single-task
             `task_grad`, summing the gradients, then the optimiser update (batches <= --loop_max only).
 
+  flops     each case also reports the machine's matmul peak, measured in the same process between the timed
+            repetitions (`bench_flops.peak_matmul_flops`, a 2048^2 f32 matmul), and the step's useful FLOP/s
+            (matmul FLOPs of the real tasks at their real support/query lengths, counted on the jaxpr by
+            `bench_flops.TaskFlops`) and executed FLOP/s (every task slot at the padded widths), each as a
+            fraction of that peak. CPU model, cores and load land in the CSV row (`bench_common.machine`).
+
 Tasks are drawn uniformly (with replacement past the 466 training tasks), so every batch has the ML-100K mix of
 support sizes; supports pad to bucket 100 (the largest train support is 90), queries are 10.
 `--chunk=C` maps over chunks of C tasks (`transfer_meta.chunking`); `--dtype=bfloat16` computes the model in
@@ -31,7 +37,7 @@ import time
 
 import numpy as np
 
-from experiments import bench_common
+from experiments import bench_common, bench_flops
 
 VARIANTS = {"fo1": (True, 1), "so1": (False, 1), "so5": (False, 5)}  # name -> (first_order, inner_steps)
 DEFAULT_CASES = "fo1:32,fo1:256,fo1:1024,fo1:1024:32,so1:32,so1:256,so1:1024:32,so5:32,so5:256,so5:256:32"
@@ -193,9 +199,16 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
       s, _ = step(s, placed[i % len(placed)], keys)
     box["state"] = jax.block_until_ready(s)
 
-  cpu0, wall0 = bench_common.cpu_seconds(), time.perf_counter()
-  rep_s = bench_common.time_calls(run_steps, args.reps, warmup=1)
-  cpu_share = (bench_common.cpu_seconds() - cpu0) / ((time.perf_counter() - wall0) * bench_common.cores())
+  # The matmul peak is measured between the repetitions (same machine load as the steps it is compared with).
+  run_steps()  # warm-up
+  peaks, rep_s, cpu_s, wall_s = [], [], 0.0, 0.0
+  for _ in range(args.reps):
+    peaks.append(bench_flops.peak_matmul_flops(reps=3))
+    cpu0, wall0 = bench_common.cpu_seconds(), time.perf_counter()
+    run_steps()
+    rep_s.append(time.perf_counter() - wall0)
+    cpu_s, wall_s = cpu_s + bench_common.cpu_seconds() - cpu0, wall_s + rep_s[-1]
+  cpu_share = cpu_s / (wall_s * bench_common.cores())
   step_s = float(np.median(rep_s)) / steps
 
   def e2e():
@@ -212,6 +225,14 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     )
   )
 
+  # FLOPs (experiments/bench_flops.py): matmul FLOPs of one task as a line in its lengths, counted on the jaxpr;
+  # useful = real tasks at their real lengths, executed = every slot at the padded widths. Peak: the median of
+  # the large f32 matmuls timed between the repetitions, in this process.
+  one_task = {"support": example["support"], "query": example["query"]}
+  one_params = jax.tree.map(lambda x: x[0], init(keys)["meta_params"])
+  line = bench_flops.TaskFlops.fit(learner.task_grad, one_params, one_task, keys[0])
+  useful, executed = np.mean([line.batch(b) for b in host], axis=0)
+  peak = float(np.median(peaks))
   figures = {
     "tasks_per_s": batch_size / step_s,
     "ms_per_step": step_s * 1e3,
@@ -223,6 +244,12 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     "support_width": max(width),
     "steps_per_rep": steps,
     "cpu_share": cpu_share,
+    "peak_gflop_s": peak / 1e9,
+    "useful_gflop_s": useful / step_s / 1e9,
+    "executed_gflop_s": executed / step_s / 1e9,
+    "useful_frac_of_peak": useful / step_s / peak,
+    "executed_frac_of_peak": executed / step_s / peak,
+    "useful_frac_of_executed": useful / executed,
   }
   if batch_size <= args.loop_max:
     params = jax.tree.map(lambda x: x[0], init(keys)["meta_params"])
@@ -249,7 +276,9 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     f"{case:>10}  {figures['tasks_per_s']:9.0f} tasks/s  {figures['ms_per_step']:8.2f} ms/step  "
     f"e2e {figures['e2e_tasks_per_s']:8.0f} tasks/s  host {figures['host_ms_per_batch']:7.2f} ms/batch  "
     f"loop {figures.get('loop_tasks_per_s', float('nan')):6.0f} tasks/s  compile {compile_s:5.1f} s  "
-    f"peak RSS {figures['peak_rss_mib']:.0f} MiB  cpu share {cpu_share:.2f}  load {bench_common.load_avg()}",
+    f"peak RSS {figures['peak_rss_mib']:.0f} MiB  cpu share {cpu_share:.2f}  load {bench_common.load_avg()}  "
+    f"useful {figures['useful_gflop_s']:.1f} GFLOP/s = {figures['useful_frac_of_peak']:.0%} of the measured "
+    f"{figures['peak_gflop_s']:.0f} GFLOP/s matmul peak (executed {figures['executed_frac_of_peak']:.0%})",
     flush=True,
   )
   if not args.no_csv:

@@ -1,8 +1,51 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and a persistent XLA compilation cache for the whole suite.
 
+Many tests compile the same programs (the smoke config's meta-step and eval step, built afresh by each
+`train_and_evaluate`, each subprocess and each notebook kernel). The persistent cache keys compiled programs by
+their HLO, so a program compiled once is loaded from disk everywhere else, within this run and in later runs. It
+lives in pytest's own cache directory (`.pytest_cache/d/jax_compilation_cache`, git-ignored, cleared by
+`pytest --cache-clear`), so a fresh clone starts empty and nothing outside the checkout is touched;
+`TRANSFER_META_TEST_JAX_CACHE=DIR` puts it elsewhere, `TRANSFER_META_TEST_JAX_CACHE=off` disables it.
+Subprocesses inherit it through the JAX_* environment variables (read by jax at import).
+"""
+
+import os
+
+import jax
 import pytest
 
 import transfer_meta as tm
+
+CACHE_ENV = "TRANSFER_META_TEST_JAX_CACHE"
+
+
+def _cache_dir(config: pytest.Config) -> str | None:
+  """The suite's compilation-cache directory, or None when disabled."""
+  chosen = os.environ.get(CACHE_ENV, "")
+  if chosen == "off":
+    return None
+  if chosen:
+    return chosen
+  cache = getattr(config, "cache", None)  # None under `-p no:cacheprovider`
+  return str(cache.mkdir("jax_compilation_cache")) if cache is not None else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  path = _cache_dir(config)
+  if path is None:
+    return
+  # Every compile is worth caching here: the suite's programs are small and compiled many times over.
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+@pytest.fixture(scope="session")
+def jax_cache(pytestconfig, tmp_path_factory) -> str:
+  """The suite's compilation-cache directory, for subprocesses' `--compilation_cache=` (a fresh temporary one
+  when the suite's cache is off)."""
+  return _cache_dir(pytestconfig) or str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture(scope="session")

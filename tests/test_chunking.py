@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import transfer_meta as tm
+from transfer_meta import chunking
 from transfer_meta.chunking import check_chunk_size, masked_task_mean, mean_task_grads
 from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
 from transfer_meta.learners import get_learner
@@ -153,3 +154,49 @@ def test_chunked_mean_under_the_trainers_seed_vmap(setup):
   for n in range(2):
     want = MEAN(learner.task_grad, params, task, seed_keys[n], masks[n], None, 1)
     chex.assert_trees_all_close(jax.tree.map(lambda x, n=n: x[n], got), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "n_tasks, devices, want",
+  [
+    (32, 1, (None, 32)),  # small batches: the plain vmap, as before
+    (64, 1, (None, 64)),
+    (65, 1, (22, 66)),  # 65 = 5 x 13, no divisor in [16, 64]: 3 chunks of 22, one padded task
+    (256, 1, (32, 256)),
+    (300, 1, (30, 300)),  # the divisor nearest 32 in [16, 64]
+    (466, 1, (32, 480)),  # 466 = 2 x 233: chunks of 32, padded by 14 masked tasks
+    (466, 8, (32, 480)),
+    (200, 8, (40, 200)),  # multiples of the device count only
+    (1000, 3, (33, 1023)),  # no multiple of 3 in [16, 64] divides 1000: 33-task chunks, 23 padded tasks
+  ],
+)
+def test_auto_chunk_size(n_tasks, devices, want):
+  chunk, slots = chunking.auto_chunk_size(n_tasks, devices)
+  assert (chunk, slots) == want
+  if chunk is not None:
+    assert slots % chunk == 0 and chunk % devices == 0 and 0 <= slots - n_tasks < chunk
+
+
+def test_resolve_chunk_size_settings():
+  assert chunking.resolve_chunk_size("auto", 466) == chunking.resolve_chunk_size(-1, 466) == (32, 480)
+  assert chunking.resolve_chunk_size(0, 466) == (None, 466)
+  assert chunking.resolve_chunk_size("2", 466) == (2, 466)
+  with pytest.raises(ValueError, match="positive divisor"):
+    chunking.resolve_chunk_size(32, 466)
+  with pytest.raises(ValueError, match="want 'auto'"):
+    chunking.resolve_chunk_size("big", 466)
+
+
+def test_auto_chunked_padded_batch_equals_plain_vmap_on_the_real_tasks(setup):
+  """A batch padded with masked tasks to a multiple of the chunk gives the plain path's mean on the real tasks."""
+  model, task, keys, params = setup
+  learner = learner_for(model, "maml")
+  real = np.flatnonzero(REAL)
+  pad = lambda x: np.concatenate([x, np.zeros((2,) + x.shape[1:], x.dtype)])  # 4 real tasks -> 6 slots
+  real_task = jax.tree.map(lambda x: x[real], task)
+  padded = jax.tree.map(pad, real_task)
+  mask = np.arange(6) < len(real)
+  pkeys = jnp.concatenate([keys[real], keys[:2]])
+  want = MEAN(learner.task_grad, params, real_task, keys[real], np.ones(len(real), bool), None, 1)
+  got = MEAN(learner.task_grad, params, padded, pkeys, mask, 3, 1)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)

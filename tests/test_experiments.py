@@ -39,11 +39,11 @@ def _cli(module: str, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def produced(tmp_path_factory):
-  """reproduce then ablate (support_cap sweep) on the tiny smoke config, 2 seeds x 2 meta-steps, sharing an XLA
-  cache so the sweep's runs reuse the programs compiled for the reproduce run."""
+def produced(tmp_path_factory, jax_cache):
+  """reproduce then ablate (support_cap sweep) on the tiny smoke config, 2 seeds x 2 meta-steps, sharing the
+  suite's XLA cache so the sweep's runs reuse the programs compiled for the reproduce run (and other tests')."""
   root = tmp_path_factory.mktemp("experiments")
-  runs, out, cache = str(root / "runs"), str(root / "results"), str(root / "jax_cache")
+  runs, out, cache = str(root / "runs"), str(root / "results"), jax_cache
   common = ["--set", "num_steps=2", f"--runs={runs}", f"--out={out}", f"--compilation_cache={cache}"]
   _cli("reproduce", f"--configs={SPEC}", "--seeds=2", *common)
   _cli("ablate", f"--config={SPEC}", "--sweep=support_cap", *common)

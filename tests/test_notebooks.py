@@ -57,10 +57,13 @@ def test_executes(path, tmp_path, monkeypatch):
   monkeypatch.setenv("MPLBACKEND", "Agg")
   nb = nbformat.read(path, as_version=4)
   nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
-  client = NotebookClient(
-    nb, km=_kernel_manager(tmp_path), timeout=300, resources={"metadata": {"path": os.path.dirname(path)}}
-  )
-  client.execute()  # raises CellExecutionError naming the failing cell
+  km = _kernel_manager(tmp_path)
+  client = NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": os.path.dirname(path)}})
+  try:
+    client.execute()  # raises CellExecutionError naming the failing cell
+  finally:
+    if km.has_kernel:  # a kernel manager passed in is not shut down by the client: its kernel would outlive the test
+      km.shutdown_kernel(now=True)
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
   assert not errors
   assert nb.cells[-1].outputs[0].text.strip() == sys.executable

@@ -73,8 +73,8 @@ def _results_without_timing(workdir: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_cache"))
+def cache(jax_cache):
+  return jax_cache  # the suite's: the smoke programs are compiled once for every test that runs them
 
 
 @pytest.fixture(scope="module")

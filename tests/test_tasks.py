@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -178,6 +179,21 @@ def test_iterator_restore(data, task_set, drop_remainder):
     assert_batches_equal(take(resumed, 12 - stop), reference[stop:])
   with pytest.raises(ValueError, match="state"):
     TaskIterator(td, 3, seed=2).restore({"epoch": 0, "position": 7})
+
+
+def test_iterator_slots_pad_each_batch_with_masked_tasks(data, task_set):
+  """`slots` (a chunked step's padded task count) appends masked tasks and changes nothing else."""
+  td = TaskData.build(data, task_set, data.rating, buckets=BUCKETS)
+  plain, padded = take(TaskIterator(td, 3, seed=5), 4), take(TaskIterator(td, 3, seed=5, slots=5), 4)
+  for a, b in zip(plain, padded):
+    assert b["task_mask"].shape == (5,) and not b["task_mask"][3:].any()
+    np.testing.assert_array_equal(b["task_id"][3:], [-1, -1])
+    np.testing.assert_array_equal(b["task_id"][:3], a["task_id"])
+    for part in ("support", "query"):
+      assert_examples_equal(jax.tree.map(lambda x: x[:3], b[part]), a[part])
+      assert not b[part]["mask"][3:].any()
+  with pytest.raises(ValueError, match="slots=2 must be >= batch_size=3"):
+    TaskIterator(td, 3, seed=0, slots=2)
 
 
 def test_iterator_errors(data, task_set):

@@ -64,6 +64,51 @@ def check_chunk_size(chunk_size: int | None, n_tasks: int) -> None:
     )
 
 
+AUTO_CHUNK = 32  # tasks per chunk: MeLU-size chunks stay in a CPU core's cache (experiments/bench_throughput.py)
+
+
+def auto_chunk_size(n_tasks: int, devices: int = 1, target: int = AUTO_CHUNK) -> tuple[int | None, int]:
+  """Chunking chosen from the task batch size, so large batches never fall out of cache.
+
+  Up to 2 * target tasks: no chunking (one vmap is as fast and compiles to the same program as before). Larger:
+  the multiple of `devices` closest to `target` among the divisors of `n_tasks` in [target / 2, 2 * target];
+  when none divides, ceil(T / target) chunks of equal size (rounded up to a multiple of `devices`) and the batch
+  padded with masked tasks to fill them (less than one chunk of padding, e.g. 466 tasks -> 15 x 32 = 480 slots).
+
+  Args:
+    n_tasks: real tasks per step (T).
+    devices: devices on the 'tasks' mesh axis (a chunk must split evenly over them).
+    target: the preferred chunk size.
+  Returns:
+    (chunk_size or None for the plain vmap, task slots per step: n_tasks or the padded count).
+  """
+  if n_tasks < 1 or devices < 1 or target < 1:
+    raise ValueError(f"need n_tasks, devices, target >= 1, got {n_tasks}, {devices}, {target}")
+  if n_tasks <= 2 * target:
+    return None, n_tasks
+  fits = [c for c in range(max(1, target // 2), 2 * target + 1) if n_tasks % c == 0 and c % devices == 0]
+  if fits:
+    return min(fits, key=lambda c: (abs(c - target), c)), n_tasks
+  per_chunk = -(-n_tasks // -(-n_tasks // target))  # ceil(T / number of target-size chunks): least padding
+  chunk = -(-per_chunk // devices) * devices
+  return chunk, -(-n_tasks // chunk) * chunk
+
+
+def resolve_chunk_size(chunk: int | str, n_tasks: int, devices: int = 1) -> tuple[int | None, int]:
+  """(chunk_size or None, task slots) from a setting: 'auto' (or -1) -> `auto_chunk_size`; 0 -> plain vmap;
+  C > 0 -> chunks of C (must divide `n_tasks`)."""
+  if chunk in ("auto", -1):
+    return auto_chunk_size(n_tasks, devices)
+  try:
+    value = int(chunk)
+  except (TypeError, ValueError):
+    raise ValueError(f"chunk size {chunk!r}: want 'auto', -1, 0 or a positive divisor of {n_tasks}") from None
+  if value == 0:
+    return None, n_tasks
+  check_chunk_size(value, n_tasks)
+  return value, n_tasks
+
+
 def _chunked(x: jax.Array, chunk_size: int) -> jax.Array:
   """[T, ...] -> [T / C, C, ...], chunk c holding tasks c, c + T/C, ... (a sharding-preserving reshape)."""
   n_chunks = x.shape[0] // chunk_size

@@ -73,7 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
   fixes the protocol split, the initialisation and the data order. `support_cap` > 0 keeps the first K
   support interactions of every task (K-shot ablations). `select_metric` is 'valid/<metric>' and
   `select_mode` 'min' or 'max'. `grad_clip_norm` 0 disables clipping. `chunk_size` > 0 computes the task
-  mean chunk by chunk (must divide `batch_size`); `compute_dtype` 'bfloat16' computes the model in bf16.
+  mean chunk by chunk (must divide `batch_size`), -1 chooses (`chunking.auto_chunk_size`: the plain vmap up to
+  64 tasks, chunks of about 32 beyond, padded with masked tasks if no such chunk divides); `compute_dtype`
+  'bfloat16' computes the model in bf16.
   `eval_ranking` adds 'catalogue' / 'sampled' ranking of every scenario (`ranking_eval`; `ranking` holds its knobs).
   Training protocol (DESIGN.md): `resample_train` draws a fresh support/query split of every training task
   each pass; `outer_support` adds the support to the outer loss; `residual` ('global_mean', 'item_mean',
@@ -116,7 +118,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.select_metric, c.select_mode = "valid/mae", "min"
   c.support_cap = 0
   c.min_tasks = 20  # warn when a protocol task set has fewer tasks (0: never); the warning says how to fix it
-  c.chunk_size = 0  # > 0: tasks per chunk inside the step (lax.scan over chunks; bounds memory); 0: plain vmap
+  c.chunk_size = -1  # > 0: tasks per chunk (lax.scan over chunks; bounds memory); 0: plain vmap; -1: automatic
   c.compute_dtype = "float32"  # "bfloat16": model compute in bf16, meta-parameters stay float32
   c.buckets = DEFAULT_BUCKETS
   c.progress = True
@@ -194,9 +196,9 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
     prior = baselines.reference_prior(config.residual, data, split, config.residual_lam) if config.residual else None
     seeds.append(SeedTasks(s, split, {n: TaskData.from_split(data, split, n, sf, buckets, prior) for n in names}))
   mesh = sharding.make_mesh()
-  if config.chunk_size:
-    chunking.check_chunk_size(config.chunk_size, config.batch_size)
-    sharding.check_batch_size(config.chunk_size, mesh, "config.chunk_size")
+  chunk, _ = chunking.resolve_chunk_size(config.chunk_size, config.batch_size, mesh.devices.size)
+  if chunk:
+    sharding.check_batch_size(chunk, mesh, "config.chunk_size")
   sharding.check_batch_size(config.batch_size, mesh, "config.batch_size")
   sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
   exp = Experiment(config, data, feats, spec, model, tuple(seeds), mesh)
@@ -323,6 +325,7 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
   example = {"support": unstack(first["support"], 0), "query": unstack(first["query"], 0)}
   abstract_state, init = make_init(learner, tx, example, mesh)
   abstract = abstract_state(train_keys)
+  chunk, slots = chunking.resolve_chunk_size(config.chunk_size, config.batch_size, mesh.devices.size)
   iterators = [
     TaskIterator(
       st.tasks["train"],
@@ -331,6 +334,7 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
       drop_remainder=config.batch_size <= len(st.tasks["train"]),
       resample=config.resample_train,
       outer_support=config.outer_support,
+      slots=slots,
     )
     for st in exp.seeds
   ]
@@ -363,16 +367,20 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
     log.info("%s: resumed from step %d", name, start)
   mlog.rewind(name, start)
 
-  chunk = config.chunk_size or None
   meta_step = jit_meta_step(meta_step_fn(learner, tx, chunk, mesh.devices.size if chunk else 1), mesh)
   bar = tqdm(
     total=config.num_steps, initial=start, desc=name, unit="step", disable=not (config.progress and runlog.is_writer())
   )
   show, postfix = ("train/outer_loss", "train/grad_norm", config.select_metric), {}
+  next_batch = lambda: sharding.shard_batch(stack_seed_batches([next(it) for it in iterators]), mesh, 1)
   t0 = time.time()
+  batch = next_batch() if start < config.num_steps else None
   for step in range(start, config.num_steps):
-    batch = sharding.shard_batch(stack_seed_batches([next(it) for it in iterators]), mesh, 1)
-    state, metrics = meta_step(state, batch, train_keys)
+    state, metrics = meta_step(state, batch, train_keys)  # dispatched asynchronously
+    # Prefetch: the next batch is built on the host while the step runs. Checkpoints keep the iterator
+    # positions of the batch not yet consumed, so a resumed run draws exactly the batches this one would.
+    positions = [it.state() for it in iterators]
+    batch = next_batch() if step + 1 < config.num_steps else None
     metrics = jax.device_get(metrics)
     done, last = step + 1, step + 1 == config.num_steps
     _check_finite(metrics, done, name, ckpt)
@@ -396,7 +404,7 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
         "learner": name,
         "step": done,
         "seeds": seeds,
-        "iterators": [it.state() for it in iterators],
+        "iterators": positions,
         "best_value": best.value,
         "best_step": best.step,
         "seconds": seconds + time.time() - t0,

@@ -209,8 +209,9 @@ class TaskIterator:
   Epoch e visits the tasks in the permutation drawn from (seed, e). Without `drop_remainder` an epoch's
   last, short batch is padded with masked tasks; with it, that short batch is skipped. With `resample`, epoch
   e reads `task_data.resampled(resample_rng(seed, e))` (a pure function of (seed, e)); with `outer_support`,
-  batches carry the support in the query too (`TaskData.batch`). `state()` / `restore()` make a resumed run
-  see exactly the batches an uninterrupted one would.
+  batches carry the support in the query too (`TaskData.batch`). `slots` (default `batch_size`) pads every
+  batch with masked tasks to that many (a chunked step's multiple of its chunk size). `state()` / `restore()`
+  make a resumed run see exactly the batches an uninterrupted one would.
   """
 
   def __init__(
@@ -221,6 +222,7 @@ class TaskIterator:
     drop_remainder: bool = False,
     resample: bool = False,
     outer_support: bool = False,
+    slots: int | None = None,
   ):
     if batch_size < 1 or (drop_remainder and batch_size > len(task_data)):
       raise ValueError(
@@ -229,8 +231,11 @@ class TaskIterator:
       )
     if seed < 0:
       raise ValueError(f"seed={seed} must be >= 0")
+    if slots is not None and slots < batch_size:
+      raise ValueError(f"slots={slots} must be >= batch_size={batch_size}")
     self.task_data, self.batch_size, self.seed, self.drop_remainder = task_data, batch_size, seed, drop_remainder
     self.resample, self.outer_support = resample, outer_support
+    self.slots = batch_size if slots is None else slots
     self._epoch, self._position, self._perm, self._epoch_data = 0, 0, None, None
 
   def _order(self) -> np.ndarray:
@@ -257,7 +262,7 @@ class TaskIterator:
     indices = self._order()[self._position : end]
     data = self.epoch_data()
     self._epoch, self._position = (self._epoch + 1, 0) if end == n else (self._epoch, end)
-    return data.batch(indices, self.batch_size, self.outer_support)
+    return data.batch(indices, self.slots, self.outer_support)
 
   def state(self) -> dict:
     """{"epoch", "position"}: where the next batch starts (plain ints, checkpointable)."""
