@@ -177,6 +177,12 @@ def _cap(split: ColdStartSplit, k: int) -> ColdStartSplit:
 
 def build_experiment(config: ml_collections.ConfigDict, data: Interactions | None = None) -> Experiment:
   """Loads the dataset, makes each seed's split and task sets, builds the model and the mesh."""
+  if config.strategy_name and (config.residual or config.oov_min_count):
+    raise ValueError(
+      f"config.strategy_name={config.strategy_name!r} with config.residual={config.residual!r} / "
+      f"config.oov_min_count={config.oov_min_count}: the stage streams do not carry the reference prior or the "
+      "per-seed OOV maps yet; run strategies with residual='' and oov_min_count=0"
+    )
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
   if config.ordinal_features:
     data = categorical.ordinal_as_dense(data, tuple(config.ordinal_features))

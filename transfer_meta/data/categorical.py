@@ -110,14 +110,26 @@ def _numeric_vocab(name: str, vocab: Sequence[str]) -> np.ndarray:
   return out
 
 
-def _table_with_numeric(table: FeatureTable, name: str) -> FeatureTable:
-  values = _numeric_vocab(name, table.vocab[name])[table.categorical[name]]
+NUMERIC_SUFFIX = "_numeric"  # '<name>_numeric': the dense column `ordinal_as_dense` adds for feature <name>
+
+
+def numeric_column(table: FeatureTable, name: str, codes: np.ndarray) -> np.ndarray:
+  """f32 [n, 1]: categorical codes [n] of feature `name` as the standardised number `ordinal_as_dense` feeds,
+  with the mean and std of `table`'s entities (so a brand-new entity reads the column its training peers read);
+  unknown values sit at 0, the mean."""
+  vocab_values = _numeric_vocab(name, table.vocab[name])
+  values = vocab_values[table.categorical[name]]
   known = np.isfinite(values)
   if not known.any():
     raise DataError(f"ordinal feature {name!r}: no entity has a known value")
   mean, std = values[known].mean(), values[known].std()
-  column = np.where(known, (values - mean) / (std if std > 0 else 1.0), 0.0)  # unknown -> the mean
-  dense = {**table.dense, f"{name}_numeric": column[:, None].astype(np.float32)}
+  new = vocab_values[np.asarray(codes)]
+  column = np.where(np.isfinite(new), (new - mean) / (std if std > 0 else 1.0), 0.0)
+  return column[:, None].astype(np.float32)
+
+
+def _table_with_numeric(table: FeatureTable, name: str) -> FeatureTable:
+  dense = {**table.dense, f"{name}{NUMERIC_SUFFIX}": numeric_column(table, name, table.categorical[name])}
   return dataclasses.replace(table, dense=dense)
 
 

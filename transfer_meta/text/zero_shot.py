@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from transfer_meta.data import categorical
 from transfer_meta.data.interactions import UNKNOWN, DataError, FeatureTable, Interactions
 from transfer_meta.text import item_features, minilm
 
@@ -79,7 +80,9 @@ def new_item_rows(
     raise DataError(
       f"{data.name} has no item text feature {item_features.FEATURE!r}: train with config.dataset.text_features=True"
     )
-  others = sorted(set(dense) - {item_features.FEATURE})
+  suffix = categorical.NUMERIC_SUFFIX
+  ordinal = {k for k in dense if k.endswith(suffix) and k[: -len(suffix)] in data.item_features.categorical}
+  others = sorted(set(dense) - {item_features.FEATURE} - ordinal)
   if others:
     raise DataError(f"{data.name}: new items cannot supply the dense item feature(s) {others}")
   if not new_items:
@@ -87,9 +90,15 @@ def new_item_rows(
   table = new_item_table(data, new_items)
   texts = item_features.render_table(table, template, f"{data.name} (new items)")
   emb = minilm.embed_texts(encoder or _encoder(), texts, batch_size=min(64, len(texts)))
+  columns = [  # in the dataset's dense order: the text embedding, ordinal features as numbers (config.ordinal_features)
+    emb
+    if k == item_features.FEATURE
+    else categorical.numeric_column(data.item_features, k[: -len(suffix)], table.categorical[k[: -len(suffix)]])
+    for k in dense
+  ]
   return {
     "item": np.zeros(table.n, np.int32),
     "item_cat": table.cat_matrix(),
     "item_multi": table.multi_matrix(),
-    "item_dense": emb,
+    "item_dense": np.concatenate(columns, axis=1).astype(np.float32),
   }
