@@ -11,6 +11,7 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from scipy.special import erf
@@ -418,6 +419,8 @@ def text_run(real, tmp_path_factory):
   config = runner.load_config("melu_ml100k:smoke")
   with config.unlocked():
     config.dataset.text_features = True
+    config.residual, config.oov_min_count = "", 0  # zero-shot serving refuses these (tested below); ordinal kept
+    config.model.use_item_ids = False  # a brand-new item has no id row
     config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 2, 2, 2
     config.compare_learners, config.baselines, config.progress = (), (), False
     config.compare_kwargs = {}
@@ -458,6 +461,13 @@ def test_zero_shot_refuses_what_a_new_item_cannot_be(text_run, real, monkeypatch
   plain = dataclasses.replace(text_run.data, item_features=dataclasses.replace(text_run.data.item_features, dense={}))
   with pytest.raises(DataError, match="no item text feature 'text_minilm'"):
     zero_shot.new_item_rows(plain, [{"title": "x"}], "{title}", real)
+  residual_run = dataclasses.replace(text_run, config=ml_collections.ConfigDict(text_run.config.to_dict()))
+  residual_run.config.residual = "item_user_offset"
+  with pytest.raises(NotImplementedError, match="residual='item_user_offset'"):
+    serving.score_new_items(residual_run, [{"title": "x"}])
+  residual_run.config.model.use_item_ids = True
+  with pytest.raises(NotImplementedError, match="without item ids"):
+    serving.score_new_items(residual_run, [{"title": "x"}])
 
 
 def test_text_table_pairs_runs_per_seed():

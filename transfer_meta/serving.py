@@ -312,6 +312,18 @@ def score_new_items(
 
   if isinstance(bundle, str):
     bundle = load_meta_params(bundle)
+  residual, min_count = bundle.config.get("residual", ""), bundle.config.get("oov_min_count", 0)
+  model_kw = bundle.config.model
+  if model_kw.get("use_item_ids") or model_kw.get("use_ids"):  # a new item has no trained id row
+    raise NotImplementedError(
+      "zero-shot scoring of new items needs a model without item ids (config.model.use_item_ids=False)"
+    )
+  if residual or min_count:
+    raise NotImplementedError(
+      f"zero-shot scoring of new items is not built for runs with residual={residual!r} or "
+      f"oov_min_count={min_count} (a new item's reference prior and OOV codes); train with residual='' and "
+      "oov_min_count=0 to serve items from their text"
+    )
   template = bundle.config.dataset.get("text_template", "{title}")
   rows = new_item_rows(bundle.data, new_items, template)
   # The new items join the catalogue for one call: `adapt` scores every catalogue row, the last n are theirs.
