@@ -9,8 +9,10 @@ One run of it:
     python -m transfer_meta.main --config=configs/strategies_ml100k.py --workdir=runs/strategies_ml100k
 
 The protocol's benchmark config (`configs/melu_ml100k.py`, or `configs/item_cold_ml100k.py` with arg
-'item_cold') with `config.strategy_name` set: MAML-MeLU, FOMAML and `none` train as in that config, then the
-strategy's stages. Strategy settings (`STRATEGY_KWARGS`) are fixed, not tuned; every method's parameters are
+'item_cold') with `config.strategy_name` set and issue 8's training-protocol fields off (residual, episodic
+resampling, item ids, OOV rows, numeric year: the stage streams do not carry them yet): MAML-MeLU, FOMAML and
+`none` train as in that config did before issue 8, then the strategy's stages. Strategy settings
+(`STRATEGY_KWARGS`) are fixed, not tuned; every method's parameters are
 selected on valid MAE only. `pretrain_finetune` adapts MeLU's adapt set with MAML-MeLU's budget (2 SGD steps,
 lr 0.05) after 500 steps of supervised pretraining on every training interaction (512 per step, Adam 2e-3);
 `distill` trains a two-tower teacher with ids for 300 steps, then distils it into the MeLU student for 300 steps
@@ -67,6 +69,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown config arg {arg!r}; valid: '[melu|item_cold][,smoke]'")
   c = _base(PROTOCOL_CONFIGS[protocol], "smoke" if smoke else None)
   c.unlock()
+  # The training protocol the table was measured with (before issue 8's fields): the stage streams do not carry
+  # a reference prior or per-seed OOV maps yet, so strategies run without them (train.build_experiment refuses).
+  c.residual, c.resample_train, c.oov_min_count, c.ordinal_features = "", False, 0, ()
+  c.model.use_item_ids = False
   c.strategy_name = "pretrain_finetune"
   kwargs = dict(STRATEGY_KWARGS["pretrain_finetune"])
   if smoke:
