@@ -340,3 +340,16 @@ def test_serving_a_residual_oov_run_scores_what_the_evaluator_scores(protocol_ru
   oov = [int(m.shape[0]) for m in bundle.user_maps]
   stored = categorical.remap(data.user_features.cat_matrix()[data.user[ts.support_rows]], bundle.user_maps)
   assert any((stored[:, f] == size).any() for f, size in enumerate(oov))
+
+
+def test_the_main_configs_residual_model_starts_at_its_reference(data):
+  """The shipped config carries every backbone keyword (global_bias=3.5 among them): under `residual` the
+  network's output bias must still start at 0, or every score starts 3.5 above the reference."""
+  from transfer_meta import keywords
+
+  config = keywords.complete(load_config("melu_ml100k", "smoke"))  # what the command line runs
+  assert config.residual and config.model.global_bias == 3.5  # the filled rating-scale default
+  model = train.build_model(config, FeatureSpec.from_interactions(data))
+  x = make_examples(FeatureMatrices.from_interactions(data), np.arange(3), np.arange(3))
+  params = model.init(jax.random.key(0), x, x)
+  np.testing.assert_array_equal(np.asarray(params["params"]["output"]["bias"]), 0.0)

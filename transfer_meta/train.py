@@ -219,8 +219,9 @@ def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec) -> Model:
   kwargs = config.model.to_dict()
   if config.residual:
     residual.check_kind(config.residual)
-    if kwargs.get("global_bias") is None:  # unset (None = factory default): the network predicts the offset
-      kwargs["global_bias"] = 0.0
+    # The network predicts the offset from the reference, so its output bias starts at 0; the backbone's
+    # rating-scale default (which the config's keyword filling writes into config.model) does not apply.
+    kwargs["global_bias"] = 0.0
   model = get_model(config.model_name, spec, **kwargs)
   if config.compute_dtype != "float32":
     model = precision.with_compute_dtype(model, config.compute_dtype)
