@@ -20,6 +20,7 @@ import transfer_meta as tm
 from experiments import runner, text_table
 from transfer_meta import serving, train
 from transfer_meta.data.interactions import UNKNOWN, DataError
+from transfer_meta.data.tasks import PRIOR
 from transfer_meta.text import bert, item_features, minilm, zero_shot
 
 TINY = bert.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=24, max_positions=12)
@@ -413,13 +414,15 @@ def test_load_dataset_text_features_flag(real, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------- serving and table
 
 
-@pytest.fixture(scope="module")
-def text_run(real, tmp_path_factory):
-  """A 2-step MAML-MeLU run on ML-100K with item text features (1 seed, no comparisons or baselines)."""
+@pytest.fixture(scope="module", params=["plain", "residual_oov"])
+def text_run(request, real, tmp_path_factory):
+  """A 2-step MAML-MeLU run on ML-100K with item text features (1 seed, no comparisons or baselines): 'plain'
+  without the main config's residual and OOV rows, 'residual_oov' with them (and its numeric release year)."""
   config = runner.load_config("melu_ml100k:smoke")
   with config.unlocked():
     config.dataset.text_features = True
-    config.residual, config.oov_min_count = "", 0  # zero-shot serving refuses these (tested below); ordinal kept
+    if request.param == "plain":
+      config.residual, config.oov_min_count = "", 0
     config.model.use_item_ids = False  # a brand-new item has no id row
     config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 2, 2, 2
     config.compare_learners, config.baselines, config.progress = (), (), False
@@ -435,6 +438,10 @@ def test_zero_shot_rows_reproduce_catalogue_items(text_run, real, monkeypatch):
   data = bundle.data
   assert data.item_features.dense["text_minilm"].shape == (1682, 384)
   cat_ids = [1, 49, 180]  # dense ids of three catalogue items, re-described as if new
+  if bundle.new_item_prior is not None:  # residual: items whose reference is a new item's (no training rows)
+    prior = np.asarray(bundle.catalogue[PRIOR])
+    cat_ids = [int(i) for i in np.flatnonzero(prior == np.float32(bundle.new_item_prior))[:3]]
+    assert len(cat_ids) == 3 and bundle.item_maps is not None
   fields = item_features.template_fields(data.item_features)
   new = []
   for i in cat_ids:
@@ -461,13 +468,10 @@ def test_zero_shot_refuses_what_a_new_item_cannot_be(text_run, real, monkeypatch
   plain = dataclasses.replace(text_run.data, item_features=dataclasses.replace(text_run.data.item_features, dense={}))
   with pytest.raises(DataError, match="no item text feature 'text_minilm'"):
     zero_shot.new_item_rows(plain, [{"title": "x"}], "{title}", real)
-  residual_run = dataclasses.replace(text_run, config=ml_collections.ConfigDict(text_run.config.to_dict()))
-  residual_run.config.residual = "item_user_offset"
-  with pytest.raises(NotImplementedError, match="residual='item_user_offset'"):
-    serving.score_new_items(residual_run, [{"title": "x"}])
-  residual_run.config.model.use_item_ids = True
-  with pytest.raises(NotImplementedError, match="without item ids"):
-    serving.score_new_items(residual_run, [{"title": "x"}])
+  with_ids = dataclasses.replace(text_run, config=ml_collections.ConfigDict(text_run.config.to_dict()))
+  with_ids.config.model.use_item_ids = True
+  with pytest.raises(ValueError, match="without item ids"):
+    serving.score_new_items(with_ids, [{"title": "x"}])
 
 
 def test_text_table_pairs_runs_per_seed():

@@ -62,7 +62,8 @@ def _shrunk_means(keys: np.ndarray, values: np.ndarray, n: int, prior: float, la
   return ((sums + lam * prior) / (counts + lam)).astype(np.float32)
 
 
-def _global_mean(split: ColdStartSplit) -> float:
+def global_mean(split: ColdStartSplit) -> float:
+  """The mean target over the split's training rows (every reference's value for an entity with no rows)."""
   return float(split.target[split.tasks["train"].all_rows()].mean())
 
 
@@ -74,7 +75,7 @@ def _entity_means(data: Interactions, split: ColdStartSplit, lam: float) -> np.n
   """f32 [n]: the shrunk training mean of every query-side entity."""
   side, train = _query_side(data, split), split.tasks["train"].all_rows()
   n = _n_query_side(data, split)
-  return _shrunk_means(side[train], split.target[train].astype(np.float64), n, _global_mean(split), lam)
+  return _shrunk_means(side[train], split.target[train].astype(np.float64), n, global_mean(split), lam)
 
 
 def _entity_mean_rows(data: Interactions, split: ColdStartSplit, rows: np.ndarray, lam: float) -> np.ndarray:
@@ -113,7 +114,7 @@ def _constant(data, split, taskset, seed, lam):
 
 
 def _global(data, split, taskset, seed, lam):
-  return np.full(taskset.query_rows.shape[0], _global_mean(split), np.float32)
+  return np.full(taskset.query_rows.shape[0], global_mean(split), np.float32)
 
 
 def _item_mean(data, split, taskset, seed, lam):
@@ -138,12 +139,12 @@ def reference_prior(kind: str, data: Interactions, split: ColdStartSplit, lam: f
   of 'item_user_offset' is added per task by the model, from the support alone.
   """
   if kind == "global_mean":
-    return np.full(len(data), _global_mean(split), np.float32)
+    return np.full(len(data), global_mean(split), np.float32)
   side = _query_side(data, split)
   prior = entity_prior(kind, data, split, lam)[side].astype(np.float64)
   train = np.unique(split.tasks["train"].all_rows())
   n = data.n_items if split.task_kind == "user" else data.n_users
-  target, mu = split.target.astype(np.float64), _global_mean(split)
+  target, mu = split.target.astype(np.float64), global_mean(split)
   sums = np.bincount(side[train], weights=target[train], minlength=n)
   counts = np.bincount(side[train], minlength=n).astype(np.float64)
   loo_den = counts[side[train]] - 1 + lam
@@ -157,7 +158,7 @@ def entity_prior(kind: str, data: Interactions, split: ColdStartSplit, lam: floa
   tasks): mu for 'global_mean', else the shrunk training mean. What serving adds to a new user's scores."""
   if kind == "global_mean":
     n = data.n_items if split.task_kind == "user" else data.n_users
-    return np.full(n, _global_mean(split), np.float32)
+    return np.full(n, global_mean(split), np.float32)
   if kind not in ("item_mean", "item_user_offset"):
     raise ValueError(f"unknown reference {kind!r}; valid: ['global_mean', 'item_mean', 'item_user_offset']")
   if lam < 0:
@@ -166,7 +167,7 @@ def entity_prior(kind: str, data: Interactions, split: ColdStartSplit, lam: floa
   train = np.unique(split.tasks["train"].all_rows())
   n = data.n_items if split.task_kind == "user" else data.n_users
   target = split.target.astype(np.float64)
-  mu = _global_mean(split)
+  mu = global_mean(split)
   sums = np.bincount(side[train], weights=target[train], minlength=n)
   counts = np.bincount(side[train], minlength=n).astype(np.float64)
   return ((sums + lam * mu) / (counts + lam)).astype(np.float32)
@@ -205,7 +206,7 @@ def _catalogue_offset(data, split, taskset, positions, seed, lam):
 CATALOGUE: dict[str, Callable] = {
   "random": _catalogue_random,
   "constant": _catalogue_full(lambda d, s, seed, lam: np.full(_n_query_side(d, s), sum(target_scale(d, s)) / 2)),
-  "global_mean": _catalogue_full(lambda d, s, seed, lam: np.full(_n_query_side(d, s), _global_mean(s))),
+  "global_mean": _catalogue_full(lambda d, s, seed, lam: np.full(_n_query_side(d, s), global_mean(s))),
   "item_mean": _catalogue_full(lambda d, s, seed, lam: _entity_means(d, s, lam)),
   "item_user_offset": _catalogue_offset,
   "popularity": _catalogue_full(lambda d, s, seed, lam: _popularity_scores(d, s)),

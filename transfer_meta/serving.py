@@ -53,6 +53,8 @@ class Bundle:
   catalogue: dict  # item-side example arrays on device: item int32 [I], item_cat [I, Fi], ...[, prior f32 [I]]
   item_index: Mapping  # raw item id -> dense id
   user_maps: tuple | None = None  # per user categorical feature, value id -> OOV-remapped id (oov_min_count runs)
+  item_maps: tuple | None = None  # the same per item categorical feature (a brand-new item's codes go through it)
+  new_item_prior: float | None = None  # residual runs: the reference of an item without training rows (their mean)
 
 
 class Adapted(NamedTuple):
@@ -89,7 +91,7 @@ def load_meta_params(
   if not 0 <= seed_index < len(seeds):
     raise ValueError(f"seed_index={seed_index} out of range for the run's {len(seeds)} seeds")
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
-  data, feats, spec, user_maps, prior = _protocol_inputs(config, data, seeds[seed_index])
+  data, feats, spec, maps, prior, new_prior = _protocol_inputs(config, data, seeds[seed_index])
   model = build_model(config, spec)  # as trained: keywords, compute dtype, residual
   learner = get_learner(config.learner_name, model, **config.learner.to_dict())
   example = make_examples(feats, np.zeros(1, np.int32), np.zeros(1, np.int32))
@@ -122,31 +124,37 @@ def load_meta_params(
     seeds[seed_index],
     catalogue,
     item_index,
-    user_maps,
+    maps["user"] if maps else None,
+    maps["item"] if maps else None,
+    new_prior,
   )
 
 
 def _protocol_inputs(config: ml_collections.ConfigDict, data: Interactions, seed: int) -> tuple:
   """What issue 8's training-protocol fields change at serving time, rebuilt from the run's split of `seed`:
-  (data with ordinal columns, feature matrices with OOV remapping, spec, user OOV maps or None, per-item
-  reference prior f32 [I] or None)."""
+  (data with ordinal columns, feature matrices with OOV remapping, spec, OOV maps {"user", "item"} or None,
+  per-item reference prior f32 [I] or None, the prior of an item with no training rows or None)."""
   if config.get("ordinal_features", ()):
     data = categorical.ordinal_as_dense(data, tuple(config.ordinal_features))
   feats, spec = FeatureMatrices.from_interactions(data), FeatureSpec.from_interactions(data)
   residual, min_count = config.get("residual", ""), config.get("oov_min_count", 0)
   if not (residual or min_count):
-    return data, feats, spec, None, None
+    return data, feats, spec, None, None, None
   split = make_protocol(config.protocol_name, data, seed=seed, **config.protocol.to_dict())
   split = _cap(split, config.get("support_cap", 0))
   if split.task_kind != "user":
-    raise NotImplementedError(f"serving adapts to a user; the run's protocol {config.protocol_name!r} has item tasks")
-  user_maps = None
+    raise ValueError(f"serving adapts to a user; the run's protocol {config.protocol_name!r} has item tasks")
+  maps = None
   if min_count:
     maps = categorical.oov_maps(data, split, min_count)
     feats = categorical.with_oov(feats, data, split, min_count)
-    spec, user_maps = categorical.oov_spec(spec), maps["user"]
-  prior = baselines.entity_prior(residual, data, split, config.residual_lam) if residual else None
-  return data, feats, spec, user_maps, prior
+    spec = categorical.oov_spec(spec)
+  if not residual:
+    return data, feats, spec, maps, None, None
+  prior = baselines.entity_prior(residual, data, split, config.residual_lam)
+  # An item without training rows: the shrunk mean of zero rows, i.e. the training mean, for every reference.
+  new_prior = baselines.global_mean(split)
+  return data, feats, spec, maps, prior, new_prior
 
 
 def _key(raw) -> str:
@@ -312,21 +320,16 @@ def score_new_items(
 
   if isinstance(bundle, str):
     bundle = load_meta_params(bundle)
-  residual, min_count = bundle.config.get("residual", ""), bundle.config.get("oov_min_count", 0)
   model_kw = bundle.config.model
   if model_kw.get("use_item_ids") or model_kw.get("use_ids"):  # a new item has no trained id row
-    raise NotImplementedError(
-      "zero-shot scoring of new items needs a model without item ids (config.model.use_item_ids=False)"
-    )
-  if residual or min_count:
-    raise NotImplementedError(
-      f"zero-shot scoring of new items is not built for runs with residual={residual!r} or "
-      f"oov_min_count={min_count} (a new item's reference prior and OOV codes); train with residual='' and "
-      "oov_min_count=0 to serve items from their text"
-    )
+    raise ValueError("zero-shot scoring of new items needs a model without item ids (config.model.use_item_ids=False)")
   template = bundle.config.dataset.get("text_template", "{title}")
   rows = new_item_rows(bundle.data, new_items, template)
+  if bundle.item_maps is not None:  # codes unseen or rare in training read the trained OOV row, as in evaluation
+    rows["item_cat"] = categorical.remap(rows["item_cat"], bundle.item_maps)
+  if bundle.new_item_prior is not None:
+    rows[PRIOR] = np.full(len(new_items), bundle.new_item_prior, np.float32)
   # The new items join the catalogue for one call: `adapt` scores every catalogue row, the last n are theirs.
-  catalogue = {k: jnp.concatenate([bundle.catalogue[k], jnp.asarray(rows[k])]) for k in _ITEM_KEYS}
+  catalogue = {k: jnp.concatenate([bundle.catalogue[k], jnp.asarray(rows[k])]) for k in bundle.catalogue}
   out = adapt(dataclasses.replace(bundle, catalogue=catalogue), items, ratings, user, user_features, dense_ids, key)
   return out.scores[-len(new_items) :]
