@@ -47,20 +47,22 @@ def _natural(path: str) -> list:
   return [(0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts)]
 
 
+def _records(run_dir: str):
+  """The records of a run's metrics.jsonl, in file (step) order."""
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    yield from (json.loads(line) for line in f if line.strip())
+
+
 def read_curves(run_dir: str) -> dict:
   """{learner: {metric: ([steps], [values])}} from a run's metrics.jsonl (records in step order)."""
   curves: dict = {}
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    for line in f:
-      if not line.strip():
-        continue
-      rec = json.loads(line)
-      per = curves.setdefault(rec.get("learner", "?"), {})
-      for k, v in rec.items():
-        if k not in ("learner", "step") and isinstance(v, int | float):
-          steps, values = per.setdefault(k, ([], []))
-          steps.append(rec["step"])
-          values.append(v)
+  for rec in _records(run_dir):
+    per = curves.setdefault(rec.get("learner", "?"), {})
+    for k, v in rec.items():
+      if k not in ("learner", "step") and isinstance(v, int | float):
+        steps, values = per.setdefault(k, ([], []))
+        steps.append(rec["step"])
+        values.append(v)
   return curves
 
 
@@ -109,16 +111,12 @@ def save_figure(fig, out: str) -> str:
 def read_seed_curves(run_dir: str) -> dict:
   """{learner: {metric: ([steps], [[value per seed]])}} from metrics.jsonl's "per_seed" entries."""
   curves: dict = {}
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    for line in f:
-      if not line.strip():
-        continue
-      rec = json.loads(line)
-      per = curves.setdefault(rec.get("learner", "?"), {})
-      for k, values in rec.get("per_seed", {}).items():
-        steps, rows = per.setdefault(k, ([], []))
-        steps.append(rec["step"])
-        rows.append(list(values))
+  for rec in _records(run_dir):
+    per = curves.setdefault(rec.get("learner", "?"), {})
+    for k, values in rec.get("per_seed", {}).items():
+      steps, rows = per.setdefault(k, ([], []))
+      steps.append(rec["step"])
+      rows.append(list(values))
   return curves
 
 
