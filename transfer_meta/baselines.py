@@ -143,7 +143,7 @@ def reference_prior(kind: str, data: Interactions, split: ColdStartSplit, lam: f
   side = _query_side(data, split)
   prior = entity_prior(kind, data, split, lam)[side].astype(np.float64)
   train = np.unique(split.tasks["train"].all_rows())
-  n = data.n_items if split.task_kind == "user" else data.n_users
+  n = _n_query_side(data, split)
   target, mu = split.target.astype(np.float64), global_mean(split)
   sums = np.bincount(side[train], weights=target[train], minlength=n)
   counts = np.bincount(side[train], minlength=n).astype(np.float64)
@@ -157,20 +157,12 @@ def entity_prior(kind: str, data: Interactions, split: ColdStartSplit, lam: floa
   """f32 [n]: the reference prior of a row outside the training rows, per query-side entity (items for user
   tasks): mu for 'global_mean', else the shrunk training mean. What serving adds to a new user's scores."""
   if kind == "global_mean":
-    n = data.n_items if split.task_kind == "user" else data.n_users
-    return np.full(n, global_mean(split), np.float32)
+    return np.full(_n_query_side(data, split), global_mean(split), np.float32)
   if kind not in ("item_mean", "item_user_offset"):
     raise ValueError(f"unknown reference {kind!r}; valid: ['global_mean', 'item_mean', 'item_user_offset']")
   if lam < 0:
     raise ValueError(f"parameter lam={lam} must be >= 0")
-  side = _query_side(data, split)
-  train = np.unique(split.tasks["train"].all_rows())
-  n = data.n_items if split.task_kind == "user" else data.n_users
-  target = split.target.astype(np.float64)
-  mu = global_mean(split)
-  sums = np.bincount(side[train], weights=target[train], minlength=n)
-  counts = np.bincount(side[train], minlength=n).astype(np.float64)
-  return ((sums + lam * mu) / (counts + lam)).astype(np.float32)
+  return _entity_means(data, split, lam)  # the same means the item_mean / item_user_offset baselines score
 
 
 # name -> fn(data, split, taskset, seed, lam) -> f32 [sum of query sizes], aligned with taskset.query_rows.
