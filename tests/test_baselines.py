@@ -131,6 +131,16 @@ def test_evaluate_baselines_by_hand():
   assert const["auc"] == pytest.approx(0.5)
 
 
+def test_rankers_report_ranking_metrics_only():
+  """popularity's scores are counts on the rating scale: its MAE/RMSE are left out, its ranking metrics kept."""
+  split = _split("user", USER_TRAIN, USER_TEST, metrics=("mae", "rmse", "ndcg@1", "auc"))
+  out = B.evaluate_baselines(_data(), split, ["popularity", "item_mean"], lam=LAM)
+  assert set(out["popularity"]["test"]) == {"ndcg@1", "auc", "auc/tasks"}
+  assert {"mae", "rmse", "ndcg@1", "auc"} <= set(out["item_mean"]["test"])
+  alone = B.evaluate_baselines(_data(), split, ["popularity"], lam=LAM)["popularity"]["test"]
+  assert alone["ndcg@1"] == out["popularity"]["test"]["ndcg@1"]  # same scores whatever else is evaluated
+
+
 def test_evaluate_baselines_refuses_leaks_and_large_cutoffs():
   leaky = TaskSet.from_lists([2], [[5]], [[7, 9]])  # row 9 is a training row
   with pytest.raises(DataError, match=r"1 query rows of scenario 'test' are training rows"):

@@ -14,7 +14,7 @@ and query); mu is their mean target; `lam` (default 5) shrinks every mean toward
                     (target - item_mean) / (support size + lam).
   popularity        the item's number of training rows, mapped linearly onto the target scale (max count -> top
                     of the scale). A ranker, the strongest non-personalised one over a full catalogue; its
-                    MAE/RMSE mean nothing.
+                    scores are not ratings, so `evaluate_baselines` reports no MAE/RMSE for it (`RANKERS`).
 
 `catalogue_scores` gives the same scorers for EVERY catalogue entry of a task (full-catalogue ranking,
 `transfer_meta.ranking_eval`); at a task's query entries they equal `baseline_scores`, except 'random', which
@@ -193,6 +193,10 @@ def _catalogue_offset(data, split, taskset, positions, seed, lam):
   return (_entity_means(data, split, lam)[None, :] + offsets[:, None]).astype(np.float32)
 
 
+# Baselines whose scores rank but are not predictions of the target: pointwise metrics (MAE/RMSE) are not reported.
+RANKERS: tuple[str, ...] = ("popularity",)
+
+
 # name -> fn(data, split, taskset, positions [B], seed, lam) -> f32 [B, n]: every query-side entity (the catalogue)
 # scored for the tasks at `positions` of `taskset`. One entry per `BASELINES` entry (tested).
 CATALOGUE: dict[str, Callable] = {
@@ -272,7 +276,8 @@ def evaluate_baselines(
     seed: seeds 'random' (default: the split's seed).
     lam: shrinkage strength.
   Returns:
-    {baseline: {scenario: {metric: mean over the scenario's tasks}}} (AUC adds '<metric>/tasks').
+    {baseline: {scenario: {metric: mean over the scenario's tasks}}} (AUC adds '<metric>/tasks'); the `RANKERS`
+    carry no pointwise metrics (MAE/RMSE of a count mapped onto the rating scale would mean nothing).
   """
   names = list(BASELINES) if names is None else list(names)
   seed = split.seed if seed is None else seed
@@ -304,5 +309,7 @@ def evaluate_baselines(
     task_mask = np.arange(n_tasks) < len(taskset)
     for b, name in enumerate(names):
       chunk = {m: np.asarray(v)[b * n_tasks : (b + 1) * n_tasks] for m, v in per_task.items()}
+      if name in RANKERS:
+        chunk = {m: v for m, v in chunk.items() if metrics_lib.parse_metric(m).base not in metrics_lib.POINTWISE}
       out[name][scenario] = metrics_lib.aggregate(chunk, task_mask)
   return out
