@@ -61,6 +61,16 @@ def test_plots_are_written_and_read_back(run):
     plots.plot_seed_curves(workdir, ["train/nope"], os.path.join(workdir, "x.png"))
   with pytest.raises(ValueError, match="do not report 'auc'"):
     plots.plot_scenarios(results, "auc", os.path.join(workdir, "x.png"))
+  # A ranker baseline (no MAE anywhere) is left out of the MAE plot; one missing MAE on some scenario is an error.
+  ranker = {s: {k: v for k, v in per.items() if k != "mae"} for s, per in results["metrics"].items()}
+  with_ranker = {**results, "baselines": {**results.get("baselines", {}), "ranker": ranker}}
+  assert plots.plot_scenarios(with_ranker, "mae", os.path.join(workdir, "r.png")).endswith("r.png")
+  scenarios = [s for s in results["metrics"] if s != "valid"]
+  assert len(scenarios) > 1, scenarios  # the smoke protocol has several scenarios: "half" below is partial
+  partial = {**ranker, scenarios[0]: results["metrics"][scenarios[0]]}
+  with_partial = {**results, "baselines": {**results.get("baselines", {}), "half": partial}}
+  with pytest.raises(ValueError, match=r"\['half'\] do not report 'mae'"):
+    plots.plot_scenarios(with_partial, "mae", os.path.join(workdir, "x.png"))
 
 
 def test_a_fresh_rerun_is_bit_identical_on_cpu(run, tmp_path):

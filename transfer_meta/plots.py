@@ -158,13 +158,17 @@ def plot_scenarios(results: dict, metric: str, out: str) -> str:
 
   Args:
     results: a results.json dict (`train_and_evaluate`'s return value).
-    metric: a metric every method reports ('mae').
+    metric: a metric every method reports ('mae'); a reference baseline that reports it on no scenario (a ranker
+      such as popularity, for MAE/RMSE) is left out of the plot.
     out: PNG path.
   Returns:
     `out`.
   """
-  methods = {results["learner"]: results["metrics"], **results.get("comparisons", {}), **results.get("baselines", {})}
   scenarios = [s for s in results["metrics"] if s != "valid"]
+  baselines = {
+    b: per for b, per in results.get("baselines", {}).items() if any(metric in per.get(s, {}) for s in scenarios)
+  }
+  methods = {results["learner"]: results["metrics"], **results.get("comparisons", {}), **baselines}
   missing = [m for m, per in methods.items() if any(metric not in per.get(s, {}) for s in scenarios)]
   if missing:
     raise ValueError(f"methods {missing} do not report {metric!r} on every scenario {scenarios}")
