@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from transfer_meta import evaluate, train
+from transfer_meta import chunking, evaluate, runlog, train
 from transfer_meta.checkpoint import Checkpointer
 from transfer_meta.data.tasks import eval_batches
 from transfer_meta.learners import get_learner, inner
@@ -354,3 +354,25 @@ def test_sharded_meta_step_on_8_fake_devices_equals_one_device_and_compiles_once
     timeout=600,
   )
   assert done.returncode == 0 and "SHARDED_OK" in done.stdout, done.stderr[-4000:]
+
+
+def test_auto_chunking_with_padded_tasks_trains_like_the_plain_vmap(tmp_path):
+  """chunk_size=-1 at 65 tasks per step picks chunks of 22 over 66 task slots (one masked pad task): the trained
+  meta-parameters equal the plain vmap's (chunk_size=0) up to float summation order."""
+  assert chunking.auto_chunk_size(65, 1) == (22, 66)
+  trained = {}
+  for chunk in (0, -1):
+    c = load_config("smoke_synthetic", "tiny")
+    with c.unlocked():
+      c.seeds, c.batch_size, c.num_steps, c.eval_every, c.checkpoint_every = 1, 65, 3, 3, 3
+      c.chunk_size, c.compare_learners, c.baselines, c.min_tasks = chunk, (), (), 0
+    e = train.build_experiment(c)
+    assert len(e.seeds[0].tasks["train"]) >= 65  # a full batch of real tasks: only the slot padding differs
+    os.makedirs(tmp_path / f"c{chunk}")
+    mlog = runlog.MetricsLog(str(tmp_path / f"c{chunk}" / "metrics.jsonl"), ["maml"])
+    trained[chunk] = train.train_learner(e, "maml", c.learner.to_dict(), str(tmp_path / f"c{chunk}"), mlog)
+  plain, auto = (jax.tree.leaves(trained[k].selection.params) for k in (0, -1))
+  for a, b in zip(plain, auto):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+  assert trained[0].selection.value == pytest.approx(trained[-1].selection.value, rel=1e-5)
+  assert trained[0].selection.step == trained[-1].selection.step == [3]  # trained params, not the initial ones
