@@ -288,3 +288,45 @@ def test_padding_changes_no_loss_and_no_gradient(name):
   padded = task_grad(name, params, _shuffled(t, 3), **kw)  # garbage padding, interleaved with real items
   exact = task_grad(name, params, _real_only(t), **kw)
   chex.assert_trees_all_close(padded, exact, rtol=1e-10, atol=1e-13)
+
+
+def hand_clipped_outer(params, t, steps, adapted, clip):
+  """MAML's outer loss with each inner gradient (over the adapted modules) scaled to global norm <= clip."""
+  s, q = t["support"], t["query"]
+  p = params
+  for _ in range(steps):
+    g = jax.grad(lambda p: hand_loss(p, s, s))(p)["params"]
+    norm = jnp.sqrt(sum(jnp.sum(g[m][n] ** 2) for m in adapted for n in g[m]))
+    scale = jnp.minimum(1.0, clip / norm)
+    p = {
+      "params": {
+        m: {n: v - LR * scale * g[m][n] if m in adapted else v for n, v in lv.items()} for m, lv in p["params"].items()
+      }
+    }
+  return hand_loss(p, q, s)
+
+
+@pytest.mark.parametrize("adapted", [ALL, DECISION])
+def test_inner_clip_is_clipped_sgd_and_its_meta_gradient(adapted):
+  params, t = params0(), task()
+  g0 = jax.grad(lambda p: hand_loss(p, t["support"], t["support"]))(params)["params"]
+  norm0 = float(jnp.sqrt(sum(jnp.sum(g0[m][n] ** 2) for m in adapted for n in g0[m])))
+  clip = norm0 / 3  # active: the first inner gradient is scaled by 1/3
+  grads, metrics = task_grad("maml", params, t, inner_steps=2, inner_lr=LR, adapt_regex=REGEX[adapted], inner_clip=clip)
+  want = jax.jit(jax.jacfwd(lambda p: hand_clipped_outer(p, t, 2, adapted, clip)))(params)
+  chex.assert_trees_all_close(grads, want, rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(metrics["outer_loss"], hand_clipped_outer(params, t, 2, adapted, clip), rtol=1e-12)
+  unclipped, _ = task_grad("maml", params, t, inner_steps=2, inner_lr=LR, adapt_regex=REGEX[adapted])
+  assert not np.allclose(ravel_pytree(grads)[0], ravel_pytree(unclipped)[0])  # the clip changed the update
+
+
+def test_inner_clip_is_smooth_at_zero_and_validated():
+  from transfer_meta.learners import inner
+
+  zero = {"w": jnp.zeros(3)}
+  d = jax.jacfwd(lambda v: inner.clip_inner_grads({"w": v}, 1.0)["w"])(zero["w"])
+  np.testing.assert_array_equal(d, np.eye(3))  # below the clip: identity, finite derivative at 0
+  big = inner.clip_inner_grads({"w": jnp.array([3.0, 4.0])}, 1.0)["w"]
+  np.testing.assert_allclose(big, [0.6, 0.8])
+  with pytest.raises(ValueError, match="inner_clip=-1"):
+    get_learner("maml", MODEL, inner_clip=-1.0)

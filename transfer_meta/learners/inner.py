@@ -69,6 +69,23 @@ def _is_scalar(lr) -> bool:
   return jax.tree_util.treedef_is_leaf(jax.tree.structure(lr)) and jnp.ndim(lr) == 0
 
 
+def clip_inner_grads(grads: Params, clip: float) -> Params:
+  """`grads` scaled by min(1, clip / global norm): clip / sqrt(max(|g|^2, clip^2)), smooth at g = 0 (no sqrt of
+  zero, so second-order gradients stay finite).
+
+  Args:
+    grads: a gradient tree.
+    clip: the largest global norm (> 0).
+  Returns:
+    The tree rescaled so its global norm is at most `clip`.
+  """
+  if not clip > 0:
+    raise ValueError(f"inner gradient clip={clip} must be > 0")
+  sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+  scale = clip / jnp.sqrt(jnp.maximum(sq, clip**2))
+  return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+
+
 def inner_sgd(
   loss_fn: Callable[[Params], jax.Array],
   params: Params,
@@ -78,6 +95,7 @@ def inner_sgd(
   *,
   first_order: bool = False,
   remat: bool = False,
+  clip: float = 0.0,
 ) -> tuple[Params, dict]:
   """`steps` plain SGD steps on the leaves of `params` that `mask` selects.
 
@@ -90,6 +108,9 @@ def inner_sgd(
     steps: number of steps, a static int >= 0 (0 returns `params` unchanged).
     first_order: stop the gradient through the inner gradients (FOMAML): d task_params / d params = I.
     remat: wrap each step in `jax.checkpoint`, trading recomputation for memory in second-order unrolls.
+    clip: > 0 rescales each step's gradient (over the adapted leaves) to global norm at most `clip`
+      (`clip_inner_grads`); 0 (default) leaves it as it is. A guard against inner loops that diverge on a tiny
+      support (e.g. one rating at a high inner rate), differentiable for second-order MAML.
   Returns:
     (task params: same tree as `params`, metrics {'inner_loss_before', 'inner_loss_after'}: scalars).
   """
@@ -99,6 +120,8 @@ def inner_sgd(
 
   def step(a, _):
     loss, grads = jax.value_and_grad(adapted_loss)(a)
+    if clip:
+      grads = clip_inner_grads(grads, clip)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
     return jax.tree.map(lambda p, g, r: p - r * g, a, grads, lr), loss

@@ -27,6 +27,7 @@ def maml(
   adapt_regex: str = ".*",
   loss: str = "mse",
   remat: bool = False,
+  inner_clip: float = 0.0,
   name: str = "maml",
 ) -> Learner:
   """Model-agnostic meta-learning, second order unless `first_order`.
@@ -39,12 +40,15 @@ def maml(
     adapt_regex: regex over parameter paths adapted in the inner loop; other leaves pass through.
     loss: 'mse' (ratings) or 'bce' (clicks), inner and outer.
     remat: `jax.checkpoint` each inner step (memory for second-order unrolls).
+    inner_clip: > 0 clips each inner step's gradient to this global norm (`inner.clip_inner_grads`); 0 off.
     name: the learner's name in tables.
   Returns:
     A `Learner` whose meta_params are the model params.
   """
   inner.check_steps(inner_steps)
   get_loss(loss)
+  if inner_clip < 0:
+    raise ValueError(f"inner_clip={inner_clip} must be >= 0 (0: no clipping)")
 
   def init(key: jax.Array, model_params: Params) -> Params:
     del key
@@ -54,7 +58,14 @@ def maml(
   def inner_loop(params: Params, support: dict) -> tuple[Params, dict]:
     loss_fn = lambda p: inner.support_loss(model, loss, p, support)
     return inner.inner_sgd(
-      loss_fn, params, adapt_mask(params, adapt_regex), inner_lr, inner_steps, first_order=first_order, remat=remat
+      loss_fn,
+      params,
+      adapt_mask(params, adapt_regex),
+      inner_lr,
+      inner_steps,
+      first_order=first_order,
+      remat=remat,
+      clip=inner_clip,
     )
 
   def adapt(meta_params: Params, support: dict, key: jax.Array) -> Params:
