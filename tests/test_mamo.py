@@ -20,7 +20,7 @@ from jax.flatten_util import ravel_pytree
 from test_learners import make_task, tiny_batch, tiny_model
 from test_resume import ROOT, _read, _results_without_timing
 
-from transfer_meta import learner_state
+from transfer_meta import learner_state, serving
 from transfer_meta import step as step_lib
 from transfer_meta.learners import get_learner
 from transfer_meta.learners.mamo import moving_average
@@ -200,6 +200,13 @@ def test_sigkill_resume_with_learner_state_is_bit_identical(tmp_path, jax_cache)
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
   _run(straight, jax_cache)
   assert os.path.isdir(os.path.join(straight, "checkpoints", "mamo", "8", "meta_params"))
+  # Serving loads the selected meta-params with their memories and adapts a user with them.
+  bundle = serving.load_meta_params(straight)
+  assert set(bundle.meta_params) == {"meta_params", "learner_state"}
+  assert float(np.abs(bundle.meta_params["learner_state"]["feature"]).max()) > 0  # written during training
+  data = bundle.data
+  out = serving.adapt(bundle, data.item_raw_ids[[0, 3, 7]], [5.0, 4.0, 1.0], user=data.user_raw_ids[0])
+  assert out.scores.shape == (data.n_items,) and np.isfinite(out.scores).all()
   _kill_when(killed, jax_cache, os.path.join("checkpoints", "mamo", "2", "commit_success.txt"))
   _run(killed, jax_cache)
   assert _results_without_timing(killed) == _results_without_timing(straight)
