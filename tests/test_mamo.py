@@ -85,10 +85,13 @@ def test_personalised_init_reads_both_memories():
   np.testing.assert_array_equal(got["item_emb"]["embedding"], p["item_emb"]["embedding"])  # not adapted
 
 
-def test_zero_memories_equal_first_order_maml():
-  model, learner, meta, state = _setup()
+@pytest.mark.parametrize("first_order", [True, False])
+def test_zero_memories_equal_maml(first_order):
+  model, learner, meta, state = _setup(first_order=first_order)
   assert float(jnp.abs(state["feature"]).max()) == 0.0 and float(jnp.abs(state["task"]).max()) == 0.0
-  fomaml = get_learner("fomaml", model, inner_steps=1, inner_lr=0.1, adapt_regex=model.adapt_regex)
+  fomaml = get_learner(
+    "maml", model, inner_steps=1, inner_lr=0.1, adapt_regex=model.adapt_regex, first_order=first_order
+  )
   task, key = make_task(3), jax.random.key(0)
   chex.assert_trees_all_close(
     learner.adapt(meta, task["support"], key, state), fomaml.adapt(meta["params"], task["support"], key), rtol=1e-6

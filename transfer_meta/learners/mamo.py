@@ -8,8 +8,9 @@ written by moving averages after each outer step and live in the training state 
     k_u  = p_u W                                                        attention key (W learned, created once) [P]
     a_u  = softmax_k(cos(k_u, M_P[k]) / temperature)                     attention over the K slots [K]
     phi_u = phi - tau * a_u M_theta + a_u M_UI                           personalised init of the adapted leaves
-    theta_u = local update: inner_steps first-order SGD steps from phi_u on the support (MAML's inner loop)
-    outer loss = loss(theta_u on the query); d/d(phi, E, W) as first-order MAML (the paper's global update)
+    theta_u = local update: inner_steps SGD steps from phi_u on the support (MAML's inner loop)
+    outer loss = loss(theta_u on the query); d/d(phi, E, W) as first-order MAML (the paper's global update;
+                 `first_order=False` differentiates through the local update)
 
     memory writes, after the step, averaged over the batch's real tasks t (mean_t):
     M_P     <- beta  * mean_t(a_t (x) k_t)        + (1 - beta)  * M_P        profile memory [K, P]
@@ -78,6 +79,7 @@ def mamo(
   temperature: float = 1.0,
   inner_steps: int = 1,
   inner_lr: float = 0.01,
+  first_order: bool = True,
   tau: float = 0.1,
   alpha: float = 0.1,
   beta: float = 0.05,
@@ -96,7 +98,8 @@ def mamo(
     profile_vocab, max_profile_features: rows per user categorical feature in the profile table, and the most
       features it holds (more raise ValueError at trace time).
     temperature: the attention's softmax temperature over cosine similarities (1: the paper's softmax of cos).
-    inner_steps, inner_lr: the local update (first-order SGD steps on the support).
+    inner_steps, inner_lr: the local update (SGD steps on the support).
+    first_order: the paper's first-order global update (True); False differentiates through the local update.
     tau: scale of the feature-specific bias (phi_u = phi - tau * a M_theta + ...).
     alpha, beta, gamma: write rates of M_theta, M_P and M_UI, in [0, 1].
     adapt_regex: leaves of the local update (default the model's adapt set, MeLU's decision layers).
@@ -172,7 +175,7 @@ def mamo(
     start = personal_init(meta_params, att, state)
     loss_fn = lambda p: inner.support_loss(model, loss, p, support)  # noqa: E731
     adapt, _ = masks(start)
-    task_params, metrics = inner.inner_sgd(loss_fn, start, adapt, inner_lr, inner_steps, first_order=True)
+    task_params, metrics = inner.inner_sgd(loss_fn, start, adapt, inner_lr, inner_steps, first_order=first_order)
     return task_params, {**metrics, "profile_overflow": over}, (k, att, start, loss_fn)
 
   def adapt(meta_params: dict, support: dict, key: jax.Array, state: dict) -> Params:
