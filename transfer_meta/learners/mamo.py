@@ -34,9 +34,9 @@ Where we differ from the paper and the reference code (RecBole-MetaRec's MAMO), 
   first-order MAML with the MeLU adapt set.
 - The profile is a learned embedding of the user's categorical features, looked up in one table of
   `profile_vocab` rows per feature (a learner sees no vocabulary sizes); a value >= profile_vocab shares the
-  last row and is counted in the 'profile_overflow' metric (0 on ML-100K/ML-1M with the default 1024). User
-  multi-hot and dense features do not enter the profile (ML-100K/ML-1M have none); a dataset without user
-  categorical features gets a zero profile, so uniform attention: MAMO then keeps one shared memory.
+  last row and is counted in the 'profile_overflow' metric (0 at every logged step of the ML-100K run with the
+  default 1024). User multi-hot and dense features do not enter the profile (ML-100K has none); a dataset
+  without user categorical features gets a zero profile, so uniform attention: one shared memory.
 """
 
 from __future__ import annotations
