@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import transfer_meta as tm
-from tests.test_learners import make_task, tiny_model
-from transfer_meta import cli, keywords, train
+from tests.test_learners import LEARNER_MODELS, built_model, make_task, tiny_model
+from transfer_meta import cli, keywords, learner_state, train
 from transfer_meta.data.protocols import PROTOCOLS, common
 from transfer_meta.learners import LEARNERS
 from transfer_meta.models import MODELS
@@ -104,12 +104,13 @@ def test_completed_learner_keywords_change_nothing(name):
   config = train.default_config()
   config.learner_name = name
   keywords.complete(config)
-  model = tiny_model()
+  model = built_model(LEARNER_MODELS[name])[0] if name in LEARNER_MODELS else tiny_model()
   task = make_task(0)
   params = model.init(jax.random.key(0), task["query"], task["support"])
   key = jax.random.key(1)
-  bare = tm.get_learner(name, model)
-  full = tm.get_learner(name, model, **config.learner.to_dict())
+  # eval_learner: a stateful learner (mamo) as a plain one over {meta_params, learner_state}
+  bare = learner_state.eval_learner(tm.get_learner(name, model))
+  full = learner_state.eval_learner(tm.get_learner(name, model, **config.learner.to_dict()))
   g1, m1 = bare.task_grad(bare.init(key, params), task, key)
   g2, m2 = full.task_grad(full.init(key, params), task, key)
   jax.tree.map(np.testing.assert_array_equal, (g1, m1), (g2, m2))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from transfer_meta import baselines
+from transfer_meta import baselines, learner_state
 from transfer_meta.checkpoint import abstract_tree, restore_item
 from transfer_meta.data import categorical, load_dataset
 from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
@@ -93,7 +93,8 @@ def load_meta_params(
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
   data, feats, spec, maps, prior, new_prior = _protocol_inputs(config, data, seeds[seed_index])
   model = build_model(config, spec)  # as trained: keywords, compute dtype, residual
-  learner = get_learner(config.learner_name, model, **config.learner.to_dict())
+  # A stateful learner (MAMO) is served as the bundle of its meta-params and state (`learner_state`).
+  learner = learner_state.eval_learner(get_learner(config.learner_name, model, **config.learner.to_dict()))
   example = make_examples(feats, np.zeros(1, np.int32), np.zeros(1, np.int32))
   if prior is not None:
     example[PRIOR] = prior[:1]

@@ -21,8 +21,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from transfer_meta import chunking, sharding
-from transfer_meta.learners.base import Learner
+from transfer_meta import chunking, learner_state, sharding
+from transfer_meta.learners.base import Learner, has_extensions
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -38,7 +38,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def init_one(learner: Learner, tx: optax.GradientTransformation, example: dict, key: jax.Array) -> tuple:
-  """(meta_params, opt_state) of one seed.
+  """(meta_params, opt_state) of one seed; (meta_params, opt_state, learner_state) for a stateful learner.
 
   Args:
     learner, tx: the learner and the outer optimiser.
@@ -48,32 +48,34 @@ def init_one(learner: Learner, tx: optax.GradientTransformation, example: dict, 
   k_model, k_learner = jax.random.split(key)
   model_params = learner.model.init(k_model, example["query"], example["support"])
   meta_params = learner.init(k_learner, model_params)
+  if learner.init_state is not None:
+    return meta_params, tx.init(meta_params), learner.init_state(learner_state.state_key(k_learner), meta_params)
   return meta_params, tx.init(meta_params)
 
 
 def make_init(learner: Learner, tx: optax.GradientTransformation, example: dict, mesh: Mesh | None = None):
   """Shapes first: returns (abstract state, init(keys) -> state).
 
-  The state is {"meta_params": [N, ...], "opt_state": [N, ...], "step": int32 []}. Each seed is initialised by
+  The state is {"meta_params": [N, ...], "opt_state": [N, ...], "step": int32 []}, plus "learner_state" [N, ...]
+  for a stateful learner (`learner_state`). Each seed is initialised by
   one jitted (unvmapped) `init_one` and the seeds are stacked on the host: XLA compiles a vmapped
   initialiser several times slower, and the unvmapped one is shared by every learner with the same model.
   """
   rep = sharding.replicated(mesh) if mesh is not None else None
   one = jax.jit(functools.partial(init_one, learner, tx, example))
 
+  names = ("meta_params", "opt_state", learner_state.STATE)
+
   def abstract_state(keys):
-    meta, opt = jax.eval_shape(one, keys[0])
+    parts = jax.eval_shape(one, keys[0])
     stack = lambda x: jax.ShapeDtypeStruct((keys.shape[0], *x.shape), x.dtype, sharding=rep)
-    return {
-      "meta_params": jax.tree.map(stack, meta),
-      "opt_state": jax.tree.map(stack, opt),
-      "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
-    }
+    state = {name: jax.tree.map(stack, part) for name, part in zip(names, parts)}
+    return {**state, "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)}
 
   def init(keys):
     parts = [jax.device_get(one(keys[n])) for n in range(keys.shape[0])]
-    meta, opt = jax.tree.map(lambda *xs: np.stack(xs), *parts)
-    state = {"meta_params": meta, "opt_state": opt, "step": np.zeros((), np.int32)}
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *parts)
+    state = {**dict(zip(names, stacked)), "step": np.zeros((), np.int32)}
     return jax.device_put(state, rep) if rep is not None else jax.tree.map(jnp.asarray, state)
 
   return abstract_state, init
@@ -94,8 +96,10 @@ def meta_step_fn(
   Returns:
     (new state, {metric: f32 [N]}) with the learner's task metrics (masked means over tasks) plus
     'grad_norm' (of the averaged meta-gradient, before clipping) and 'param_norm' (after the update).
+    A learner with state or a batch-level loss gets `learner_state.meta_step_fn` (same contract).
   """
-
+  if has_extensions(learner):
+    return learner_state.meta_step_fn(learner, tx, chunk_size, groups)
   return step_fn(task_batch_grad_fn(learner, chunk_size, groups), tx)
 
 

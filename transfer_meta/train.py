@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from transfer_meta import baselines, chunking, evaluate, plots, precision, ranking_eval, runlog, sharding
+from transfer_meta import baselines, chunking, evaluate, learner_state, plots, precision, ranking_eval, runlog, sharding
 from transfer_meta import metrics as metrics_lib
 from transfer_meta import results as results_lib
 from transfer_meta.checkpoint import Checkpointer
@@ -346,17 +346,19 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
     for st in exp.seeds
   ]
   valid = [list(eval_batches(st.tasks["valid"], config.eval_batch_size)) for st in exp.seeds]
-  eval_step = evaluate.make_eval_step(learner, exp.seeds[0].split.metrics, _relevance(exp), mesh)
+  # A stateful learner is evaluated, selected and checkpointed as the bundle of its meta-params and state.
+  view, evaluated = learner_state.params_view, learner_state.eval_learner(learner)
+  eval_step = evaluate.make_eval_step(evaluated, exp.seeds[0].split.metrics, _relevance(exp), mesh)
   metric = config.select_metric.split("/", 1)[1]
 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), ARRAY_ITEMS, JSON_ITEMS, keep=config.keep_checkpoints)
-  items = {"meta_params": abstract["meta_params"], "best_meta_params": abstract["meta_params"]}
+  items = {"meta_params": view(abstract), "best_meta_params": view(abstract)}
   restored = ckpt.restore_latest({**items, "opt_state": abstract["opt_state"]}, ("extra",))
   if restored is None:
     start, seconds = 0, 0.0
     state = init(train_keys)
     # A separate copy: the state's buffers are donated to the step.
-    best = Selection(init(train_keys)["meta_params"], [None] * len(seeds), [0] * len(seeds), metric, config.select_mode)
+    best = Selection(view(init(train_keys)), [None] * len(seeds), [0] * len(seeds), metric, config.select_mode)
   else:
     start, items = restored
     extra = items["extra"]
@@ -366,7 +368,8 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
         f"not {name!r} {seeds}: use a fresh workdir"
       )
     step0 = jax.device_put(np.int32(start), sharding.replicated(mesh))  # host value: multi-process safe
-    state = {"meta_params": items["meta_params"], "opt_state": items["opt_state"], "step": step0}
+    stateful = learner_state.is_stateful(learner)
+    state = {**learner_state.from_view(items["meta_params"], stateful), "opt_state": items["opt_state"], "step": step0}
     best = Selection(items["best_meta_params"], extra["best_value"], extra["best_step"], metric, config.select_mode)
     seconds = float(extra["seconds"])
     for it, s in zip(iterators, extra["iterators"]):
@@ -396,8 +399,8 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
       record.update({f"train/{k}": float(np.mean(v)) for k, v in metrics.items()})
       per_seed.update({f"train/{k}": np.asarray(v, float).tolist() for k, v in metrics.items()})
     if done % config.eval_every == 0 or last:
-      values = _validate(exp, eval_step, state["meta_params"], valid, eval_keys)
-      best.update(values, state["meta_params"], done)
+      values = _validate(exp, eval_step, view(state), valid, eval_keys)
+      best.update(values, view(state), done)
       record.update({f"valid/{k}": float(np.mean([v[k] for v in values])) for k in values[0]})
       per_seed.update({f"valid/{k}": [float(v[k]) for v in values] for k in values[0]})
     if per_seed:
@@ -416,11 +419,11 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
         "best_step": best.step,
         "seconds": seconds + time.time() - t0,
       }
-      arrays = {"meta_params": state["meta_params"], "best_meta_params": best.params, "opt_state": state["opt_state"]}
+      arrays = {"meta_params": view(state), "best_meta_params": best.params, "opt_state": state["opt_state"]}
       ckpt.save(done, arrays, {"extra": extra, "config": json.loads(config.to_json())})
   bar.close()
   ckpt.close()
-  return Trained(learner, best, seconds + time.time() - t0)
+  return Trained(evaluated, best, seconds + time.time() - t0)
 
 
 def _relevance(exp: Experiment) -> str | None:

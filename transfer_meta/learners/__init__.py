@@ -14,9 +14,11 @@ from collections.abc import Callable
 from transfer_meta import keywords
 from transfer_meta.learners.base import Learner
 from transfer_meta.learners.maml import anil, fomaml, maml, melu
+from transfer_meta.learners.mamo import mamo
 from transfer_meta.learners.meta_sgd import meta_sgd
 from transfer_meta.learners.reptile import reptile
 from transfer_meta.learners.ridge import ridge_head
+from transfer_meta.learners.tanp import tanp
 from transfer_meta.learners.transfer import finetune, head_only, none
 from transfer_meta.models.base import Model
 
@@ -31,6 +33,8 @@ LEARNERS: dict[str, Callable[..., Learner]] = {
   "finetune": finetune,  # global model, fine-tune all parameters on the support
   "head_only": head_only,  # global model, fit the head on the support
   "ridge_head": ridge_head,  # global model, closed-form ridge fit of the head on the support
+  "mamo": mamo,  # first-order MAML from a memory-personalised init; memories are learner state (Dong et al., KDD'20)
+  "tanp": tanp,  # the tanp model's NP objective + batch-level clustering loss, no inner loop (Lin et al., WWW'21)
 }
 
 
@@ -46,6 +50,8 @@ DISPLAY_NAMES: dict[str, str] = {
   "none": "none (no adaptation)",
   "finetune": "fine-tune",
   "head_only": "head-only fine-tune",
+  "mamo": "MAMO",
+  "tanp": "TaNP",
 }
 
 

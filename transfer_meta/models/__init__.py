@@ -14,6 +14,7 @@ from transfer_meta.data.examples import FeatureSpec
 from transfer_meta.models.base import Model, adapt_mask, from_module
 from transfer_meta.models.melu import melu
 from transfer_meta.models.mf import mf
+from transfer_meta.models.tanp import tanp
 from transfer_meta.models.transformer import transformer
 from transfer_meta.models.two_tower import two_tower
 
@@ -23,6 +24,7 @@ MODELS: dict[str, Callable[..., Model]] = {
   "mf": mf,
   "two_tower": two_tower,
   "transformer": transformer,
+  "tanp": tanp,  # TaNP: support encoder, cluster pool, FiLM/gating-modulated decoder (use with learner 'tanp')
 }
 
 

@@ -10,6 +10,8 @@ representation from it; the others ignore it). Learners never see module objects
 `adapt_regex` names the parameters adapted per task by default, as a regex matched (re.search)
 against '/'-joined parameter paths such as 'params/decision_0/kernel'; configs may override it.
 `head_regex` names the output head (what ANIL and `head_only` adapt).
+`aux` (optional) maps names to further pure functions of the params that a dedicated learner reads (TaNP's
+latent encoder and cluster assignment, `models/tanp.py`); wrappers (`_replace(apply=...)`) keep it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Model(NamedTuple):
   apply: Callable[..., jax.Array]  # (params, x, context) -> scores f32 [N]
   adapt_regex: str
   head_regex: str
+  aux: dict[str, Callable[..., Any]] | None = None  # model-specific functions for a dedicated learner
 
 
 def from_module(name: str, module, adapt_regex: str, head_regex: str) -> Model:
