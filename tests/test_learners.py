@@ -51,6 +51,8 @@ SMALL = {
   "mf": {"dim": 4},
   "two_tower": {"emb_dim": 4, "hidden": (4,), "out_dim": 4},
   "transformer": {"emb_dim": 4, "width": 4, "num_heads": 1, "num_layers": 0, "mlp_dim": 4, "hidden": (4,)},
+  "lwa": {"emb_dim": 4, "hidden": (4,), "dim": 4},
+  "nlba": {"emb_dim": 4, "hidden": (4,), "dim": 4, "nlba_hidden": (4,)},
 }
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from transfer_meta import keywords
 from transfer_meta.data.examples import FeatureSpec
 from transfer_meta.models.base import Model, adapt_mask, from_module
+from transfer_meta.models.lwa import lwa, nlba
 from transfer_meta.models.melu import melu
 from transfer_meta.models.mf import mf
 from transfer_meta.models.transformer import transformer
@@ -23,6 +24,8 @@ MODELS: dict[str, Callable[..., Model]] = {
   "mf": mf,
   "two_tower": two_tower,
   "transformer": transformer,
+  "lwa": lwa,  # amortised: per-user linear weights from support class means (Vartak et al. 2017)
+  "nlba": nlba,  # amortised: per-user MLP biases from support class means (Vartak et al. 2017)
 }
 
 
