@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from experiments import ablate, runner
+from experiments import ablate, bench_common, runner
 from transfer_meta import report
 from transfer_meta.data import load_dataset
 
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{first['learner']}, {', '.join(m for m in first['comparisons'] if m not in dict(runs))}",
         f"- commit: {runner.commit()}; seeds: {first['seeds']}; selected on {first['selection']['metric']}",
         f"- wall time: {walls}; this protocol {time.time() - start:.1f} s",
-        f"- machine: {runner.machine()}",
+        f"- machine: {runner.machine()}; CPU {bench_common.machine()['cpu']}; load average (1/5/15 min) when "
+        f"the table was written: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}",
         "",
       ]
     )
