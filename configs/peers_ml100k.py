@@ -69,6 +69,12 @@ REFERENCE_ROWS = {
   },
 }
 
+# The metrics on which the table's notes say which rows beat item mean + user offset, constant and random.
+VERDICT_METRICS = {
+  "rating": ("ndcg_bin@5", "ndcg_bin@5:index"),
+  "click": ("auc", "ndcg_bin@5", "ndcg_bin@5:index"),
+}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg`: 'rating' or 'click', optionally ',smoke'. The first sweep row's run (MeLU and its comparisons)."""

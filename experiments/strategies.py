@@ -18,7 +18,8 @@ comparisons, and that learner's row is kept under the entry's name (the peers' t
 Every row also gets its training throughput (`train tasks/s`: tasks of all seeds per second of that learner's
 training, from results.json); a config may declare `REFERENCE_ROWS` ({protocol: {scenario: {method: {metric:
 (mean, std)}}}}: published or measured figures, shown as given) and the notes say which trained rows beat the
-`item_user_offset`, `constant` and `random` baselines on the selection metric by more than 2 SE, paired by seed.
+`item_user_offset`, `constant` and `random` baselines by more than 2 SE, paired by seed, on the selection metric
+(and its ':index' variant), or on the config's `VERDICT_METRICS[protocol]` when it declares them.
 """
 
 from __future__ import annotations
@@ -197,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in reference_rows(module, protocol):
       tables.setdefault(row.scenario, []).append(row)
     metric = first["selection"]["metric"].split("/", 1)[1]
-    metrics = [m for m in (metric, f"{metric}:index") if m in first["metrics"]["valid"]]
+    metrics = getattr(module, "VERDICT_METRICS", {}).get(protocol) or [
+      m for m in (metric, f"{metric}:index") if m in first["metrics"]["valid"]
+    ]
     notes = [
       "Mean ± std over seeds (population std, ddof=0); 'train tasks/s' is one figure per run (every seed's "
       "tasks, trained together, per second of that learner's training), on the machine above.",
