@@ -10,10 +10,13 @@ import chex
 import flax
 import jax
 import numpy as np
+import optax
 import pytest
 from test_models import SPECS, make_feats
 
-from transfer_meta.data.examples import make_examples
+from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
+from transfer_meta.learners import get_learner
+from transfer_meta.metrics import evaluate_batch
 from transfer_meta.models import get_model
 from transfer_meta.models.lwa import ClassMeanModel, class_means
 
@@ -152,3 +155,69 @@ def test_bad_arguments_are_clear_errors():
   batched = {k: v[None] for k, v in QUERY.items()}
   with pytest.raises(ValueError, match=r"lwa scores one task"):
     model.apply(params, batched, SUPPORT)
+
+
+def _planted_tasks(feats, n_tasks: int, seed: int) -> dict:
+  """Tasks [T] of users who click the items of one cluster (cluster = item % 2, the user's taste = task % 2):
+  support 3 + 3 items, query 2 + 2, so every query holds both classes."""
+  rng = np.random.default_rng(seed)
+  n_items = feats.item_dense.shape[0]
+  sup, qry = [], []
+  for t in range(n_tasks):
+    items = [rng.permutation(np.arange(c, n_items, 2))[:5] for c in (0, 1)]
+    support_items, query_items = np.concatenate([i[:3] for i in items]), np.concatenate([i[3:] for i in items])
+    for out, chosen in ((sup, support_items), (qry, query_items)):
+      clicks = (chosen % 2 == t % 2).astype(np.float32)
+      out.append(make_examples(feats, np.full(len(chosen), t), chosen, clicks, np.ones(len(chosen), bool)))
+  stack = lambda xs: {k: np.stack([x[k] for x in xs]) for k in xs[0]}  # noqa: E731
+  return {"support": stack(sup), "query": stack(qry)}
+
+
+@pytest.mark.parametrize("name", ["lwa", "nlba"])
+def test_trained_with_none_the_support_carries_each_users_taste(name):
+  """Users with opposite tastes share the items: only the support can tell them apart. Trained with learner
+  `none` (identity adapt), the model ranks each user's query by the support; with the support emptied every user
+  gets the same ranking, whose AUC averages near chance."""
+  n_users, n_items = 8, 24
+  rng = np.random.default_rng(0)
+  dense = rng.normal(0.0, 0.3, (n_items, 4)).astype(np.float32)
+  dense[:, 0] += np.where(np.arange(n_items) % 2 == 0, 1.0, -1.0)
+  empty = lambda n: np.zeros((n, 0), np.float32)  # noqa: E731
+  feats = FeatureMatrices(
+    empty(n_users).astype(np.int32),
+    empty(n_items).astype(np.int32),
+    empty(n_users),
+    empty(n_items),
+    empty(n_users),
+    dense,
+  )
+  spec = FeatureSpec(n_users, n_items, (), (), 0, 0, 0, 4)
+  model = get_model(name, spec, emb_dim=4, hidden=(8,), dim=4, use_ids=False)
+  learner = get_learner("none", model, loss="bce")
+  train = _planted_tasks(feats, n_users, seed=1)
+  one = jax.tree.map(lambda a: a[0], train)
+  params = learner.init(KEY, model.init(KEY, one["query"], one["support"]))
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(p, opt):
+    grads = jax.vmap(lambda t: learner.task_grad(p, t, KEY)[0])(train)
+    updates, opt = tx.update(jax.tree.map(lambda g: g.mean(0), grads), opt)
+    return optax.apply_updates(p, updates), opt
+
+  opt = tx.init(params)
+  for _ in range(100):
+    params, opt = step(params, opt)
+  test = _planted_tasks(feats, n_users, seed=2)
+
+  def auc(support):
+    scores = jax.vmap(lambda q, s: model.apply(learner.adapt(params, s, KEY), q, s))(test["query"], support)
+    return float(
+      np.mean(evaluate_batch(["auc"], scores, test["query"]["target"], test["query"]["mask"], "threshold:1")["auc"])
+    )
+
+  with_support = auc(test["support"])
+  without = auc(dict(test["support"], mask=np.zeros_like(test["support"]["mask"])))
+  print(name, "query AUC with the support", with_support, "without", without)
+  assert with_support > 0.95, with_support
+  assert abs(without - 0.5) < 0.2 and with_support - without > 0.3, (with_support, without)
