@@ -10,38 +10,66 @@ MAML family and `none`); the others set `learner_name='none'` and no comparisons
 per protocol and only their strategy row is kept. Every method is selected on validation only (each run's
 `select_metric`). Runs go to RUNS/strategies/<config>/<protocol>/<strategy>/ and are reused or resumed like
 `experiments.ablate`'s.
+
+Rows that are not strategies: a config may define `table_rows(protocol) -> [(row name, override dict)]` instead;
+the first entry's run is the config's learners (as above), each later entry that sets no `strategy_name` trains the
+config's learner with its overrides (e.g. another model: `model_name='lwa', learner_name='none'`) and no
+comparisons, and that learner's row is kept under the entry's name (the peers' table, `configs/peers_ml100k.py`).
+Every row also gets its training throughput (`train tasks/s`: tasks of all seeds per second of that learner's
+training, from results.json); a config may declare `REFERENCE_ROWS` ({protocol: {scenario: {method: {metric:
+(mean, std)}}}}: published or measured figures, shown as given) and the notes say which trained rows beat the
+`item_user_offset`, `constant` and `random` baselines by more than 2 SE, paired by seed, on the selection metric
+(and its ':index' variant), or on the config's `VERDICT_METRICS[protocol]` when it declares them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 
-from experiments import ablate, runner
+from experiments import ablate, bench_common, runner
 from transfer_meta import report
 from transfer_meta.data import load_dataset
 
 ONLY_STRATEGY = {"learner_name": "none", "learner": {}, "compare_learners": (), "compare_kwargs": {}}
+ONLY_LEARNER = {"compare_learners": (), "compare_kwargs": {}}
+THROUGHPUT = "train tasks/s"
+VERDICT_BASELINES = ("item_user_offset", "constant", "random")
+
+
+def entries(module, spec: str, protocol: str) -> list[tuple[str, dict]]:
+  """[(row name, override dict)] of one protocol: the config's `table_rows(protocol)`, else its `sweep()` of
+  strategies, each named by its `strategy_name`."""
+  if hasattr(module, "table_rows"):
+    out = [(str(name), dict(o)) for name, o in module.table_rows(protocol)]
+  else:
+    sweep = module.sweep()
+    if not sweep or any("strategy_name" not in o for o in sweep):
+      raise ValueError(f"config {spec!r}: sweep() must list override dicts that each set 'strategy_name'")
+    out = [(o["strategy_name"], dict(o)) for o in sweep]
+  names = [n for n, _ in out]
+  if not out or len(set(names)) != len(names):
+    raise ValueError(f"config {spec!r}: the table needs rows with distinct names, got {names}")
+  return out
 
 
 def grid(spec: str, protocols: Sequence[str], base: dict, smoke: bool = False) -> list[tuple[str, str, object]]:
   """[(protocol, strategy, locked config)] of the table, every override applied (typos fail before any run)."""
   module, _ = runner.config_module(spec)
-  sweep = module.sweep()
-  if not sweep or any("strategy_name" not in o for o in sweep):
-    raise ValueError(f"config {spec!r}: sweep() must list override dicts that each set 'strategy_name'")
   out = []
   for protocol in protocols:
     config = module.get_config(f"{protocol},smoke" if smoke else protocol)
-    for i, overrides in enumerate(sweep):
-      extra = {} if i == 0 else ONLY_STRATEGY
-      if smoke:
+    for i, (name, overrides) in enumerate(entries(module, spec, protocol)):
+      is_strategy = "strategy_name" in overrides
+      extra = {} if i == 0 else (ONLY_STRATEGY if is_strategy else ONLY_LEARNER)
+      if smoke and is_strategy:
         extra = {**extra, "strategy": {**overrides.get("strategy", {}), "pretrain_steps": 20}}
-      out.append((protocol, overrides["strategy_name"], runner.apply_overrides(config, base | overrides | extra)))
+      out.append((protocol, name, runner.apply_overrides(config, base | overrides | extra)))
   return out
 
 
@@ -50,11 +78,68 @@ def table_values(runs: Sequence[tuple[str, dict]]) -> dict:
   and comparisons, every run's strategy row, then the first run's baselines."""
   first = runner.method_values(runs[0][1], baselines=False)
   values = dict(first)
-  for strategy, results in runs[1:]:
-    values[strategy] = runner.method_values(results, baselines=False)[strategy]
+  for name, results in runs[1:]:
+    run_values = runner.method_values(results, baselines=False)
+    values[name] = run_values[name] if name in run_values else run_values[results["learner"]]
   base = runner.method_values(runs[0][1], baselines=True)
   values.update({m: v for m, v in base.items() if m not in first})
-  return values
+  # Counts such as 'auc/tasks' (tasks with a defined AUC) are not metric columns.
+  return {m: {sc: {k: v for k, v in per.items() if "/" not in k} for sc, per in ps.items()} for m, ps in values.items()}
+
+
+def throughput(runs: Sequence[tuple[str, dict]]) -> dict[str, float]:
+  """{row: training tasks/s}: every learner of the first run, then each later run's row (its strategy or learner)."""
+  out = {n: v["tasks_per_second"] for n, v in runs[0][1]["train"]["learners"].items()}
+  for name, results in runs[1:]:
+    learners = results["train"]["learners"]
+    out[name] = learners[name if name in learners else results["learner"]]["tasks_per_second"]
+  return out
+
+
+def with_throughput(rows: Sequence[report.Row], tasks_per_second: dict[str, float]) -> list[report.Row]:
+  """Rows with a `train tasks/s` cell (a single value, no spread) where the method was trained."""
+  nan = float("nan")
+  return [
+    dataclasses.replace(
+      row,
+      cells={**row.cells, THROUGHPUT: report.Stat(tasks_per_second[row.method], nan, (tasks_per_second[row.method],))},
+    )
+    if row.method in tasks_per_second
+    else row
+    for row in rows
+  ]
+
+
+def reference_rows(module, protocol: str) -> list[report.Row]:
+  """The config's `REFERENCE_ROWS[protocol]` as rows (value and spread as given)."""
+  given = getattr(module, "REFERENCE_ROWS", {}).get(protocol, {})
+  return [
+    report.Row(
+      scenario, method, {m: report.Stat(float(mean), float(std), (float(mean),)) for m, (mean, std) in c.items()}
+    )
+    for scenario, per_method in given.items()
+    for method, c in per_method.items()
+  ]
+
+
+def verdicts(values: dict, trained: Sequence[str], metrics: Sequence[str]) -> list[str]:
+  """Note lines: per test scenario and metric, the trained rows that beat each of `VERDICT_BASELINES` by more than
+  2 SE (paired by seed, `ablate.paired`), or 'nothing'."""
+  lines = []
+  scenarios = [sc for sc in next(iter(values.values())) if sc != "valid"]
+  for sc in scenarios:
+    for m in metrics:
+      for ref in VERDICT_BASELINES:
+        if ref not in values or m not in values[ref].get(sc, {}):
+          continue
+        b = values[ref][sc][m]
+        wins = [
+          t
+          for t in trained
+          if m in values[t].get(sc, {}) and ablate.paired(values[t][sc][m], b, ablate.lower_is_better(m))["wins"]
+        ]
+        lines.append(f"{sc}/{m}: beat {ref} by > 2 SE (paired over seeds): {', '.join(wins) or 'nothing'}.")
+  return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
   base = ({"seeds": args.seeds} if args.seeds is not None else {}) | runner.parse_sets(args.sets)
   protocols = [p for p in args.protocols.split(",") if p]
   cells = grid(args.config, protocols, base, args.smoke)
+  module, _ = runner.config_module(args.config)
   runner.enable_compilation_cache(
     os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
   )
@@ -91,23 +177,36 @@ def main(argv: list[str] | None = None) -> int:
     walls = "; ".join(f"{r['strategy']}: {r['wall']}" for r in records)
     header = "\n".join(
       [
-        f"# Strategies on {first['dataset']}, protocol {first['protocol']} v{first['protocol_version']}",
+        f"# {name} on {first['dataset']}, protocol {first['protocol']} v{first['protocol_version']}",
         "",
         f"`{command}`",
         "",
-        f"- strategies: {', '.join(s for s, _ in runs)} (kwargs and stages in the .json); learners "
+        f"- rows: {', '.join(s for s, _ in runs)} (kwargs and stages in the .json); learners "
         f"{first['learner']}, {', '.join(m for m in first['comparisons'] if m not in dict(runs))}",
         f"- commit: {runner.commit()}; seeds: {first['seeds']}; selected on {first['selection']['metric']}",
         f"- wall time: {walls}; this protocol {time.time() - start:.1f} s",
-        f"- machine: {runner.machine()}",
-        "",
-        "Mean ± std over seeds (population std, ddof=0).",
+        f"- machine: {runner.machine()}; CPU {bench_common.machine()['cpu']}; load average (1/5/15 min) when "
+        f"the table was written: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}",
         "",
       ]
     )
     stem = os.path.join(args.out, f"strategies_{name}_{protocol}")
-    tables = ablate.scenario_tables(table_values(runs))
-    for path in report.write_tables(tables, stem, header=header):
+    values = table_values(runs)
+    tables = ablate.scenario_tables(values)
+    speeds = throughput(runs)
+    tables = {sc: with_throughput(rows, speeds) for sc, rows in tables.items()}
+    for row in reference_rows(module, protocol):
+      tables.setdefault(row.scenario, []).append(row)
+    metric = first["selection"]["metric"].split("/", 1)[1]
+    metrics = getattr(module, "VERDICT_METRICS", {}).get(protocol) or [
+      m for m in (metric, f"{metric}:index") if m in first["metrics"]["valid"]
+    ]
+    notes = [
+      "Mean ± std over seeds (population std, ddof=0); 'train tasks/s' is one figure per run (every seed's "
+      "tasks, trained together, per second of that learner's training), on the machine above.",
+      *verdicts(values, list(speeds), metrics),
+    ]
+    for path in report.write_tables(tables, stem, header=header, notes=notes):
       print(f"wrote {path}")
     with open(f"{stem}.json", "w") as f:
       json.dump({"config": args.config, "protocol": protocol, "runs": records}, f, indent=1, default=str)

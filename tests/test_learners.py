@@ -52,6 +52,8 @@ SMALL = {
   "two_tower": {"emb_dim": 4, "hidden": (4,), "out_dim": 4},
   "transformer": {"emb_dim": 4, "width": 4, "num_heads": 1, "num_layers": 0, "mlp_dim": 4, "hidden": (4,)},
   "tanp": {"emb_dim": 4, "enc_hidden": (4,), "r_dim": 4, "z_dim": 3, "n_clusters": 3, "dec_hidden": (4,)},
+  "lwa": {"emb_dim": 4, "hidden": (4,), "dim": 4},
+  "nlba": {"emb_dim": 4, "hidden": (4,), "dim": 4, "nlba_hidden": (4,)},
 }
 # Learners built for one backbone (they read its `aux` functions) are smoke-tested on it; others refuse them.
 LEARNER_MODELS = {"tanp": "tanp"}

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import transfer_meta as tm
+from transfer_meta import metrics as metrics_lib
 from transfer_meta.data.interactions import DataError, FeatureTable, Interactions
 from transfer_meta.data.protocols import PROTOCOLS, make_protocol
 from transfer_meta.data.protocols.recbole_metarec import split_sizes
@@ -210,6 +211,34 @@ def test_recbole_metarec_fixture(uniform):
   click = make_protocol("recbole_metarec", uniform, seed=0, min_ratings=6, max_ratings=12, n_query=2, setting="click")
   np.testing.assert_array_equal(click.target, (uniform.rating >= 4).astype(np.float32))
   assert click.manifest["sets"] == split.manifest["sets"]  # the setting changes targets, not tasks
+  assert "auc" not in split.metrics and click.metrics == (*split.metrics, "auc")
+  assert click.params["relevance"] == "threshold:1"
+
+
+def test_recbole_metarec_click_auc_on_a_hand_fixture(uniform):
+  """The click setting's AUC over a real task's query, against a hand count of (clicked, not clicked) pairs."""
+  click = make_protocol("recbole_metarec", uniform, seed=0, min_ratings=6, max_ratings=12, n_query=2, setting="click")
+  ts = click.tasks["train"]
+  # A query of 4: two clicked (ratings 5, 4), two not (3, 1); scores rank one non-click above one click and tie
+  # another pair, so AUC = (1 [5 > 3] + 1 [5 > 1] + 0 [4 < 3] + 0.5 [4 = 1]) / 4 = 0.625.
+  rating = np.array([5.0, 4.0, 3.0, 1.0], np.float32)
+  target = (rating >= click.params["click_threshold"]).astype(np.float32)
+  scores = np.array([0.9, 0.2, 0.7, 0.2], np.float32)
+  mask = np.array([True, True, True, True])
+  got = metrics_lib.evaluate_task(["auc"], scores, target, mask, click.params["relevance"])["auc"]
+  assert float(got) == pytest.approx(0.625)
+  # On the split's own targets: every train query (2 items) with one click and one non-click scores 1 when the
+  # clicked item is scored higher, 0 when lower; one-class queries are undefined and skipped by `aggregate`.
+  per_task, expected = [], []
+  for k in range(len(ts)):
+    t = click.target[ts.query(k)]
+    s = np.where(t > 0, 1.0, 0.0).astype(np.float32) * (-1) ** k  # even tasks right, odd tasks reversed
+    per_task.append(float(metrics_lib.evaluate_task(["auc"], s, t, np.ones(2, bool), "threshold:1")["auc"]))
+    expected.append((1.0 if k % 2 == 0 else 0.0) if t.min() != t.max() else np.nan)
+  np.testing.assert_array_equal(per_task, expected)
+  assert np.isfinite(expected[::2]).any() and np.isfinite(expected[1::2]).any()  # both directions exercised
+  agg = metrics_lib.aggregate({"auc": np.array(per_task)}, np.ones(len(ts), bool))
+  assert agg["auc/tasks"] == np.isfinite(expected).sum()
 
 
 def test_item_cold_fixture():

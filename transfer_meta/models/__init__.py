@@ -12,6 +12,7 @@ from collections.abc import Callable
 from transfer_meta import keywords
 from transfer_meta.data.examples import FeatureSpec
 from transfer_meta.models.base import Model, adapt_mask, from_module
+from transfer_meta.models.lwa import lwa, nlba
 from transfer_meta.models.melu import melu
 from transfer_meta.models.mf import mf
 from transfer_meta.models.tanp import tanp
@@ -25,6 +26,8 @@ MODELS: dict[str, Callable[..., Model]] = {
   "two_tower": two_tower,
   "transformer": transformer,
   "tanp": tanp,  # TaNP: support encoder, cluster pool, FiLM/gating-modulated decoder (use with learner 'tanp')
+  "lwa": lwa,  # amortised: per-user linear weights from support class means (Vartak et al. 2017)
+  "nlba": nlba,  # amortised: per-user MLP biases from support class means (Vartak et al. 2017)
 }
 
 

@@ -11,7 +11,10 @@ Each task: exactly `n_query` (10) random ratings are the query, the rest the sup
 fits raw ratings; 'click' fits 1.0 where rating >= click_threshold (4) else 0.0. Ranking metrics are
 computed inside each task's query set with relevance = its 5 highest-rated items ("top:5"; in the click
 setting relevance = clicked, "threshold:1"); both the
-tie-aware variants and the peer-compatible ":index" ones (ties broken by position) are declared.
+tie-aware variants and the peer-compatible ":index" ones (ties broken by position) are declared. The click
+setting also reports AUC over each query's (clicked, not clicked) pairs, a score tie counting 1/2 (as sklearn's
+`roc_auc_score`, which the peer calls); a query of one class has no AUC and is left out of its mean (counted in
+'auc/tasks').
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ VERSION = "1.0"
 SCENARIOS = ("test",)
 _RANKING = ("precision@5", "recall@5", "hr@5", "ndcg_bin@5", "mrr@5")
 METRICS = _RANKING + tuple(f"{m}:index" for m in _RANKING)
+CLICK_METRICS = (*METRICS, "auc")
 
 
 def split_sizes(n: int, ratios: Sequence[float]) -> list[int]:
@@ -122,6 +126,6 @@ def recbole_metarec(
     tasks=sets,
     scenarios=SCENARIOS,
     target=target.astype(np.float32),
-    metrics=METRICS,
+    metrics=METRICS if setting == "rating" else CLICK_METRICS,
     excluded=excluded,
   )

@@ -1,0 +1,109 @@
+"""The peers' table (configs/peers_ml100k.py through experiments/strategies.py): its grid of runs, learner rows,
+throughput column, the peer's reference rows and the 'beats the baseline' notes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from experiments import runner
+from experiments import strategies as table
+from transfer_meta import report
+
+NAMES = ["maml_family", "lwa", "nlba", "lwa+item_bias", "nlba+item_bias"]
+
+
+def test_grid_has_both_settings_and_one_learner_row_per_amortised_model():
+  cells = table.grid("peers_ml100k", ["rating", "click"], {"seeds": 2})
+  assert [(p, n) for p, n, _ in cells] == [(p, n) for p in ("rating", "click") for n in NAMES]
+  for protocol, name, c in cells:
+    assert c.is_locked and c.seeds == 2 and c.protocol_name == "recbole_metarec" and c.protocol.setting == protocol
+    loss = "mse" if protocol == "rating" else "bce"
+    assert c.select_metric == ("valid/ndcg_bin@5" if protocol == "rating" else "valid/auc")
+    if name == "maml_family":
+      assert (c.model_name, c.learner_name, c.learner.loss) == ("melu", "melu", loss)
+      assert set(c.compare_learners) == {"maml", "fomaml", "meta_sgd", "reptile", "none", "finetune", "head_only"}
+      assert all(c.compare_kwargs[n].loss == loss for n in c.compare_learners if n in c.compare_kwargs)
+    else:
+      assert (c.model_name, c.learner_name, c.learner.loss, tuple(c.compare_learners)) == (
+        name.split("+")[0],
+        "none",
+        loss,
+        (),
+      )
+      assert c.model.positive_threshold == (4.0 if protocol == "rating" else 0.5)
+      assert c.model.get("item_bias", False) == name.endswith("+item_bias")
+  smoke = table.grid("peers_ml100k", ["click"], {}, smoke=True)
+  assert all(c.num_steps == 20 and c.seeds == 2 for _, _, c in smoke)
+
+
+def per_seed(*values) -> dict:
+  return {"per_seed": list(values)}
+
+
+def fake_run(learner: str, comparisons: dict, speed: dict, value: float) -> dict:
+  test = lambda v: {"test": {"auc": per_seed(v, v + 0.01), "auc/tasks": per_seed(50, 51)}}  # noqa: E731
+  return {
+    "learner": learner,
+    "metrics": test(value),
+    "comparisons": {m: test(v) for m, v in comparisons.items()},
+    "baselines": {
+      "item_user_offset": test(0.70),
+      "constant": {"test": {"auc": per_seed(0.5, 0.5)}},
+      "random": {"test": {"auc": per_seed(0.49, 0.52)}},
+    },
+    "train": {"learners": {n: {"tasks_per_second": s} for n, s in speed.items()}},
+  }
+
+
+def test_learner_rows_throughput_references_and_verdicts():
+  runs = [
+    ("maml_family", fake_run("melu", {"none": 0.80}, {"melu": 100.0, "none": 400.0}, 0.60)),
+    ("lwa", fake_run("none", {}, {"none": 900.0}, 0.75)),
+  ]
+  values = table.table_values(runs)
+  assert list(values) == ["melu", "none", "lwa", "item_user_offset", "constant", "random"]
+  assert values["lwa"]["test"] == {"auc": [0.75, 0.76]}  # the run's learner, renamed; counts are not columns
+  assert values["none"]["test"]["auc"] == [0.80, 0.81]  # the first run's `none`, not lwa's
+  speeds = table.throughput(runs)
+  assert speeds == {"melu": 100.0, "none": 400.0, "lwa": 900.0}
+  rows = table.with_throughput(report.summarize(values), speeds)
+  cells = {r.method: r.cells for r in rows}
+  assert cells["lwa"][table.THROUGHPUT].mean == 900.0 and math.isnan(cells["lwa"][table.THROUGHPUT].std)
+  assert table.THROUGHPUT not in cells["constant"]
+  notes = table.verdicts(values, list(speeds), ["auc"])
+  # none (+0.10 every seed) and lwa (+0.05) beat item_user_offset; melu (-0.10) does not; the paired differences
+  # have zero spread, so a constant improvement is a win (z = inf).
+  assert notes[0] == "test/auc: beat item_user_offset by > 2 SE (paired over seeds): none, lwa."
+  assert notes[1] == "test/auc: beat constant by > 2 SE (paired over seeds): melu, none, lwa."
+  assert notes[2].startswith("test/auc: beat random by > 2 SE")
+
+
+def test_a_tie_with_the_baseline_is_no_win():
+  runs = [("maml_family", fake_run("melu", {}, {"melu": 1.0}, 0.70))]
+  assert table.verdicts(table.table_values(runs), ["melu"], ["auc"])[0].endswith(": nothing.")
+
+
+def test_reference_rows_are_the_peers_figures_as_given():
+  module, _ = runner.config_module("peers_ml100k")
+  rows = {r.method: r for r in table.reference_rows(module, "rating")}
+  fomelu = rows["FOMeLU (peer's code, measured)"].cells["ndcg_bin@5:index"]
+  assert (fomelu.mean, fomelu.std) == (0.500, 0.024)
+  assert report.format_stat(rows["random (peer's code, measured)"].cells["ndcg_bin@5:index"]) == "0.500"
+  assert report.format_stat(rows["TaNP (peer's code, measured: NaN from step 3)"].cells["ndcg_bin@5:index"]) == "nan"
+  assert table.reference_rows(module, "click") == []
+
+
+def test_bad_arg_and_duplicate_rows_fail_clearly():
+  module, _ = runner.config_module("peers_ml100k")
+  with pytest.raises(ValueError, match="unknown config arg"):
+    module.get_config("clicks")
+
+  class Duplicated:
+    @staticmethod
+    def table_rows(protocol):
+      return [("a", {}), ("a", {"num_steps": 3})]
+
+  with pytest.raises(ValueError, match="distinct names"):
+    table.entries(Duplicated, "dup", "rating")
