@@ -18,6 +18,7 @@ from transfer_meta.learners.meta_sgd import meta_sgd
 from transfer_meta.learners.reptile import reptile
 from transfer_meta.learners.ridge import ridge_head
 from transfer_meta.learners.transfer import finetune, head_only, none
+from transfer_meta.learners.warmup import warmup
 from transfer_meta.models.base import Model
 
 LEARNERS: dict[str, Callable[..., Learner]] = {
@@ -31,6 +32,7 @@ LEARNERS: dict[str, Callable[..., Learner]] = {
   "finetune": finetune,  # global model, fine-tune all parameters on the support
   "head_only": head_only,  # global model, fit the head on the support
   "ridge_head": ridge_head,  # global model, closed-form ridge fit of the head on the support
+  "warmup": warmup,  # global model, fine-tune the adapt set round by round over the support (item warm-up)
 }
 
 
@@ -46,6 +48,9 @@ DISPLAY_NAMES: dict[str, str] = {
   "none": "none (no adaptation)",
   "finetune": "fine-tune",
   "head_only": "head-only fine-tune",
+  "warmup": "warm-up fine-tune (cold embedding, round by round)",
+  "metaemb": "MetaEmb",
+  "mwuf": "MWUF",
 }
 
 
