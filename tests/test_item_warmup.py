@@ -122,7 +122,11 @@ def test_poisoned_cold_ratings_never_reach_training(arg, tmp_path):
   cold_items = np.concatenate([split.tasks[n].task_ids for n in ("valid", "cold")])
   data = exp.data
   poisoned = Interactions(
-    **{**data.__dict__, "rating": np.where(np.isin(data.item, cold_items), 1e4, data.rating).astype(np.float32)}
+    **{
+      **data.__dict__,
+      "rating": np.where(np.isin(data.item, cold_items), 1e4, data.rating).astype(np.float32),
+      "rating_scale": (1.0, 1e4),
+    }
   )
   results = train.train_and_evaluate(config, str(tmp_path), data=poisoned)
   with open(tmp_path / "metrics.jsonl") as f:

@@ -31,16 +31,17 @@ def round_masks(mask: jax.Array, round_size: int) -> tuple[jax.Array, jax.Array]
   """Per round r, the support rows of round r and of rounds 0..r.
 
   Args:
-    mask: bool [S], the support mask (real rows first, in arrival order).
+    mask: bool [S], the support mask; real rows in arrival order (padding may sit anywhere).
     round_size: K >= 1 (0: one round holding the whole support).
   Returns:
-    (this_round bool [R, S], seen bool [R, S]) with R = ceil(S / K) (1 when K = 0).
+    (this_round bool [R, S], seen bool [R, S]) with R = ceil(S / K) (1 when K = 0): the j-th real row (j from 0)
+    is in round j // K.
   """
   S = mask.shape[0]
   if round_size == 0:
     return mask[None], mask[None]
   n_rounds = max(1, -(-S // round_size))
-  pos = jnp.arange(S)[None, :] // round_size
+  pos = ((jnp.cumsum(mask) - 1) // round_size)[None, :]
   r = jnp.arange(n_rounds)[:, None]
   return (pos == r) & mask[None], (pos <= r) & mask[None]
 
@@ -118,9 +119,9 @@ def warmup(
   def meta_loss(params: Params, support: dict, query: dict) -> tuple[jax.Array, dict]:
     loss_a = inner.support_loss(model, loss, params, support)
     support_fn = lambda p: inner.support_loss(model, loss, p, support)
-    stepped, metrics = inner.inner_sgd(support_fn, params, adapt_mask(params, regex), inner_lr, meta_inner_steps)
+    stepped, _ = inner.inner_sgd(support_fn, params, adapt_mask(params, regex), inner_lr, meta_inner_steps)
     loss_b = inner.query_loss(model, loss, stepped, query, support)
-    return alpha * loss_a + (1.0 - alpha) * loss_b, {**metrics, "loss_a": loss_a, "loss_b": loss_b}
+    return alpha * loss_a + (1.0 - alpha) * loss_b, {"loss_a": loss_a, "loss_b": loss_b}
 
   def task_grad(meta_params: Params, task: dict, key: jax.Array) -> tuple[Params, dict]:
     support, query = task["support"], task["query"]
@@ -130,7 +131,10 @@ def warmup(
     else:
       (value, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(meta_params, support, query)
       metrics = {**metrics, "meta_loss": value}
-    warmed = adapt(jax.lax.stop_gradient(meta_params), support, key)
+    start = jax.lax.stop_gradient(meta_params)
+    warmed = adapt(start, support, key)
+    metrics["inner_loss_before"] = inner.support_loss(model, loss, start, support)
+    metrics["inner_loss_after"] = inner.support_loss(model, loss, warmed, support)
     metrics["outer_loss"] = inner.query_loss(model, loss, warmed, query, support)
     return grads, metrics
 
