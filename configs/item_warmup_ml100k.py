@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.learner = ml_collections.ConfigDict(dict(WARMUP, round_size=2))
     strategy.update(dim=8, pretrain_steps=6, meta_steps=4, batch_size=64, hidden=8)
     c.seeds, c.num_steps, c.eval_every, c.checkpoint_every, c.batch_size = 1, 4, 2, 2, 8
-    c.min_tasks, c.progress = 0, False
+    c.min_tasks, c.progress, c.compare_learners = 0, False, ()
     c.baselines = ("global_mean", "item_mean", "item_user_offset")
   c.strategy = ml_collections.ConfigDict(strategy)
   c.lock()
