@@ -1,6 +1,7 @@
 """Item warm-up on MovieLens-100K: MetaEmb (default) or MWUF (`:mwuf`) beside a fine-tune-the-embedding baseline.
 
-Command (see experiments/README.md, "Item warm-up (MetaEmb, MWUF)", for the measured table, wall time and machine):
+Command (2 CPU cores, AMD EPYC, load average 25-31: 28 min wall per command, 3 seeds; the table, per-stage times
+and the machine are in experiments/README.md, "Item warm-up (MetaEmb, MWUF)"):
 
     python -m transfer_meta.main --config=configs/item_warmup_ml100k.py --workdir=runs/item_warmup_metaemb
     python -m transfer_meta.main --config=configs/item_warmup_ml100k.py:mwuf --workdir=runs/item_warmup_mwuf
@@ -15,7 +16,14 @@ aware MF with ids, D = 32):
   metaemb   base MF pretrained, then the generator of initial embeddings meta-trained (backbone frozen)
   mwuf      base MF pretrained, then the meta scaling / shifting networks meta-trained (backbone frozen)
 and the reference baselines (global mean, item mean, item mean + user offset, ...) computed from the same rows.
-`:smoke` shrinks everything to seconds (tests).
+`:smoke` / `:mwuf_smoke` shrink everything to seconds on synthetic data (tests).
+
+Measured new-item test MAE (3 seeds) after 0 / 1 / 2 / 3 rounds:
+
+    warmup            0.898  0.826  0.813  0.812
+    metaemb           0.916  0.861  0.832  0.816
+    mwuf              0.911  0.839  0.821  0.814
+    item_user_offset  0.939  0.842  0.819  0.810
 """
 
 from __future__ import annotations
