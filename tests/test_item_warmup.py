@@ -290,3 +290,31 @@ def test_metaemb_meta_gradient_matches_finite_differences():
     np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-6)
     np.testing.assert_allclose(float(metrics["meta_loss"]), float(meta_loss(p)), rtol=1e-10)
     assert abs(float(analytic)) > 1e-3  # the generator really moves the meta-loss
+
+
+@pytest.mark.parametrize(
+  "protocol,side,rounds", [("item_warmup", "item", 2), ("item_cold", "item", 0), ("recbole_metarec", "user", 0)]
+)
+def test_strategies_pick_the_task_side_and_rounds(protocol, side, rounds):
+  """MetaEmb/MWUF warm the protocol's task side (item-as-task on item_*, user-as-task otherwise) and warm up in
+  item_warmup's rounds (the whole support as one round elsewhere); the stages freeze what the papers freeze."""
+  from transfer_meta.strategies import get_strategy
+  from transfer_meta.strategies.warm_start import protocol_round_size, task_side
+
+  config = _load_config("smoke")
+  with config.unlocked():
+    config.protocol_name = protocol
+  for name, meta in (("metaemb", "_generator/"), ("mwuf", "_meta_scale/|_meta_shift/")):
+    strategy = get_strategy(name, None, config, SPEC, dim=D, hidden=4)
+    assert [s.name for s in strategy.stages] == ["pretrain", "meta"] and strategy.learner.name == name
+    assert strategy.stages[1].trainable == meta and "?!" in strategy.stages[0].trainable
+    assert strategy.learner.model.adapt_regex == f"{side}_delta|{side}_bias_delta"
+    support = _examples([0, 1, 2, 3], 1, [4.0, 2.0, 5.0, 1.0])
+    p = _random_params(strategy.learner.model, support, support)
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), strategy.learner.adapt(p, support, jax.random.key(0)), p)
+    paths = {jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(moved) if v}
+    assert paths == {f"['params']['{side}_delta']", f"['params']['{side}_bias_delta']"}, paths
+  assert protocol_round_size(config, None) == rounds and protocol_round_size(config, 3) == 3
+  assert task_side(config, None) == side and task_side(config, "user") == "user"
+  with pytest.raises(ValueError, match="side"):
+    task_side(config, "items")
