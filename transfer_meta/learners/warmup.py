@@ -6,7 +6,7 @@
                                    as `transfer.finetune`)
                objective 'meta':   alpha * L(support; theta) + (1 - alpha) * L(query; theta'),
                                    theta' = `meta_inner_steps` SGD steps on the support (MetaEmb's cold-start /
-                                   warm-up meta-loss, Pan et al. SIGIR'19, Eq. 8; alpha = 0 is MAML on the adapt set)
+                                   warm-up meta-loss, Pan et al. SIGIR'19; alpha = 0 is MAML on the adapt set)
 
 On `item_warmup` the support of scenario 'warm_<r>' lists rounds a..r in time order, so `adapt` reproduces the
 literature's warm-up evaluation (update the cold item's embedding with round a, test; then b, test; ...): with

@@ -6,12 +6,12 @@ The base is `models.mf.MF` (same parameter names): for the task side s ('item' o
     mode 'ids'   v = f + id[s] + delta                 b = f_b + id_b[s] + bias_delta        (the base model)
     mode 'cold'  the id row is NOT read (every s is treated as a cold id, as at evaluation):
       metaemb    v = f + g(f)[:D] + delta              b = f_b + g(f)[D] + bias_delta
-                 g = the generator, Dense(hidden) -> tanh -> Dense(D + 1)  (Pan et al. SIGIR'19, Sec. 3.2)
+                 g = the generator, Dense(hidden) -> tanh -> Dense(D + 1)  (Pan et al. SIGIR'19)
       mwuf       v = f + scale(f) * delta + shift(u_ctx)   b = f_b + bias_delta
                  scale = 1 + Dense(hidden) -> relu -> Dense(D)   (meta scaling network, from s's features)
                  shift = Dense(hidden) -> relu -> Dense(D) of u_ctx, the masked mean of the context rows'
                  other-side vectors (the item's interacting users: the support seen so far)
-                 (Zhu et al. SIGIR'21, Eq. 4-6)
+                 (Zhu et al. SIGIR'21)
     score = <u, v> + b_user + b_item + global_bias          (u: the other side, as in MF)
 
 `delta`/`bias_delta` is what warm-up adapts per task (the cold id's embedding and bias, starting at the shared

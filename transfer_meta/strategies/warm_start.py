@@ -18,7 +18,7 @@ Both treat the training ids (warm items) as if cold in stage 2 (their id rows ar
 ('item' for item_cold / item_warmup, else 'user': user-as-task, as RecBole-MetaRec runs MetaEmb).
 
 Where we differ from the reference code: the support/query of a training item are its K random ratings and all
-the others (resampled per pass when `config.resample_train`), not two equal minibatches; MWUF's meta networks
+the others (fixed per item: stage task streams are not resampled), not two equal minibatches; MWUF's meta networks
 are trained by this MAML-like warm-up objective on old items instead of alternating with the cold embeddings'
 own updates; see `models.warm_start` for the model-side differences.
 """

@@ -18,9 +18,9 @@ resample them per pass). Ratings of one item with equal timestamps are ordered b
 Cold and validation items' ratings never reach training: only 'train' rows feed the base model and the
 reference baselines. Users are not held out (item cold start assumes known users).
 
-Where we differ from the papers: MetaEmb and MWUF split by item frequency on large CTR logs (KDD Cup 2012,
-MovieLens-1M with 3 warm-up rounds of K ratings); on MovieLens-100K we default to items with >= 100 ratings
-as warm (338 items) and K = 5, so that ~600 items can be cold with at least 3 rounds and 5 test ratings.
+Where we differ from the papers: they split old / new items by a frequency threshold on MovieLens-1M and large
+CTR logs, with three warm-up batches per new item; on MovieLens-100K we default to items with >= 100 ratings as
+warm (338 items) and K = 5, so that 601 items can be cold with 3 rounds and at least 5 test ratings.
 """
 
 from __future__ import annotations
