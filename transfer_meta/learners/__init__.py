@@ -20,6 +20,7 @@ from transfer_meta.learners.reptile import reptile
 from transfer_meta.learners.ridge import ridge_head
 from transfer_meta.learners.tanp import tanp
 from transfer_meta.learners.transfer import finetune, head_only, none
+from transfer_meta.learners.warmup import warmup
 from transfer_meta.models.base import Model
 
 LEARNERS: dict[str, Callable[..., Learner]] = {
@@ -35,6 +36,7 @@ LEARNERS: dict[str, Callable[..., Learner]] = {
   "ridge_head": ridge_head,  # global model, closed-form ridge fit of the head on the support
   "mamo": mamo,  # first-order MAML from a memory-personalised init; memories are learner state (Dong et al., KDD'20)
   "tanp": tanp,  # the tanp model's NP objective + batch-level clustering loss, no inner loop (Lin et al., WWW'21)
+  "warmup": warmup,  # global model, fine-tune the adapt set round by round over the support (item warm-up)
 }
 
 
@@ -52,6 +54,9 @@ DISPLAY_NAMES: dict[str, str] = {
   "head_only": "head-only fine-tune",
   "mamo": "MAMO",
   "tanp": "TaNP",
+  "warmup": "warm-up fine-tune (cold embedding, round by round)",
+  "metaemb": "MetaEmb",
+  "mwuf": "MWUF",
 }
 
 

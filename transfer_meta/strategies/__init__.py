@@ -27,6 +27,7 @@ from transfer_meta.strategies.distill import distill
 from transfer_meta.strategies.fusion import fusion
 from transfer_meta.strategies.pretrain import pretrain_finetune, pretrain_frozen_head
 from transfer_meta.strategies.soup import soup
+from transfer_meta.strategies.warm_start import metaemb, mwuf
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
   "pretrain_finetune": pretrain_finetune,  # supervised pretraining on every training interaction, fine-tune per task
@@ -34,6 +35,8 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
   "fusion": fusion,  # two pretrained models, score fusion (convex weight or linear stacking) fitted on validation
   "soup": soup,  # one pretrained init, K copies fine-tuned on disjoint data slices, their weights averaged
   "distill": distill,  # id-based teacher -> side-feature student (hard labels + teacher scores), fine-tune per task
+  "metaemb": metaemb,  # pretrained base, then a generator of cold id embeddings from features (Pan et al. SIGIR'19)
+  "mwuf": mwuf,  # pretrained base, then meta scaling/shifting nets warming cold embeddings (Zhu et al. SIGIR'21)
 }
 
 

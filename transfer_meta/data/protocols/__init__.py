@@ -11,11 +11,17 @@ from __future__ import annotations
 from transfer_meta.data.interactions import Interactions
 from transfer_meta.data.protocols import common
 from transfer_meta.data.protocols.item_cold import item_cold
+from transfer_meta.data.protocols.item_warmup import item_warmup
 from transfer_meta.data.protocols.melu import melu
 from transfer_meta.data.protocols.recbole_metarec import recbole_metarec
 from transfer_meta.data.split import ColdStartSplit
 
-PROTOCOLS = {"melu": melu, "recbole_metarec": recbole_metarec, "item_cold": item_cold}
+PROTOCOLS = {
+  "melu": melu,
+  "recbole_metarec": recbole_metarec,
+  "item_cold": item_cold,
+  "item_warmup": item_warmup,  # warm items train the base; cold items warm up in rounds a/b/c of K ratings
+}
 
 
 def make_protocol(

@@ -1,0 +1,85 @@
+"""Item warm-up on MovieLens-100K: MetaEmb (default) or MWUF (`:mwuf`) beside a fine-tune-the-embedding baseline.
+
+Command (2 CPU cores, AMD EPYC, load average 25-31: 28 min wall per command, 3 seeds; the table, per-stage times
+and the machine are in experiments/README.md, "Item warm-up (MetaEmb, MWUF)"):
+
+    python -m transfer_meta.main --config=configs/item_warmup_ml100k.py --workdir=runs/item_warmup_metaemb
+    python -m transfer_meta.main --config=configs/item_warmup_ml100k.py:mwuf --workdir=runs/item_warmup_mwuf
+
+Protocol `item_warmup`: items with >= 100 ratings train the base model (338 items); items with 20..99 ratings
+are cold: their ratings in time order give warm-up rounds a, b, c of K = 5 ratings and the rest is test. The
+scenarios 'cold', 'warm_a', 'warm_b', 'warm_c' score the same test ratings after 0..3 rounds, each round one SGD
+step on the cold item's id embedding and bias only (`learners.warmup`). Rows, each on the same backbone (feature-
+aware MF with ids, D = 32):
+  warmup    MF trained on the warm items' ratings, cold embedding fine-tuned round by round (the plain baseline)
+  none      the same MF, no warm-up (the cold row repeated)
+  metaemb   base MF pretrained, then the generator of initial embeddings meta-trained (backbone frozen)
+  mwuf      base MF pretrained, then the meta scaling / shifting networks meta-trained (backbone frozen)
+and the reference baselines (global mean, item mean, item mean + user offset, ...) computed from the same rows.
+`:smoke` / `:mwuf_smoke` shrink everything to seconds on synthetic data (tests).
+
+Measured new-item test MAE (3 seeds) after 0 / 1 / 2 / 3 rounds:
+
+    warmup            0.898  0.826  0.813  0.812
+    metaemb           0.916  0.861  0.832  0.816
+    mwuf              0.911  0.839  0.821  0.814
+    item_user_offset  0.939  0.842  0.819  0.810
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from transfer_meta.train import default_config
+
+WARMUP = dict(round_size=5, inner_steps=1, inner_lr=0.1)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The item warm-up config; `arg` None (MetaEmb), 'mwuf', 'smoke' or 'mwuf_smoke'."""
+  if arg not in (None, "", "mwuf", "smoke", "mwuf_smoke"):
+    raise ValueError(f"unknown config arg {arg!r}; valid: None, 'mwuf', 'smoke', 'mwuf_smoke'")
+  c = default_config()
+  c.dataset_name = "ml-100k"
+  c.protocol_name = "item_warmup"
+  c.protocol = ml_collections.ConfigDict(dict(min_warm_ratings=100, round_size=5, min_test=5, valid_rounds=1))
+  c.model_name = "mf"
+  c.model = ml_collections.ConfigDict(dict(task_kind="item", dim=32))
+  c.learner_name = "warmup"
+  c.learner = ml_collections.ConfigDict(WARMUP)
+  c.compare_learners = ("none",)
+  c.strategy_name = "mwuf" if arg and arg.startswith("mwuf") else "metaemb"
+  strategy = dict(dim=32, pretrain_steps=1500, meta_steps=300, batch_size=256, alpha=0.1, warmup_lr=0.1, warmup_steps=1)
+  if c.strategy_name == "mwuf":
+    del strategy["alpha"]
+  c.optimizer_name = "adam"
+  c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3))
+  c.seeds = 3
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.num_steps = 300
+  c.log_every = 10
+  c.eval_every = 50
+  c.checkpoint_every = 100
+  c.select_metric, c.select_mode = "valid/mae", "min"
+  if arg and arg.endswith("smoke"):
+    c.dataset_name = "synthetic"
+    # popularity 3: a long tail, 15 items with >= 40 ratings (warm), 45 with 8..39 (cold)
+    c.dataset = ml_collections.ConfigDict(dict(n_users=120, n_items=60, ratings_per_user=(10, 25), popularity=3.0))
+    c.protocol = ml_collections.ConfigDict(dict(min_warm_ratings=40, round_size=2, min_test=2, valid_rounds=1))
+    c.model = ml_collections.ConfigDict(dict(task_kind="item", dim=8))
+    c.learner = ml_collections.ConfigDict(dict(WARMUP, round_size=2))
+    strategy.update(dim=8, pretrain_steps=6, meta_steps=4, batch_size=64, hidden=8)
+    c.seeds, c.num_steps, c.eval_every, c.checkpoint_every, c.batch_size = 1, 4, 2, 2, 8
+    c.min_tasks, c.progress, c.compare_learners = 0, False, ()
+    c.baselines = ("global_mean", "item_mean", "item_user_offset")
+  c.strategy = ml_collections.ConfigDict(strategy)
+  c.lock()
+  return c
+
+
+def sweep() -> list[dict]:
+  """Ablations (override dicts, dotted keys) that `experiments/ablate.py` expands; chosen on valid/mae."""
+  out = [{"strategy.warmup_lr": lr, "learner.inner_lr": lr} for lr in (0.03, 0.1, 0.3)]
+  out += [{"strategy.alpha": a} for a in (0.0, 0.1, 0.5)]
+  return out
