@@ -24,7 +24,7 @@ Protocol `recbole_metarec` (see `configs/recbole_metarec_ml100k.py`): 'rating' f
 Selection: every method's meta-parameters are taken at the validation step (every 10 of 150) with the best
 valid nDCG@5 (rating) or valid AUC (click); no test figure is read to choose. Hyper-parameters are fixed (those
 of `recbole_metarec_ml100k`, and the LWA/NLBA defaults), not tuned: the sweep of settings is not run here.
-TaNP, MAMO, MetaEmb and MWUF join as one line each in `sweep()` once their learners land.
+MAMO, TaNP, MetaEmb and MWUF are one line each in `table_rows` (factory defaults, not tuned).
 Measured (5 seeds, 2 shared CPU cores at load 16-31): rating 40 min wall, click 33 min. Test nDCG@5 (tie-aware):
 NLBA 0.761, item mean 0.761, MAML-MeLU 0.722; click AUC: item mean 0.639, NLBA 0.625, MAML-MeLU 0.571 — nothing
 beats item mean + user offset (experiments/README.md, "Peers' methods").
@@ -124,8 +124,9 @@ def amortised_row(model: str, setting: str, **model_kw) -> dict:
 
 def table_rows(protocol: str = "rating") -> list[tuple[str, dict]]:
   """[(row, overrides)] of the table for setting `protocol` ('rating'/'click'; a ',smoke' suffix is ignored):
-  first the config's own run (MeLU and its comparisons), then one run per row (`experiments.strategies`).
-  Later learners (TaNP, MAMO, MetaEmb, MWUF) are one line each here."""
+  first the config's own run (MeLU and its comparisons), then one run per row (`experiments.strategies`):
+  LWA/NLBA, MAMO (first order, MAML-MeLU's budget), TaNP, and MetaEmb / MWUF as user-side warm-start strategies
+  (RecBole-MetaRec runs them user-as-task), each with its factory defaults."""
   setting = protocol.split(",")[0]
   return [
     ("maml_family", {}),
@@ -133,7 +134,18 @@ def table_rows(protocol: str = "rating") -> list[tuple[str, dict]]:
     ("nlba", amortised_row("nlba", setting)),
     ("lwa+item_bias", amortised_row("lwa", setting, item_bias=True)),
     ("nlba+item_bias", amortised_row("nlba", setting, item_bias=True)),
+    ("mamo", {"learner_name": "mamo", "learner": dict(INNER, first_order=True, loss=SETTING[setting]["loss"])}),
+    ("tanp", tanp_row(setting)),
+    ("metaemb", {"strategy_name": "metaemb", "strategy": {"loss": SETTING[setting]["loss"]}}),
+    ("mwuf", {"strategy_name": "mwuf", "strategy": {"loss": SETTING[setting]["loss"]}}),
   ]
+
+
+def tanp_row(setting: str) -> dict:
+  """Overrides: TaNP (model + learner `tanp`, FiLM, factory defaults) under `setting`; in the click setting the
+  support targets are 0/1, so the encoder reads them centred at 0.5 and the decoder starts at logit 0."""
+  model = {} if setting == "rating" else {"rating_center": 0.5, "rating_scale": 0.5, "global_bias": 0.0}
+  return {"model_name": "tanp", "model": model, "learner_name": "tanp", "learner": {"loss": SETTING[setting]["loss"]}}
 
 
 def sweep() -> list[dict]:
