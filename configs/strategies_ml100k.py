@@ -100,8 +100,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def sweep() -> list[dict]:
-  """One run per table row (`experiments/strategies.py` expands it over both protocols; 'row' labels the run)."""
-  return [
-    {"row": row, "strategy_name": ROW_STRATEGY.get(row, row), "strategy": kwargs}
-    for row, kwargs in STRATEGY_KWARGS.items()
-  ]
+  """One run per table row (`experiments/strategies.py` expands it over both protocols)."""
+  return [{"strategy_name": ROW_STRATEGY.get(row, row), "strategy": kwargs} for row, kwargs in STRATEGY_KWARGS.items()]
+
+
+def sweep_rows() -> list[str]:
+  """The table row label of each `sweep()` run (several rows run the multitask strategy)."""
+  return list(STRATEGY_KWARGS)

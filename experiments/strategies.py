@@ -4,13 +4,13 @@ reference baselines -> experiments/results/strategies_<config>_<protocol>.{md,cs
     python -m experiments.strategies --config=strategies_ml100k                      # melu and item_cold, 5 seeds
     python -m experiments.strategies --config=strategies_ml100k --protocols=melu --seeds=2 --smoke
 
-The grid (`grid`): per protocol, the config `get_config('<protocol>[,smoke]')`; its `sweep()` lists one override
-dict per table row (`strategy_name`, `strategy`, and optionally `row`, the row's label when one strategy fills
-several rows, e.g. multitask and its single-task counterparts). The first row's run also trains the config's
-learners (the MAML family and `none`); the others set `learner_name='none'` and no comparisons, so the MAML family
-trains once per protocol and only their strategy row is kept. Strategies that report more heads (results.json
-"strategy" "heads") get a second table, strategies_<config>_<protocol>_heads.{md,csv}, one row per run. Every
-method is selected on validation only (each run's `select_metric`). Runs go to
+The grid (`grid`): per protocol, the config `get_config('<protocol>[,smoke]')`; its `sweep()` lists one override dict
+per table row (`strategy_name`, `strategy`); an optional `sweep_rows()` labels the rows (default their strategy names)
+when one strategy fills several, e.g. multitask and its single-task counterparts. The first row's run also trains the
+config's learners (the MAML family and `none`); the others set `learner_name='none'` and no comparisons, so the MAML
+family trains once per protocol and only their strategy row is kept. Strategies that report more heads (results.json
+"strategy" "heads") get a second table, strategies_<config>_<protocol>_heads.{md,csv}, one row per run. Every method is
+selected on validation only (each run's `select_metric`). Runs go to
 RUNS/strategies/<config>/<protocol>/<row>/ and are reused or resumed like `experiments.ablate`'s.
 """
 
@@ -41,14 +41,13 @@ def grid(spec: str, protocols: Sequence[str], base: dict, smoke: bool = False) -
   sweep = module.sweep()
   if not sweep or any("strategy_name" not in o for o in sweep):
     raise ValueError(f"config {spec!r}: sweep() must list override dicts that each set 'strategy_name'")
-  rows = [o.get("row", o["strategy_name"]) for o in sweep]
-  if len(set(rows)) != len(rows):
-    raise ValueError(f"config {spec!r}: sweep() rows must be distinct (set 'row' to tell them apart): {rows}")
+  rows = module.sweep_rows() if hasattr(module, "sweep_rows") else [o["strategy_name"] for o in sweep]
+  if len(rows) != len(sweep) or len(set(rows)) != len(rows):
+    raise ValueError(f"config {spec!r}: want one distinct row label per sweep() run (sweep_rows()), got {rows}")
   out = []
   for protocol in protocols:
     config = module.get_config(f"{protocol},smoke" if smoke else protocol)
     for i, (row, overrides) in enumerate(zip(rows, sweep)):
-      overrides = {k: v for k, v in overrides.items() if k != "row"}
       extra = {} if i == 0 else ONLY_STRATEGY
       if smoke:
         extra = {**extra, "strategy": _smoke_steps(overrides.get("strategy", {}))}
