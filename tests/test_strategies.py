@@ -291,6 +291,8 @@ def test_strategies_table_grid_trains_the_learners_once_per_protocol():
     first = r == rows[0]
     assert (c.learner_name, tuple(c.compare_learners)) == (("melu", ("fomaml", "none")) if first else ("none", ()))
   assert module.ROW_STRATEGY["mmoe_click_only"] == "multitask"
+  eval_every = {(p, r): c.eval_every for p, r, c in cells}
+  assert eval_every[("melu", "mmoe_week_only")] == module.MULTITASK["steps"] and eval_every[("melu", "multitask")] == 20
   smoke = table.grid("strategies_ml100k", ["melu"], {"seeds": 1}, smoke=True)
   for _, r, c in smoke:  # every stage shrunk to 20 steps, the per-task inner steps kept
     steps = {k: v for k, v in c.strategy.to_dict().items() if k.endswith("steps")}
