@@ -8,18 +8,25 @@ One run of it:
 
     python -m transfer_meta.main --config=configs/strategies_ml100k.py --workdir=runs/strategies_ml100k
 
-The protocol's benchmark config (`configs/melu_ml100k.py`, or `configs/item_cold_ml100k.py` with arg
-'item_cold') with `config.strategy_name` set and issue 8's training-protocol fields off (residual, episodic
-resampling, item ids, OOV rows, numeric year: the stage streams do not carry them yet): MAML-MeLU, FOMAML and
-`none` train as in that config did before issue 8, then the strategy's stages. Strategy settings
-(`STRATEGY_KWARGS`) are fixed, not tuned; every method's parameters are
-selected on valid MAE only. `pretrain_finetune` adapts MeLU's adapt set with MAML-MeLU's budget (2 SGD steps,
-lr 0.05) after 500 steps of supervised pretraining on every training interaction (512 per step, Adam 2e-3);
+The protocol's benchmark config unchanged (`configs/melu_ml100k.py` with its issue-8 training protocol: residual over
+item mean + user offset, episodic resampling, item ids, OOV rows, numeric year; or `configs/item_cold_ml100k.py`
+with arg 'item_cold') with `config.strategy_name` set: MAML-MeLU, FOMAML and `none` train exactly as in that
+config, then the strategy's stages, whose streams carry the same residual prior and OOV features. Strategy
+settings (`STRATEGY_KWARGS`, one table row each; `ROW_STRATEGY` names the strategy of rows not named after one)
+are fixed, not tuned; every method's parameters are selected on valid MAE only. `pretrain_finetune` adapts MeLU's
+adapt set with MAML-MeLU's budget (2 SGD steps, lr 0.05) after 500 steps of supervised pretraining on every
+training interaction (512 per step, Adam 2e-3);
 `distill` trains a two-tower teacher with ids for 300 steps, then distils it into the MeLU student for 300 steps
 (observed pairs and as many sampled unrated items, alpha 0.5) and fine-tunes the student like `pretrain_finetune`;
 `fusion` pretrains MeLU and MF (500 steps each, as above) and stacks their fine-tuned scores with coefficients
 fitted on the validation tasks by least squares; `soup` pretrains MeLU for 100 steps, fine-tunes 4 copies for 300 steps
-on disjoint quarters of each batch and averages their weights.
+on disjoint quarters of each batch and averages their weights; `multitask` trains an MMoE network (4 experts of
+width 64, one gate and a 32-wide tower per head) on the rating (MSE), click (rating >= 4, BCE) and first-week
+(rated within 7 days of the user's first known rating, BCE) heads at weight 1 each for 300 steps (512 interactions,
+Adam 1e-3), then fine-tunes the rating head per task like `pretrain_finetune`; `multitask_shared_bottom` is the same
+with one shared 64-wide bottom; `mmoe_{rating,click,week}_only` are its single-task counterparts (one weight 1, the
+others 0), whose per-head metrics sit beside it in `strategies_<config>_<protocol>_heads.md`; the click-only and
+week-only runs keep their last step (`ROW_OVERRIDES`: valid MAE of a rating head they never train cannot select).
 Args: '' / 'melu' / 'item_cold', optionally ',smoke' (seconds: 2 seeds, 20 steps).
 """
 
@@ -48,6 +55,24 @@ STRATEGY_KWARGS = {
     teacher_steps=300, student_steps=300, batch_size=512, learning_rate=2e-3, alpha=0.5, inner_steps=2, inner_lr=0.05
   ),
 }
+# multitask rows: the same MMoE backbone with every head, with one head (its single-task counterparts), and the
+# shared-bottom architecture
+MULTITASK = dict(steps=300, batch_size=512, learning_rate=1e-3, hidden=(64,), tower=(32,), inner_steps=2, inner_lr=0.05)
+MMOE = dict(MULTITASK, arch="mmoe", n_experts=4)
+STRATEGY_KWARGS.update(
+  {
+    "multitask": MMOE,
+    "multitask_shared_bottom": dict(MULTITASK, arch="shared_bottom"),
+    **{
+      f"mmoe_{head}_only": dict(MMOE, loss_weights={h: float(h == head) for h in ("rating", "click", "week")})
+      for head in ("rating", "click", "week")
+    },
+  }
+)
+ROW_STRATEGY = {row: "multitask" for row in STRATEGY_KWARGS if row.startswith(("multitask", "mmoe_"))}
+# Selection reads valid MAE of the adapted rating head, which the click-only and week-only runs never train: they
+# keep their last step instead (one evaluation, at the end), the budget the other multitask rows select near.
+ROW_OVERRIDES = {row: {"eval_every": MULTITASK["steps"]} for row in ("mmoe_click_only", "mmoe_week_only")}
 PROTOCOL_CONFIGS = {"melu": "melu_ml100k", "item_cold": "item_cold_ml100k"}
 
 
@@ -69,10 +94,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown config arg {arg!r}; valid: '[melu|item_cold][,smoke]'")
   c = _base(PROTOCOL_CONFIGS[protocol], "smoke" if smoke else None)
   c.unlock()
-  # The training protocol the table was measured with (before issue 8's fields): the stage streams do not carry
-  # a reference prior or per-seed OOV maps yet, so strategies run without them (train.build_experiment refuses).
-  c.residual, c.resample_train, c.oov_min_count, c.ordinal_features = "", False, 0, ()
-  c.model.use_item_ids = False
   c.strategy_name = "pretrain_finetune"
   kwargs = dict(STRATEGY_KWARGS["pretrain_finetune"])
   if smoke:
@@ -83,5 +104,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def sweep() -> list[dict]:
-  """One run per strategy (`experiments/strategies.py` expands it over both protocols)."""
-  return [{"strategy_name": name, "strategy": kwargs} for name, kwargs in STRATEGY_KWARGS.items()]
+  """One run per table row (`experiments/strategies.py` expands it over both protocols)."""
+  return [
+    {"strategy_name": ROW_STRATEGY.get(row, row), "strategy": kwargs, **ROW_OVERRIDES.get(row, {})}
+    for row, kwargs in STRATEGY_KWARGS.items()
+  ]
+
+
+def sweep_rows() -> list[str]:
+  """The table row label of each `sweep()` run (several rows run the multitask strategy)."""
+  return list(STRATEGY_KWARGS)

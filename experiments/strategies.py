@@ -4,12 +4,14 @@ reference baselines -> experiments/results/strategies_<config>_<protocol>.{md,cs
     python -m experiments.strategies --config=strategies_ml100k                      # melu and item_cold, 5 seeds
     python -m experiments.strategies --config=strategies_ml100k --protocols=melu --seeds=2 --smoke
 
-The grid (`grid`): per protocol, the config `get_config('<protocol>[,smoke]')`; its `sweep()` lists one override
-dict per strategy (`strategy_name`, `strategy`). The first strategy's run also trains the config's learners (the
-MAML family and `none`); the others set `learner_name='none'` and no comparisons, so the MAML family trains once
-per protocol and only their strategy row is kept. Every method is selected on validation only (each run's
-`select_metric`). Runs go to RUNS/strategies/<config>/<protocol>/<strategy>/ and are reused or resumed like
-`experiments.ablate`'s.
+The grid (`grid`): per protocol, the config `get_config('<protocol>[,smoke]')`; its `sweep()` lists one override dict
+per table row (`strategy_name`, `strategy`); an optional `sweep_rows()` labels the rows (default their strategy names)
+when one strategy fills several, e.g. multitask and its single-task counterparts. The first row's run also trains the
+config's learners (the MAML family and `none`); the others set `learner_name='none'` and no comparisons, so the MAML
+family trains once per protocol and only their strategy row is kept. Strategies that report more heads (results.json
+"strategy" "heads") get a second table, strategies_<config>_<protocol>_heads.{md,csv}, one row per run. Every method is
+selected on validation only (each run's `select_metric`). Runs go to
+RUNS/strategies/<config>/<protocol>/<row>/ and are reused or resumed like `experiments.ablate`'s.
 
 Rows that are not strategies: a config may define `table_rows(protocol) -> [(row name, override dict)]` instead;
 the first entry's run is the config's learners (as above), each later entry that sets no `strategy_name` trains the
@@ -44,22 +46,30 @@ VERDICT_BASELINES = ("item_user_offset", "constant", "random")
 
 def entries(module, spec: str, protocol: str) -> list[tuple[str, dict]]:
   """[(row name, override dict)] of one protocol: the config's `table_rows(protocol)`, else its `sweep()` of
-  strategies, each named by its `strategy_name`."""
+  strategies, each named by `sweep_rows()` when the config has it, else by its `strategy_name`."""
   if hasattr(module, "table_rows"):
     out = [(str(name), dict(o)) for name, o in module.table_rows(protocol)]
   else:
     sweep = module.sweep()
     if not sweep or any("strategy_name" not in o for o in sweep):
       raise ValueError(f"config {spec!r}: sweep() must list override dicts that each set 'strategy_name'")
-    out = [(o["strategy_name"], dict(o)) for o in sweep]
+    rows = module.sweep_rows() if hasattr(module, "sweep_rows") else [o["strategy_name"] for o in sweep]
+    if len(rows) != len(sweep):
+      raise ValueError(f"config {spec!r}: want one row label per sweep() run (sweep_rows()), got {rows}")
+    out = [(str(row), dict(o)) for row, o in zip(rows, sweep)]
   names = [n for n, _ in out]
   if not out or len(set(names)) != len(names):
     raise ValueError(f"config {spec!r}: the table needs rows with distinct names, got {names}")
   return out
 
 
+def _smoke_steps(kwargs: dict) -> dict:
+  """Every stage-length keyword (`*steps` but the per-task `inner_steps`) set to 20."""
+  return {k: 20 if k.endswith("steps") and k != "inner_steps" else v for k, v in kwargs.items()}
+
+
 def grid(spec: str, protocols: Sequence[str], base: dict, smoke: bool = False) -> list[tuple[str, str, object]]:
-  """[(protocol, strategy, locked config)] of the table, every override applied (typos fail before any run)."""
+  """[(protocol, row label, locked config)] of the table, every override applied (typos fail before any run)."""
   module, _ = runner.config_module(spec)
   out = []
   for protocol in protocols:
@@ -68,19 +78,26 @@ def grid(spec: str, protocols: Sequence[str], base: dict, smoke: bool = False) -
       is_strategy = "strategy_name" in overrides
       extra = {} if i == 0 else (ONLY_STRATEGY if is_strategy else ONLY_LEARNER)
       if smoke and is_strategy:
-        extra = {**extra, "strategy": {**overrides.get("strategy", {}), "pretrain_steps": 20}}
+        extra = {**extra, "strategy": _smoke_steps(overrides.get("strategy", {}))}
       out.append((protocol, name, runner.apply_overrides(config, base | overrides | extra)))
   return out
 
 
+def _strategy_name(row: str, results: dict) -> str:
+  return results.get("strategy", {}).get("name", row)
+
+
 def table_values(runs: Sequence[tuple[str, dict]]) -> dict:
-  """[(strategy, results)] of one protocol -> {method: {scenario: {metric: [per seed]}}}: the first run's learner
-  and comparisons, every run's strategy row, then the first run's baselines."""
+  """[(row, results)] of one protocol -> {method: {scenario: {metric: [per seed]}}}: the first run's learner
+  and comparisons, every run's strategy row (labelled by its row), then the first run's baselines."""
   first = runner.method_values(runs[0][1], baselines=False)
-  values = dict(first)
-  for name, results in runs[1:]:
+  values = {m: v for m, v in first.items() if m != _strategy_name(runs[0][0], runs[0][1])}
+  for i, (row, results) in enumerate(runs):
     run_values = runner.method_values(results, baselines=False)
-    values[name] = run_values[name] if name in run_values else run_values[results["learner"]]
+    if "strategy" in results:  # a strategy run: its strategy's row, under the row's label
+      values[row] = run_values[_strategy_name(row, results)]
+    elif i:  # a later learner run (table_rows): its learner's row
+      values[row] = run_values[row] if row in run_values else run_values[results["learner"]]
   base = runner.method_values(runs[0][1], baselines=True)
   values.update({m: v for m, v in base.items() if m not in first})
   # Counts such as 'auc/tasks' (tasks with a defined AUC) are not metric columns.
@@ -90,9 +107,13 @@ def table_values(runs: Sequence[tuple[str, dict]]) -> dict:
 def throughput(runs: Sequence[tuple[str, dict]]) -> dict[str, float]:
   """{row: training tasks/s}: every learner of the first run, then each later run's row (its strategy or learner)."""
   out = {n: v["tasks_per_second"] for n, v in runs[0][1]["train"]["learners"].items()}
+  first_strategy = _strategy_name(runs[0][0], runs[0][1])
+  if "strategy" in runs[0][1] and first_strategy in out and first_strategy != runs[0][0]:
+    out[runs[0][0]] = out.pop(first_strategy)  # the first run's strategy row, under its row label
   for name, results in runs[1:]:
     learners = results["train"]["learners"]
-    out[name] = learners[name if name in learners else results["learner"]]["tasks_per_second"]
+    key = _strategy_name(name, results) if "strategy" in results else name
+    out[name] = learners[key if key in learners else results["learner"]]["tasks_per_second"]
   return out
 
 
@@ -140,6 +161,16 @@ def verdicts(values: dict, trained: Sequence[str], metrics: Sequence[str]) -> li
         ]
         lines.append(f"{sc}/{m}: beat {ref} by > 2 SE (paired over seeds): {', '.join(wins) or 'nothing'}.")
   return lines
+
+
+def heads_values(runs: Sequence[tuple[str, dict]]) -> dict:
+  """[(row, results)] -> {row: {scenario: {'<head>/<metric>': [per seed]}}} of the runs whose strategy reports
+  heads (results.json "strategy" "heads"), in run order; {} when none does."""
+  return {
+    row: {s: {k: list(v["per_seed"]) for k, v in per.items()} for s, per in results["strategy"]["heads"].items()}
+    for row, results in runs
+    if "heads" in results.get("strategy", {})
+  }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for path in report.write_tables(tables, stem, header=header, notes=notes):
       print(f"wrote {path}")
+    heads = heads_values(runs)
+    if heads:
+      note = (
+        "Per-head metrics of the multi-task runs (each head scored on every query row of the set with the "
+        "selected parameters, no per-task adaptation; AUC pooled over the set's query rows). A single-task "
+        "counterpart's row is its own head's figure; its other heads are untrained.\n"
+      )
+      for path in report.write_tables(ablate.scenario_tables(heads), f"{stem}_heads", header=header + "\n" + note):
+        print(f"wrote {path}")
     with open(f"{stem}.json", "w") as f:
       json.dump({"config": args.config, "protocol": protocol, "runs": records}, f, indent=1, default=str)
   return 0

@@ -29,7 +29,7 @@ def _command(workdir: str, cache: str, config: str = CONFIG) -> list[str]:
     f"--config={config}",
     f"--workdir={workdir}",
     f"--compilation_cache={cache}",
-    *(f"--config.{k}={v}" for k, v in (PROTOCOL if config == CONFIG else {}).items()),  # strategies refuse them
+    *(f"--config.{k}={v}" for k, v in PROTOCOL.items()),  # strategies too: their streams carry prior and OOV
   ]
 
 

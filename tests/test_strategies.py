@@ -283,13 +283,21 @@ def test_strategies_table_grid_trains_the_learners_once_per_protocol():
   )
   spec.loader.exec_module(module)
   cells = table.grid("strategies_ml100k", ["melu", "item_cold"], {"seeds": 2})
-  names = list(module.STRATEGY_KWARGS)
-  assert [(p, s) for p, s, _ in cells] == [(p, s) for p in ("melu", "item_cold") for s in names]
-  for p, s, c in cells:
-    assert c.protocol_name == p and c.strategy_name == s and c.seeds == 2 and c.is_locked
-    assert c.strategy.to_dict() == module.STRATEGY_KWARGS[s]
-    first = s == names[0]
+  rows = list(module.STRATEGY_KWARGS)
+  assert [(p, r) for p, r, _ in cells] == [(p, r) for p in ("melu", "item_cold") for r in rows]
+  for p, r, c in cells:
+    assert c.protocol_name == p and c.strategy_name == module.ROW_STRATEGY.get(r, r) and c.seeds == 2 and c.is_locked
+    assert c.strategy.to_dict() == module.STRATEGY_KWARGS[r]
+    first = r == rows[0]
     assert (c.learner_name, tuple(c.compare_learners)) == (("melu", ("fomaml", "none")) if first else ("none", ()))
+  assert module.ROW_STRATEGY["mmoe_click_only"] == "multitask"
+  eval_every = {(p, r): c.eval_every for p, r, c in cells}
+  assert eval_every[("melu", "mmoe_week_only")] == module.MULTITASK["steps"] and eval_every[("melu", "multitask")] == 20
+  smoke = table.grid("strategies_ml100k", ["melu"], {"seeds": 1}, smoke=True)
+  for _, r, c in smoke:  # every stage shrunk to 20 steps, the per-task inner steps kept
+    steps = {k: v for k, v in c.strategy.to_dict().items() if k.endswith("steps")}
+    assert steps and all(v == 20 for k, v in steps.items() if k != "inner_steps"), (r, steps)
+    assert steps.get("inner_steps", 2) == module.STRATEGY_KWARGS[r].get("inner_steps", 2)
   per_seed = lambda v: {"new_user": {"mae": {"per_seed": [v, v]}}}
   run = lambda learner, comparisons: {
     "learner": learner,
@@ -300,6 +308,14 @@ def test_strategies_table_grid_trains_the_learners_once_per_protocol():
   values = table.table_values([("a", run("melu", ["none", "a"])), ("b", run("none", ["b"]))])
   assert list(values) == ["melu", "none", "a", "b", "item_user_offset"]  # run b's own `none` is not repeated
   assert values["b"]["new_user"]["mae"] == [2.0, 2.0] and values["a"]["new_user"]["mae"] == [3.0, 3.0]
+  # a row labelled apart from its strategy (multitask's single-task counterparts) and its per-head table
+  heads = {"new_user": {"click/auc": {"per_seed": [0.6, 0.7]}}}
+  labelled = {**run("none", ["multitask"]), "strategy": {"name": "multitask", "heads": heads}}
+  runs = [("a", run("melu", ["none", "a"])), ("mmoe_click_only", labelled)]
+  values = table.table_values(runs)
+  assert list(values) == ["melu", "none", "a", "mmoe_click_only", "item_user_offset"]
+  assert values["mmoe_click_only"]["new_user"]["mae"] == [2.0, 2.0]
+  assert table.heads_values(runs) == {"mmoe_click_only": {"new_user": {"click/auc": [0.6, 0.7]}}}
 
 
 SHARDED_SCRIPT = r"""

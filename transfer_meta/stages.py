@@ -7,7 +7,8 @@
 
 A stage is an objective's gradient (`objective_grad(loss(params, batch, key) -> (loss, metrics))`) or the
 meta-step's (`meta_stage`: `step.task_batch_grad_fn`, the trainer's one vmap of `task_grad` over tasks), a data
-stream (`STREAMS`: 'interactions' minibatches of every training interaction, or 'tasks' batches), an optimiser and
+stream (`STREAMS`: 'interactions' minibatches of every training interaction, 'sampled_pairs', 'labelled_interactions'
+or 'tasks' batches; each with the seed's OOV-remapped features and residual prior, as its task sets), an optimiser and
 a trainable regex: leaves whose path does not match are frozen INSIDE the optimiser (`freeze`: optax
 `multi_transform` with `set_to_zero`), never copied. Its output params feed the next stage; the last stage's are
 what `strategy.learner.adapt` adapts per task at evaluation, selected (best so far on `config.select_metric`) every
@@ -37,11 +38,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from transfer_meta import evaluate, runlog, sharding, step
+from transfer_meta import baselines, evaluate, runlog, sharding, step
 from transfer_meta import train as train_lib
 from transfer_meta.checkpoint import Checkpointer
+from transfer_meta.data.labels import aux_labels
 from transfer_meta.data.streams import InteractionIterator, SampledPairIterator
-from transfer_meta.data.tasks import TaskIterator, eval_batches
+from transfer_meta.data.tasks import PRIOR, TaskIterator, eval_batches
 from transfer_meta.learners.base import Learner
 from transfer_meta.losses import examples_loss, get_loss
 from transfer_meta.models.base import Model, adapt_mask
@@ -65,6 +67,7 @@ class Strategy(NamedTuple):
   learner: Learner  # initialises the params (learner.init) and adapts the last stage's per task at evaluation
   describe: Callable | None = None  # (one seed's final params) -> dict for results.json (e.g. parameter counts)
   fit: Callable | None = None  # (one seed's selected params, its valid batches, eval key) -> params: closed-form fits
+  report: Callable | None = None  # (exp, SeedTasks, one seed's selected params) -> {set: {metric: float}} (extra heads)
 
 
 def objective_grad(objective: Callable) -> Callable:
@@ -128,27 +131,42 @@ def freeze(tx: optax.GradientTransformation, params, trainable: str) -> optax.Gr
 
 
 def _task_stream(exp, st, batch_size: int):
-  tasks = st.tasks["train"]
-  return TaskIterator(tasks, batch_size, st.seed, drop_remainder=batch_size <= len(tasks))
+  tasks, c = st.tasks["train"], exp.config  # the training protocol's episodic resampling, as the meta-step's
+  drop = batch_size <= len(tasks)
+  return TaskIterator(tasks, batch_size, st.seed, drop, resample=c.resample_train, outer_support=c.outer_support)
 
 
-def _interaction_stream(exp, st, batch_size: int):
-  return InteractionIterator.from_split(exp.data, st.split, exp.feats, batch_size, st.seed)
+def _interaction_stream(exp, st, batch_size: int, extra: dict | None = None):
+  # The seed's own feature matrices and reference prior, exactly those of its task sets (OOV remap, residual).
+  prior = {} if st.prior is None else {PRIOR: st.prior}
+  feats = st.tasks["train"].feats
+  return InteractionIterator.from_split(exp.data, st.split, feats, batch_size, st.seed, {**prior, **(extra or {})})
 
 
 def _pair_stream(exp, st, batch_size: int):
-  return SampledPairIterator(_interaction_stream(exp, st, batch_size), st.seed)
+  sampled_prior = None
+  if st.prior is not None:  # a sampled pair is no training row: it gets the reference of an unseen row
+    ref = baselines.entity_prior(exp.config.residual, exp.data, st.split, exp.config.residual_lam)
+    by_item = st.split.task_kind == "user"  # the reference is per query-side entity
+    sampled_prior = lambda users, items: ref[items if by_item else users]  # noqa: E731
+  return SampledPairIterator(_interaction_stream(exp, st, batch_size), st.seed, sampled_prior=sampled_prior)
+
+
+def _labelled_stream(exp, st, batch_size: int):
+  return _interaction_stream(exp, st, batch_size, aux_labels(exp.data, st.split))
 
 
 def _stack(batches: list[dict]) -> dict:
   return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
 
-# name -> (make(exp, seed_tasks, batch_size) -> resumable iterator, stack(per-seed batches) -> [N, ...] batch)
+# name -> (make(exp, seed_tasks, batch_size) -> resumable iterator, stack(per-seed batches) -> [N, ...] batch).
+# Every stream carries the seed's OOV-remapped features and, with config.residual, the reference 'prior'.
 STREAMS = {
   "tasks": (_task_stream, step.stack_seed_batches),  # task batches (support/query), the meta-step's
   "interactions": (_interaction_stream, _stack),  # minibatches of every training interaction x[B]
   "sampled_pairs": (_pair_stream, _stack),  # {"observed": x[B], "sampled": x[B]}: + an unrated item per pair
+  "labelled_interactions": (_labelled_stream, _stack),  # x[B] + `data.labels.aux_labels` keys ('click', 'week')
 }
 
 

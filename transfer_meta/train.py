@@ -142,6 +142,7 @@ class SeedTasks:
   seed: int
   split: ColdStartSplit
   tasks: dict  # set name ('train', 'valid', scenario) -> TaskData
+  prior: np.ndarray | None = None  # f32 [N] the residual reference per row (config.residual), which tasks carry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,12 +178,6 @@ def _cap(split: ColdStartSplit, k: int) -> ColdStartSplit:
 
 def build_experiment(config: ml_collections.ConfigDict, data: Interactions | None = None) -> Experiment:
   """Loads the dataset, makes each seed's split and task sets, builds the model and the mesh."""
-  if config.strategy_name and (config.residual or config.oov_min_count):
-    raise ValueError(
-      f"config.strategy_name={config.strategy_name!r} with config.residual={config.residual!r} / "
-      f"config.oov_min_count={config.oov_min_count}: the stage streams do not carry the reference prior or the "
-      "per-seed OOV maps yet; run strategies with residual='' and oov_min_count=0"
-    )
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
   if config.ordinal_features:
     data = categorical.ordinal_as_dense(data, tuple(config.ordinal_features))
@@ -200,7 +195,8 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
     names = ("train", "valid", *split.scenarios)
     sf = categorical.with_oov(feats, data, split, config.oov_min_count) if config.oov_min_count else feats
     prior = baselines.reference_prior(config.residual, data, split, config.residual_lam) if config.residual else None
-    seeds.append(SeedTasks(s, split, {n: TaskData.from_split(data, split, n, sf, buckets, prior) for n in names}))
+    tasks = {n: TaskData.from_split(data, split, n, sf, buckets, prior) for n in names}
+    seeds.append(SeedTasks(s, split, tasks, prior))
   mesh = sharding.make_mesh()
   chunk, _ = chunking.resolve_chunk_size(config.chunk_size, config.batch_size, mesh.devices.size)
   if chunk:

@@ -7,18 +7,21 @@
 The rows are the split's training rows, `split.tasks['train'].all_rows()` (support and query of every
 training task: the same rows the reference baselines fit on), so no evaluated row is ever seen. Epoch e
 visits them in the permutation drawn from (seed, e); the epoch's last, short batch is padded with masked
-entries (`drop_remainder=False`) or skipped.
+entries (`drop_remainder=False`) or skipped. `extra` per-row arrays (the residual reference `prior`, auxiliary labels
+of multi-task objectives) are gathered beside the rows as more examples keys (0 on padding), the way task batches
+carry the prior.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from transfer_meta.data.examples import FeatureMatrices, gather_rows, make_examples
+from transfer_meta.data.examples import KEYS, FeatureMatrices, gather_rows, make_examples
 from transfer_meta.data.interactions import Interactions
 from transfer_meta.data.split import ColdStartSplit
+from transfer_meta.data.tasks import PRIOR
 
 
 def training_rows(split: ColdStartSplit) -> np.ndarray:
@@ -37,6 +40,7 @@ class InteractionIterator:
     batch_size: B interactions per batch.
     seed: the order's seed (>= 0).
     drop_remainder: skip an epoch's short last batch instead of padding it (needs B <= R).
+    extra: {key: f32 [len(data)]} per-row arrays gathered into each batch as x[key] [B] (0 where padded).
   """
 
   def __init__(
@@ -48,6 +52,7 @@ class InteractionIterator:
     batch_size: int,
     seed: int,
     drop_remainder: bool = True,
+    extra: dict[str, np.ndarray] | None = None,
   ):
     rows = np.asarray(rows, np.int64)
     if rows.ndim != 1 or rows.size == 0:
@@ -60,17 +65,29 @@ class InteractionIterator:
       raise ValueError(f"batch_size={batch_size} exceeds the {rows.size} rows (drop_remainder=True)")
     if seed < 0:
       raise ValueError(f"seed={seed} must be >= 0")
+    extra = {k: np.asarray(v, np.float32) for k, v in (extra or {}).items()}
+    clash = sorted(set(extra) & set(KEYS))
+    bad = {k: v.shape for k, v in extra.items() if v.shape != (len(data),) or not np.isfinite(v).all()}
+    if clash or bad:
+      raise ValueError(f"extra arrays must be finite [{len(data)}] with new keys; clashing {clash}, bad {bad}")
+    self.extra = extra
     self.data, self.feats, self.target, self.rows = data, feats, np.asarray(target, np.float32), rows
     self.batch_size, self.seed, self.drop_remainder = batch_size, int(seed), drop_remainder
     self._epoch, self._position, self._perm = 0, 0, None
 
   @classmethod
   def from_split(
-    cls, data: Interactions, split: ColdStartSplit, feats: FeatureMatrices, batch_size: int, seed: int
+    cls,
+    data: Interactions,
+    split: ColdStartSplit,
+    feats: FeatureMatrices,
+    batch_size: int,
+    seed: int,
+    extra: dict[str, np.ndarray] | None = None,
   ) -> InteractionIterator:
-    """Minibatches of the split's training rows (`training_rows`), fitting `split.target`."""
+    """Minibatches of the split's training rows (`training_rows`), fitting `split.target` (`extra`: see class)."""
     rows = training_rows(split)
-    return cls(data, feats, split.target, rows, batch_size, seed, drop_remainder=batch_size <= rows.size)
+    return cls(data, feats, split.target, rows, batch_size, seed, batch_size <= rows.size, extra)
 
   def _order(self) -> np.ndarray:
     if self._perm is None or self._perm[0] != self._epoch:
@@ -87,7 +104,11 @@ class InteractionIterator:
     end = min(self._position + self.batch_size, n)
     picked = self.rows[self._order()[self._position : end]]
     self._epoch, self._position = (self._epoch + 1, 0) if end == n else (self._epoch, end)
-    return gather_rows(self.data, self.feats, self.target, picked, self.batch_size)
+    x = gather_rows(self.data, self.feats, self.target, picked, self.batch_size)
+    pad = self.batch_size - picked.size
+    for key, values in self.extra.items():
+      x[key] = np.concatenate([values[picked], np.zeros(pad, np.float32)])
+    return x
 
   def state(self) -> dict:
     """{"epoch", "position"}: where the next batch starts (plain ints)."""
@@ -106,18 +127,24 @@ class SampledPairIterator:
   `next()` -> {"observed": x[B], "sampled": x[B]}: `sampled[b]` has observed[b]'s user and an item drawn
   uniformly among those the user has no training row for (rejection sampling, `tries` rounds; a pair still
   colliding after them, or padding, has mask False), target 0 (a sampled item has no label: objectives use it
-  only for teacher scores). The draw is seeded by (seed, epoch, position) of the observed batch, so `state()`
-  / `restore()` of the observed iterator resume it exactly.
+  only for teacher scores). When the observed batches carry the residual reference ('prior'),
+  `sampled_prior(users, items) -> f32 [B]` gives the sampled pairs theirs (the reference of a row outside the
+  training rows, `baselines.entity_prior`); other extra keys are observed-only. The draw is seeded by (seed, epoch,
+  position) of the observed batch, so `state()` / `restore()` of the observed iterator resume it exactly.
 
   Args:
     observed: the observed-pair iterator (its rows define what counts as rated).
     seed: the sampling seed (>= 0).
     tries: rejection rounds.
+    sampled_prior: (users int [B], items int [B]) -> f32 [B], required when `observed` carries 'prior'.
   """
 
-  def __init__(self, observed: InteractionIterator, seed: int, tries: int = 8):
+  def __init__(self, observed: InteractionIterator, seed: int, tries: int = 8, sampled_prior: Callable | None = None):
     if seed < 0 or tries < 1:
       raise ValueError(f"seed={seed} must be >= 0 and tries={tries} >= 1")
+    if PRIOR in observed.extra and sampled_prior is None:
+      raise ValueError(f"observed batches carry {PRIOR!r}: pass sampled_prior so the sampled pairs get theirs")
+    self.sampled_prior = sampled_prior
     self.observed, self.seed, self.tries = observed, int(seed), int(tries)
     data = observed.data
     self.n_items = int(observed.feats.item_cat.shape[0])
@@ -139,6 +166,8 @@ class SampledPairIterator:
       items[hit] = rng.integers(self.n_items, size=int(hit.sum()))
     keep = x["mask"] & ~np.isin(users * self.n_items + items, self.rated)
     sampled = make_examples(self.observed.feats, x["user"], items, None, keep)
+    if PRIOR in self.observed.extra:
+      sampled[PRIOR] = np.where(keep, np.asarray(self.sampled_prior(users, items), np.float32), 0.0)
     return {"observed": x, "sampled": sampled}
 
   def state(self) -> dict:

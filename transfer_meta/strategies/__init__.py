@@ -5,8 +5,9 @@
 
 A config selects one with `config.strategy_name` and `config.strategy` (its keywords); `train_and_evaluate`
 then trains it beside the learners and reports it as one more row of the same tables (results.json
-"comparisons", plus "strategy": the stages run). Add a strategy with one module here (a builder
-`(model, config, spec, **kw) -> stages.Strategy` that reads as its list of stages) and one registry line.
+"comparisons", plus "strategy": the stages run, and "heads" when the strategy reports more heads). Add a strategy
+with one module here (a builder `(model, config, spec, **kw) -> stages.Strategy` that reads as its list of stages)
+and one registry line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import NamedTuple
 import jax
 import ml_collections
 
-from transfer_meta import runlog, stages, step
+from transfer_meta import evaluate, runlog, stages, step
 from transfer_meta import train as train_lib
 from transfer_meta.data.examples import FeatureSpec
 from transfer_meta.models.base import Model
@@ -25,6 +26,7 @@ from transfer_meta.registry import lookup
 from transfer_meta.stages import Strategy
 from transfer_meta.strategies.distill import distill
 from transfer_meta.strategies.fusion import fusion
+from transfer_meta.strategies.multitask import multitask
 from transfer_meta.strategies.pretrain import pretrain_finetune, pretrain_frozen_head
 from transfer_meta.strategies.soup import soup
 from transfer_meta.strategies.warm_start import metaemb, mwuf
@@ -37,6 +39,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
   "distill": distill,  # id-based teacher -> side-feature student (hard labels + teacher scores), fine-tune per task
   "metaemb": metaemb,  # pretrained base, then a generator of cold id embeddings from features (Pan et al. SIGIR'19)
   "mwuf": mwuf,  # pretrained base, then meta scaling/shifting nets warming cold embeddings (Zhu et al. SIGIR'21)
+  "multitask": multitask,  # shared-bottom / MMoE heads: rating (mse), click and first-week (bce); rating adapted
 }
 
 
@@ -78,6 +81,9 @@ def run(exp: train_lib.Experiment, workdir: str, mlog: runlog.MetricsLog) -> Str
   info = {"name": name, "kwargs": kwargs, "learner": strategy.learner.name, "stages": stages.stage_info(strategy)}
   if strategy.describe is not None:
     info["describe"] = strategy.describe(jax.device_get(step.unstack(trained.selection.params, 0)))
+  if strategy.report is not None:  # e.g. multitask's per-head metrics, per seed -> mean, std, per_seed
+    per_seed = [strategy.report(exp, st, step.unstack(trained.selection.params, n)) for n, st in enumerate(exp.seeds)]
+    info["heads"] = evaluate.summarize(per_seed)
   return StrategyRun(trained, train_lib.evaluate_trained(exp, trained), info, seconds)
 
 
