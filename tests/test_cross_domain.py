@@ -376,3 +376,48 @@ def test_compare_rows_pair_every_method_with_each_reference_and_say_when_none_wi
   assert "- beta=0.5, cold_target: **none does**" in ablate.compare_markdown(rows, ["target", "source"], ["mae"], "")
   with pytest.raises(ValueError, match="not baselines"):
     ablate.compare_rows([{"label": "x", "results": results}], ["nope"], ["mae"])
+
+
+def test_item_overlap_protocol_on_a_hand_fixture_with_data_domains(hand):
+  """Users 0-8 in domain 'a' (source), 9-17 in 'b' (target): user-disjoint; items rated in both are shared."""
+  data = domains.with_domains(hand, (hand.user >= 9).astype(np.int8), ("a", "b"))
+  kw = dict(beta=0.5, valid_fraction=0.25, n_support=1, min_query=6, n_query=2, source="a", target="b", min_tasks=0)
+  split = make_protocol("ml1m_to_ml100k", data, seed=0, **kw)
+  assert split.shared_users.size == 0 and split.domains == ("a", "b")
+  a_items, b_items = set(hand.item[hand.user < 9].tolist()), set(hand.item[hand.user >= 9].tolist())
+  assert split.shared_items.tolist() == sorted(a_items & b_items)
+  assert split.source_rows.tolist() == np.flatnonzero(hand.user < 9).tolist()
+  # Candidates: target users with >= 7 target ratings (9-14; user 15-16 have 5, user 17 has 4): 6 -> 2 valid, 3 cold.
+  assert split.params["users_candidates"] == 6
+  held = split.roles["valid"].tolist() + split.roles[COLD].tolist()
+  assert len(split.roles["valid"]) == 2 and len(split.roles[COLD]) == 3 and set(held) <= set(range(9, 15))
+  assert all(split.history[COLD].sizes() == 0)  # cold users have no source history in a user-disjoint benchmark
+  assert split.roles["train"].size == 0  # no overlapping users
+  assert not np.isin(hand.user[split.target_train_rows()], held).any()
+  assert set(hand.user[split.target_train_rows()].tolist()) == set(range(9, 18)) - set(held)
+  with pytest.raises(DataError, match="need distinct 'a' and 'c'"):
+    make_protocol("ml1m_to_ml100k", data, seed=0, **{**kw, "target": "c"})
+  with pytest.raises(DataError, match="carry no domains"):
+    make_protocol("ml1m_to_ml100k", hand, seed=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def ml1m_ml100k():
+  return tm.load_dataset("ml-1m+ml-100k")
+
+
+def test_ml1m_to_ml100k_matches_1539_titles_and_holds_out_ml100k_users(ml1m_ml100k):
+  data = ml1m_ml100k
+  assert data.domains == ("ml-1m", "ml-100k") and np.bincount(data.domain).tolist() == [1_000_209, 99_693]
+  split = make_protocol("ml1m_to_ml100k", data, seed=0)
+  assert split.shared_items.size == 1539 and split.shared_users.size == 0
+  raw = data.user_raw_ids.astype(str)
+  held = np.concatenate([split.roles["valid"], split.roles[COLD]])
+  assert all(r.startswith("100k_") for r in raw[held])
+  assert len(split.tasks[COLD]) == round(0.5 * 943) and len(split.tasks["valid"]) == round(0.1 * 943)
+  assert split.source_rows.size == 1_000_209 and not np.isin(data.user[split.target_train_rows()], held).any()
+  titles = data.item_raw_ids.astype(str)  # shared items are titles rated in both files
+  in_1m = set(titles[data.item[data.domain == 0]])
+  in_100k = set(titles[data.item[data.domain == 1]])
+  assert sorted(titles[split.shared_items]) == sorted(in_1m & in_100k)
+  assert make_protocol("ml1m_to_ml100k", data, seed=0).manifest["hash"] == split.manifest["hash"]
