@@ -421,3 +421,25 @@ def test_ml1m_to_ml100k_matches_1539_titles_and_holds_out_ml100k_users(ml1m_ml10
   in_100k = set(titles[data.item[data.domain == 1]])
   assert sorted(titles[split.shared_items]) == sorted(in_1m & in_100k)
   assert make_protocol("ml1m_to_ml100k", data, seed=0).manifest["hash"] == split.manifest["hash"]
+
+
+def test_source_only_model_is_a_strategy_row_pretrained_on_source_rows(tmp_path):
+  from experiments import runner  # noqa: PLC0415
+  from transfer_meta import strategies  # noqa: PLC0415
+
+  config = _tiny_config()
+  module, _ = runner.config_module("genre_split_ml100k")
+  overrides = {
+    **module.SOURCE_ONLY,
+    "strategy": {**module.SOURCE_ONLY["strategy"], "pretrain_steps": 4, "batch_size": 32},
+  }
+  config = runner.apply_overrides(config, overrides)
+  built = tm.train.build_experiment(config)
+  strategy = strategies.get_strategy(config.strategy_name, built.model, config, built.spec, **config.strategy.to_dict())
+  assert [s.stream for s in strategy.stages] == ["source_interactions"]
+  results = tm.train_and_evaluate(config, str(tmp_path), data=built.data)
+  row = results["comparisons"]["pretrain_finetune"]
+  assert set(row) == {"valid", COLD} and all(np.isfinite(v["mean"]) for v in row[COLD].values())
+  assert results["strategy"]["stages"][0]["stream"] == "source_interactions"
+  with pytest.raises(ValueError, match="pretraining stream 'tasks'"):
+    strategies.get_strategy("pretrain_finetune", built.model, config, built.spec, stream="tasks")
