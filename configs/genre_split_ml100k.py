@@ -1,6 +1,7 @@
 """Cross-domain cold start on MovieLens-100K, `genre_split` (source: action-led genres, target: comedy/drama-led).
 
-Command (one run: β = 0.5, K = 5 target support ratings, 5 seeds):
+Command (one run: β = 0.5, K = 5 target support ratings, 5 seeds; 2 CPU cores at load average ~30 shared with
+other jobs: see experiments/README.md "Cross-domain" for the measured wall time):
 
     python -m transfer_meta.main --config=configs/genre_split_ml100k.py --workdir=runs/genre_split_ml100k
 
