@@ -443,3 +443,26 @@ def test_source_only_model_is_a_strategy_row_pretrained_on_source_rows(tmp_path)
   assert results["strategy"]["stages"][0]["stream"] == "source_interactions"
   with pytest.raises(ValueError, match="pretraining stream 'tasks'"):
     strategies.get_strategy("pretrain_finetune", built.model, config, built.spec, stream="tasks")
+
+
+def test_csv_export_refuses_domains_instead_of_dropping_them(hand, tmp_path):
+  from transfer_meta.data.csv_export import write_csv  # noqa: PLC0415
+
+  with pytest.raises(DataError, match="does not write domains"):
+    write_csv(domains.with_domains(hand, (hand.item >= 10).astype(np.int8), ("a", "b")), tmp_path)
+  assert not list(tmp_path.iterdir())
+
+
+def test_catalogue_ranking_on_a_cross_domain_split_ranks_target_items_only(hand):
+  from transfer_meta import ranking_eval  # noqa: PLC0415
+
+  split = make_protocol("genre_split", hand, seed=0, **HAND_KW)
+  rated = ranking_eval.Rated.build(hand, split)
+  owners = split.tasks[COLD].task_ids
+  unrated = rated.unrated(owners)
+  target_items = set(range(10, 20))  # items 0-9 are source, 20 in no domain
+  for b, u in enumerate(owners):
+    want = target_items - set(hand.item[hand.user == u].tolist())
+    assert set(np.flatnonzero(unrated[b]).tolist()) == want
+  melu_like = make_protocol("recbole_metarec", hand, seed=0, n_query=2, min_ratings=3, max_ratings=20, min_tasks=0)
+  assert ranking_eval.Rated.build(hand, melu_like).outside is None  # single-domain splits: the whole catalogue
