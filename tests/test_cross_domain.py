@@ -466,3 +466,16 @@ def test_catalogue_ranking_on_a_cross_domain_split_ranks_target_items_only(hand)
     assert set(np.flatnonzero(unrated[b]).tolist()) == want
   melu_like = make_protocol("recbole_metarec", hand, seed=0, n_query=2, min_ratings=3, max_ratings=20, min_tasks=0)
   assert ranking_eval.Rated.build(hand, melu_like).outside is None  # single-domain splits: the whole catalogue
+
+
+def test_max_query_caps_held_out_queries_and_the_rest_is_never_trained_on(hand):
+  full = make_protocol("genre_split", hand, seed=0, **HAND_KW)
+  capped = make_protocol("genre_split", hand, seed=0, **HAND_KW, max_query=6)
+  for name in ("valid", COLD):
+    assert capped.tasks[name].query_sizes().tolist() == [6] * len(capped.tasks[name])
+    np.testing.assert_array_equal(capped.tasks[name].support_rows, full.tasks[name].support_rows)
+    assert set(capped.tasks[name].query_rows.tolist()) < set(full.tasks[name].query_rows.tolist())
+  np.testing.assert_array_equal(capped.target_train_rows(), full.target_train_rows())  # the cut rows stay unused
+  assert full.params["max_query"] is None and capped.params["max_query"] == 6
+  with pytest.raises(ValueError, match="max_query"):
+    make_protocol("genre_split", hand, seed=0, **HAND_KW, max_query=5)  # below min_query

@@ -38,6 +38,7 @@ def ml1m_to_ml100k(
   min_query: int = 10,
   n_query: int = 10,
   valid_fraction: float = 0.1,
+  max_query: int | None = None,
   source: str = "ml-1m",
   target: str = "ml-100k",
 ) -> CrossDomainSplit:
@@ -47,7 +48,7 @@ def ml1m_to_ml100k(
     data: interactions with domains (`Interactions.domains`) naming `source` and `target`.
     seed: the split's seed.
     beta: share of the candidate target users that are cold.
-    n_support, min_query, n_query, valid_fraction: as in `genre_split`.
+    n_support, min_query, n_query, valid_fraction, max_query: as in `genre_split`.
     source, target: the domain names.
   Returns:
     CrossDomainSplit with sets 'train', 'valid', 'cold_target' (the scenario) and 'source'; target = rating.
@@ -94,4 +95,5 @@ def ml1m_to_ml100k(
     min_query=min_query,
     n_query=n_query,
     excluded=excluded,
+    max_query=None if max_query is None else common.check_int("max_query", max_query, min_query),
   )
