@@ -8,7 +8,8 @@
 A stage is an objective's gradient (`objective_grad(loss(params, batch, key) -> (loss, metrics))`) or the
 meta-step's (`meta_stage`: `step.task_batch_grad_fn`, the trainer's one vmap of `task_grad` over tasks), a data
 stream (`STREAMS`: 'interactions' minibatches of every training interaction, 'sampled_pairs', 'labelled_interactions'
-or 'tasks' batches; each with the seed's OOV-remapped features and residual prior, as its task sets), an optimiser and
+or 'tasks' batches; each with the seed's OOV-remapped features and residual prior, as its task sets; cross-domain
+splits add 'source_interactions' and 'source_tasks', with the seed's features but no prior), an optimiser and
 a trainable regex: leaves whose path does not match are frozen INSIDE the optimiser (`freeze`: optax
 `multi_transform` with `set_to_zero`), never copied. Its output params feed the next stage; the last stage's are
 what `strategy.learner.adapt` adapts per task at evaluation, selected (best so far on `config.select_metric`) every
@@ -43,7 +44,7 @@ from transfer_meta import train as train_lib
 from transfer_meta.checkpoint import Checkpointer
 from transfer_meta.data.labels import aux_labels
 from transfer_meta.data.streams import InteractionIterator, SampledPairIterator
-from transfer_meta.data.tasks import PRIOR, TaskIterator, eval_batches
+from transfer_meta.data.tasks import PRIOR, TaskData, TaskIterator, eval_batches
 from transfer_meta.learners.base import Learner
 from transfer_meta.losses import examples_loss, get_loss
 from transfer_meta.models.base import Model, adapt_mask
@@ -143,6 +144,18 @@ def _interaction_stream(exp, st, batch_size: int, extra: dict | None = None):
   return InteractionIterator.from_split(exp.data, st.split, feats, batch_size, st.seed, {**prior, **(extra or {})})
 
 
+def _source_interaction_stream(exp, st, batch_size: int):
+  return InteractionIterator.from_source(exp.data, st.split, st.tasks["train"].feats, batch_size, st.seed)
+
+
+def _source_task_stream(exp, st, batch_size: int):
+  from transfer_meta.data.cross_domain import SOURCE_SET, require_cross_domain  # noqa: PLC0415
+
+  split = require_cross_domain(st.split, "the source-tasks stream")
+  tasks = TaskData.from_split(exp.data, split, SOURCE_SET, st.tasks["train"].feats, tuple(exp.config.buckets))
+  return TaskIterator(tasks, batch_size, st.seed, drop_remainder=batch_size <= len(tasks))
+
+
 def _pair_stream(exp, st, batch_size: int):
   sampled_prior = None
   if st.prior is not None:  # a sampled pair is no training row: it gets the reference of an unseen row
@@ -167,6 +180,9 @@ STREAMS = {
   "interactions": (_interaction_stream, _stack),  # minibatches of every training interaction x[B]
   "sampled_pairs": (_pair_stream, _stack),  # {"observed": x[B], "sampled": x[B]}: + an unrated item per pair
   "labelled_interactions": (_labelled_stream, _stack),  # x[B] + `data.labels.aux_labels` keys ('click', 'week')
+  # Cross-domain splits only (`data.cross_domain`): the source domain's rows / user tasks.
+  "source_interactions": (_source_interaction_stream, _stack),  # minibatches of every source row x[B]
+  "source_tasks": (_source_task_stream, step.stack_seed_batches),  # task batches of split.tasks['source']
 }
 
 

@@ -10,6 +10,9 @@ visits them in the permutation drawn from (seed, e); the epoch's last, short bat
 entries (`drop_remainder=False`) or skipped. `extra` per-row arrays (the residual reference `prior`, auxiliary labels
 of multi-task objectives) are gathered beside the rows as more examples keys (0 on padding), the way task batches
 carry the prior.
+
+Cross-domain splits (`transfer_meta.data.cross_domain`) add the source domain as its own stream:
+`InteractionIterator.from_source` draws from `split.source_rows` (every source-domain row; never a target row).
 """
 
 from __future__ import annotations
@@ -88,6 +91,16 @@ class InteractionIterator:
     """Minibatches of the split's training rows (`training_rows`), fitting `split.target` (`extra`: see class)."""
     rows = training_rows(split)
     return cls(data, feats, split.target, rows, batch_size, seed, batch_size <= rows.size, extra)
+
+  @classmethod
+  def from_source(
+    cls, data: Interactions, split: ColdStartSplit, feats: FeatureMatrices, batch_size: int, seed: int
+  ) -> InteractionIterator:
+    """Minibatches of a cross-domain split's source-domain rows (`split.source_rows`), fitting `split.target`."""
+    from transfer_meta.data.cross_domain import require_cross_domain  # noqa: PLC0415 (cross_domain imports split)
+
+    rows = require_cross_domain(split, "the source-interactions stream").source_rows
+    return cls(data, feats, split.target, rows, batch_size, seed, drop_remainder=batch_size <= rows.size)
 
   def _order(self) -> np.ndarray:
     if self._perm is None or self._perm[0] != self._epoch:

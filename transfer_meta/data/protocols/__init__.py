@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from transfer_meta.data.interactions import Interactions
 from transfer_meta.data.protocols import common
+from transfer_meta.data.protocols.genre_split import genre_split
 from transfer_meta.data.protocols.item_cold import item_cold
 from transfer_meta.data.protocols.item_warmup import item_warmup
 from transfer_meta.data.protocols.melu import melu
+from transfer_meta.data.protocols.ml1m_to_ml100k import ml1m_to_ml100k
 from transfer_meta.data.protocols.recbole_metarec import recbole_metarec
 from transfer_meta.data.split import ColdStartSplit
 
@@ -21,6 +23,8 @@ PROTOCOLS = {
   "recbole_metarec": recbole_metarec,
   "item_cold": item_cold,
   "item_warmup": item_warmup,  # warm items train the base; cold items warm up in rounds a/b/c of K ratings
+  "genre_split": genre_split,  # cross-domain, user overlap (data/cross_domain.py)
+  "ml1m_to_ml100k": ml1m_to_ml100k,  # cross-domain, item overlap, user-disjoint
 }
 
 
