@@ -236,6 +236,8 @@ def _catalogue_offset(data, split, taskset, positions, seed, lam):
 
 # Baselines whose scores rank but are not predictions of the target: pointwise metrics (MAE/RMSE) are not reported.
 RANKERS: tuple[str, ...] = ("popularity",)
+
+
 def _catalogue_source(target_items: bool):
   def fn(data, split, taskset, positions, seed, lam):
     items, offsets = _source_parts(data, split, lam)
