@@ -175,7 +175,7 @@ def emcdr(
 
 
 def cmf_objective(part: Model, alpha: float):
-  """`(params, {"source": x, "target": x, ...}, key) -> (alpha L_s + (1 - alpha) L_t, {"source_loss", "target_loss"})`."""
+  """`(params, {"source": x, "target": x}, key) -> (alpha L_s + (1 - alpha) L_t, {"source_loss", "target_loss"})`."""
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f"CMF: alpha={alpha!r} must be in [0, 1] (the weight of the source matrix)")
 
