@@ -7,7 +7,8 @@
 
 A stage is an objective's gradient (`objective_grad(loss(params, batch, key) -> (loss, metrics))`) or the
 meta-step's (`meta_stage`: `step.task_batch_grad_fn`, the trainer's one vmap of `task_grad` over tasks), a data
-stream (`STREAMS`: 'interactions' minibatches of every training interaction, or 'tasks' batches), an optimiser and
+stream (`STREAMS`: 'interactions' minibatches of every training interaction, 'tasks' batches; cross-domain splits
+add 'source_interactions' and 'source_tasks'), an optimiser and
 a trainable regex: leaves whose path does not match are frozen INSIDE the optimiser (`freeze`: optax
 `multi_transform` with `set_to_zero`), never copied. Its output params feed the next stage; the last stage's are
 what `strategy.learner.adapt` adapts per task at evaluation, selected (best so far on `config.select_metric`) every
@@ -41,7 +42,7 @@ from transfer_meta import evaluate, runlog, sharding, step
 from transfer_meta import train as train_lib
 from transfer_meta.checkpoint import Checkpointer
 from transfer_meta.data.streams import InteractionIterator, SampledPairIterator
-from transfer_meta.data.tasks import TaskIterator, eval_batches
+from transfer_meta.data.tasks import TaskData, TaskIterator, eval_batches
 from transfer_meta.learners.base import Learner
 from transfer_meta.losses import examples_loss, get_loss
 from transfer_meta.models.base import Model, adapt_mask
@@ -136,6 +137,18 @@ def _interaction_stream(exp, st, batch_size: int):
   return InteractionIterator.from_split(exp.data, st.split, exp.feats, batch_size, st.seed)
 
 
+def _source_interaction_stream(exp, st, batch_size: int):
+  return InteractionIterator.from_source(exp.data, st.split, exp.feats, batch_size, st.seed)
+
+
+def _source_task_stream(exp, st, batch_size: int):
+  from transfer_meta.data.cross_domain import SOURCE_SET, require_cross_domain  # noqa: PLC0415
+
+  split = require_cross_domain(st.split, "the source-tasks stream")
+  tasks = TaskData.from_split(exp.data, split, SOURCE_SET, exp.feats, tuple(exp.config.buckets))
+  return TaskIterator(tasks, batch_size, st.seed, drop_remainder=batch_size <= len(tasks))
+
+
 def _pair_stream(exp, st, batch_size: int):
   return SampledPairIterator(_interaction_stream(exp, st, batch_size), st.seed)
 
@@ -149,6 +162,9 @@ STREAMS = {
   "tasks": (_task_stream, step.stack_seed_batches),  # task batches (support/query), the meta-step's
   "interactions": (_interaction_stream, _stack),  # minibatches of every training interaction x[B]
   "sampled_pairs": (_pair_stream, _stack),  # {"observed": x[B], "sampled": x[B]}: + an unrated item per pair
+  # Cross-domain splits only (`data.cross_domain`): the source domain's rows / user tasks.
+  "source_interactions": (_source_interaction_stream, _stack),  # minibatches of every source row x[B]
+  "source_tasks": (_source_task_stream, step.stack_seed_batches),  # task batches of split.tasks['source']
 }
 
 

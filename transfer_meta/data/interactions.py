@@ -88,6 +88,25 @@ def _check(ok: bool, msg: str) -> None:
     raise DataError(msg)
 
 
+def _check_domains(name: str, domain: np.ndarray | None, domains: tuple[str, ...] | None, n: int) -> None:
+  """`domain` and `domains` are both None, or int8 [n] ids into >= 2 distinct names."""
+  _check((domain is None) == (domains is None), f"{name}: domain and domains must be given together (or neither)")
+  if domain is None:
+    return
+  _check(
+    isinstance(domains, tuple) and len(domains) >= 2 and all(isinstance(d, str) and d for d in domains),
+    f"{name}: domains must be a tuple of >= 2 non-empty names, got {domains!r}",
+  )
+  _check(len(set(domains)) == len(domains), f"{name}: domain names repeat: {domains!r}")
+  _check(
+    domain.shape == (n,) and domain.dtype == np.int8,
+    f"{name}: domain must be int8 [{n}], got {domain.dtype} {domain.shape}",
+  )
+  if n:
+    bad = np.flatnonzero((domain < 0) | (domain >= len(domains)))
+    _check(bad.size == 0, f"{name}: domain ids outside [0, {len(domains)}) at rows {bad[:5].tolist()}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Interactions:
   """Ratings with user/item side features. N interactions, U users, I items."""
@@ -103,6 +122,9 @@ class Interactions:
   item_raw_ids: np.ndarray  # object [I]
   rating_scale: tuple[float, float] = (1.0, 5.0)
   item_year: np.ndarray | None = None  # int32 [I] release year, -1 where unknown (None: no years)
+  # Domains (`transfer_meta.data.domains`): None = one domain; else domain[n] indexes `domains` (names).
+  domain: np.ndarray | None = None  # int8 [N], in [0, len(domains))
+  domains: tuple[str, ...] | None = None  # distinct names, >= 2
 
   def __post_init__(self):
     n = self.user.shape[0]
@@ -133,6 +155,7 @@ class Interactions:
       _check(
         self.item_year.shape == (I,) and self.item_year.dtype == np.int32, f"{self.name}: item_year must be int32 [{I}]"
       )
+    _check_domains(self.name, self.domain, self.domains, n)
 
   @property
   def n_users(self) -> int:

@@ -8,6 +8,9 @@ The rows are the split's training rows, `split.tasks['train'].all_rows()` (suppo
 training task: the same rows the reference baselines fit on), so no evaluated row is ever seen. Epoch e
 visits them in the permutation drawn from (seed, e); the epoch's last, short batch is padded with masked
 entries (`drop_remainder=False`) or skipped.
+
+Cross-domain splits (`transfer_meta.data.cross_domain`) add the source domain as its own stream:
+`InteractionIterator.from_source` draws from `split.source_rows` (every source-domain row; never a target row).
 """
 
 from __future__ import annotations
@@ -70,6 +73,16 @@ class InteractionIterator:
   ) -> InteractionIterator:
     """Minibatches of the split's training rows (`training_rows`), fitting `split.target`."""
     rows = training_rows(split)
+    return cls(data, feats, split.target, rows, batch_size, seed, drop_remainder=batch_size <= rows.size)
+
+  @classmethod
+  def from_source(
+    cls, data: Interactions, split: ColdStartSplit, feats: FeatureMatrices, batch_size: int, seed: int
+  ) -> InteractionIterator:
+    """Minibatches of a cross-domain split's source-domain rows (`split.source_rows`), fitting `split.target`."""
+    from transfer_meta.data.cross_domain import require_cross_domain  # noqa: PLC0415 (cross_domain imports split)
+
+    rows = require_cross_domain(split, "the source-interactions stream").source_rows
     return cls(data, feats, split.target, rows, batch_size, seed, drop_remainder=batch_size <= rows.size)
 
   def _order(self) -> np.ndarray:

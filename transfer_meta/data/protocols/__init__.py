@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from transfer_meta.data.interactions import Interactions
 from transfer_meta.data.protocols import common
+from transfer_meta.data.protocols.genre_split import genre_split
 from transfer_meta.data.protocols.item_cold import item_cold
 from transfer_meta.data.protocols.melu import melu
 from transfer_meta.data.protocols.recbole_metarec import recbole_metarec
 from transfer_meta.data.split import ColdStartSplit
 
-PROTOCOLS = {"melu": melu, "recbole_metarec": recbole_metarec, "item_cold": item_cold}
+PROTOCOLS = {"melu": melu, "recbole_metarec": recbole_metarec, "item_cold": item_cold, "genre_split": genre_split}
 
 
 def make_protocol(

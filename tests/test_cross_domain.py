@@ -1,0 +1,265 @@
+"""Cross-domain data: domains on Interactions, the genre split on a hand fixture and on ML-100K, poisoning.
+
+Hand fixture (`hand`): genres A, B, C; groups source = (A,), target = (B, C).
+  items 0-9   first genre A (item 1 is {A, C}, item 3 {A, B}: still source)  -> source
+  items 10-19 first genre B or C                                             -> target
+  item 20     no genre                                                       -> no domain
+  users 0-11  all 10 target items, 3 source items, even users also item 20   -> overlapping candidates
+  users 12-14 target items only                                              -> target-only training users
+  users 15-16 source items 0-4 only                                          -> source-only
+  user 17     target items 10-12 and source item 0                           -> overlapping, too few target ratings
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import numpy as np
+import pytest
+
+from transfer_meta import baselines, stages
+from transfer_meta.data import domains
+from transfer_meta.data.cross_domain import COLD, SOURCE_SET, CrossDomainSplit, RowSets
+from transfer_meta.data.examples import FeatureMatrices
+from transfer_meta.data.interactions import DataError, FeatureTable, Interactions
+from transfer_meta.data.movielens import cached_files, read_atomic
+from transfer_meta.data.protocols import make_protocol
+from transfer_meta.data.protocols.genre_split import SOURCE_GENRES, TARGET_GENRES
+from transfer_meta.data.tasks import TaskData
+
+GROUPS = dict(source_genres=("A",), target_genres=("B", "C"))
+HAND_KW = dict(GROUPS, beta=0.5, valid_fraction=0.25, n_support=1, min_query=6, n_query=2, min_tasks=0)
+POISON = 1000.0
+
+
+def _genres(n_items: int) -> np.ndarray:
+  g = np.zeros((n_items, 3), np.float32)
+  g[:10, 0] = 1  # A
+  g[1, 2] = g[3, 1] = 1  # item 1 {A, C}, item 3 {A, B}
+  g[10:15, 1] = 1  # B
+  g[15:20, 2] = 1  # C
+  g[12, 2] = 1  # {B, C}
+  return g
+
+
+def _ratings() -> dict[int, list[int]]:
+  r = {u: [*range(10, 20), u % 10, (u + 1) % 10, (u + 2) % 10] + ([20] if u % 2 == 0 else []) for u in range(12)}
+  r.update({u: list(range(10, 20)) for u in (12, 13, 14)})
+  r.update({u: list(range(5)) for u in (15, 16)})
+  r[17] = [10, 11, 12, 0]
+  return r
+
+
+def make_hand(rating_of=None, scale=(1.0, 5.0)) -> Interactions:
+  """The hand fixture; rating of (u, i) = 1 + (u + i) % 5 unless `rating_of(u, i, rating)` says otherwise."""
+  pairs = [(u, i) for u, items in sorted(_ratings().items()) for i in items]
+  user = np.array([p[0] for p in pairs], np.int32)
+  item = np.array([p[1] for p in pairs], np.int32)
+  rating = (1 + (user + item) % 5).astype(np.float32)
+  if rating_of is not None:
+    rating = np.array([rating_of(u, i, r) for u, i, r in zip(user, item, rating)], np.float32)
+  n_items = 21
+  return Interactions(
+    name="hand",
+    user=user,
+    item=item,
+    rating=rating,
+    timestamp=np.arange(len(pairs), dtype=np.int64),
+    user_features=FeatureTable(18),
+    item_features=FeatureTable(n_items, multi_hot={"genre": _genres(n_items)}, vocab={"genre": ("A", "B", "C")}),
+    user_raw_ids=np.arange(18).astype(object),
+    item_raw_ids=np.arange(n_items).astype(object),
+    rating_scale=scale,
+  )
+
+
+@pytest.fixture(scope="module")
+def hand():
+  return make_hand()
+
+
+def test_interactions_domain_is_validated(hand):
+  ok = domains.with_domains(hand, (hand.item >= 10).astype(np.int8), ("a", "b"))
+  assert ok.domain.dtype == np.int8 and ok.domains == ("a", "b")
+  assert hand.domain is None and hand.domains is None  # single domain by default
+  n = len(hand)
+  bad = [
+    dict(domain=np.zeros(n, np.int8), domains=None),  # one without the other
+    dict(domain=None, domains=("a", "b")),
+    dict(domain=np.zeros(n, np.int32), domains=("a", "b")),  # dtype
+    dict(domain=np.zeros(n - 1, np.int8), domains=("a", "b")),  # shape
+    dict(domain=np.full(n, 2, np.int8), domains=("a", "b")),  # id outside the names
+    dict(domain=np.zeros(n, np.int8), domains=("a", "a")),  # repeated name
+    dict(domain=np.zeros(n, np.int8), domains=("a",)),  # one domain is no domain split
+  ]
+  for kw in bad:
+    with pytest.raises(DataError, match="domain"):
+      dataclasses.replace(hand, **kw)
+
+
+def test_genre_domains_and_shared_maps_on_the_hand_fixture(hand):
+  item_domain, first = domains.genre_domains(hand, (("A",), ("B", "C")))
+  assert item_domain.tolist() == [0] * 10 + [1] * 10 + [-1]
+  assert first.tolist() == [0] * 10 + [1] * 5 + [2] * 5 + [-1]
+  row_domain = item_domain[hand.item]
+  want_shared = [*range(12), 17]
+  assert domains.shared(hand.user, row_domain, hand.n_users).tolist() == want_shared
+  assert domains.shared(hand.item, row_domain, hand.n_items).tolist() == []  # items are in one domain each
+  assert domains.counts_in(hand.user, row_domain, hand.n_users, 1).tolist() == [10] * 15 + [0, 0, 3]
+  # Only the first genre counts: swapping the group of C moves no item with first genre A or B.
+  swapped, _ = domains.genre_domains(hand, (("A", "C"), ("B",)))
+  assert swapped.tolist() == [0] * 10 + [1] * 5 + [0] * 5 + [-1]
+  with pytest.raises(ValueError, match="not in the 'genre' vocabulary"):
+    domains.genre_domains(hand, (("A",), ("Z",)))
+  with pytest.raises(ValueError, match="disjoint"):
+    domains.genre_domains(hand, (("A", "B"), ("B",)))
+  with pytest.raises(ValueError, match="non-empty"):
+    domains.genre_domains(hand, (("A",), ()))
+  with pytest.raises(DataError, match="no multi-hot item feature 'tags'"):
+    domains.genre_domains(hand, (("A",), ("B",)), "tags")
+
+
+def test_genre_split_sets_roles_and_history_on_the_hand_fixture(hand):
+  split = make_protocol("genre_split", hand, seed=0, **HAND_KW)
+  assert isinstance(split, CrossDomainSplit) and split.scenarios == (COLD,)
+  assert split.row_domain.tolist() == [(0 if i < 10 else 1 if i < 20 else -1) for i in hand.item]
+  assert split.shared_users.tolist() == [*range(12), 17] and split.shared_items.size == 0
+  valid, cold, train = (split.roles[r].tolist() for r in ("valid", COLD, "train"))
+  # 12 candidates (users 0-11): 3 valid, 6 cold, 3 training; user 17 (3 target ratings) is no candidate.
+  assert len(valid) == 3 and len(cold) == 6 and set(valid + cold) < set(range(12))
+  assert sorted(train) == sorted(set(range(12)) - set(valid + cold) | {17})
+  assert split.params["users_candidates"] == 12 and split.excluded["candidates"]["fewer than 7 target ratings"] == 1
+  assert sorted(split.tasks["valid"].task_ids.tolist()) == valid
+  assert sorted(split.tasks[COLD].task_ids.tolist()) == cold
+  # Training tasks: every non-held-out user with target ratings (users 12-14 and 17 included).
+  assert split.tasks["train"].task_ids.tolist() == sorted(set(range(15)) - set(valid + cold) | {17})
+  for name in ("valid", COLD):
+    ts = split.tasks[name]
+    assert ts.support_sizes().tolist() == [1] * len(ts) and ts.query_sizes().tolist() == [9] * len(ts)
+    for t, u in enumerate(ts.task_ids):  # support + query = all the user's target rows, nothing else
+      both = np.sort(np.concatenate([ts.support(t), ts.query(t)]))
+      assert both.tolist() == np.flatnonzero((hand.user == u) & (hand.item >= 10) & (hand.item < 20)).tolist()
+  assert np.intersect1d(split.target_train_rows(), np.flatnonzero(np.isin(hand.user, valid + cold))).size == 0
+  assert split.source_rows.tolist() == np.flatnonzero(hand.item < 10).tolist()  # every source row, cold users' too
+  assert split.tasks[SOURCE_SET].task_ids.tolist() == [*range(12), 15, 16]  # > n_query = 2 source ratings
+  for name, ts in split.tasks.items():  # history = each task user's source rows, computed here independently
+    hist = split.history[name]
+    assert len(hist) == len(ts)
+    for t, u in enumerate(ts.task_ids):
+      assert hist.of(t).tolist() == np.flatnonzero((hand.user == u) & (hand.item < 10)).tolist()
+  assert split.history["train"].of(int(np.flatnonzero(split.tasks["train"].task_ids == 12)[0])).size == 0
+
+
+def test_zero_shot_beta_nesting_and_manifest_stability(hand):
+  zero = make_protocol("genre_split", hand, seed=0, **{**HAND_KW, "n_support": 0})
+  assert zero.tasks[COLD].support_sizes().tolist() == [0] * 6 and zero.tasks[COLD].query_sizes().tolist() == [10] * 6
+  kw = {**HAND_KW, "valid_fraction": 0.1}
+  by_beta = {b: make_protocol("genre_split", hand, seed=3, **{**kw, "beta": b}) for b in (0.2, 0.5, 0.8)}
+  cold = {b: set(s.roles[COLD].tolist()) for b, s in by_beta.items()}
+  assert [len(c) for c in cold.values()] == [2, 6, 10] and cold[0.2] <= cold[0.5] <= cold[0.8]
+  assert len({tuple(s.roles["valid"].tolist()) for s in by_beta.values()}) == 1  # valid users do not move with β
+  a, b = (make_protocol("genre_split", hand, seed=0, **HAND_KW).manifest for _ in range(2))
+  assert a == b and a["cross_domain"]["roles"]["valid"] == a["sets"]["valid"]["task_ids"]
+  assert a["cross_domain"]["rows"] == {"source genres": 47, "target genres": 153}  # 12*3+2*5+1, 15*10+3
+  other = make_protocol("genre_split", hand, seed=1, **HAND_KW).manifest
+  assert other["hash"] != a["hash"]
+  for bad, match in (
+    (dict(beta=0.0), "beta"),
+    (dict(beta=0.8, valid_fraction=0.25), "leave training users"),
+    (dict(min_query=5), "min_query"),
+    (dict(n_support=-1), "n_support"),
+    (dict(source_genres=("A",), target_genres=("A",)), "disjoint"),
+  ):
+    with pytest.raises(ValueError, match=match):
+      make_protocol("genre_split", hand, seed=0, **{**HAND_KW, **bad})
+  with pytest.raises(DataError, match="already carries domains"):
+    make_protocol("genre_split", domains.with_domains(hand, np.zeros(len(hand), np.int8), ("a", "b")), **HAND_KW)
+
+
+def _poisoned(data: Interactions, split: CrossDomainSplit) -> Interactions:
+  """`data` with every held-out (valid and cold) user's TARGET rating set to POISON."""
+  held = set(split.roles["valid"].tolist()) | set(split.roles[COLD].tolist())
+  target_items = set(
+    np.flatnonzero(domains.genre_domains(data, (GROUPS["source_genres"], GROUPS["target_genres"]))[0] == 1).tolist()
+  )
+  return make_hand(lambda u, i, r: POISON if u in held and i in target_items else r, scale=(1.0, POISON))
+
+
+def test_poisoned_held_out_target_ratings_reach_no_training_stream(hand):
+  clean = make_protocol("genre_split", hand, seed=0, **HAND_KW)
+  data = _poisoned(hand, clean)
+  split = make_protocol("genre_split", data, seed=0, **HAND_KW)
+  poisoned_rows = np.flatnonzero(data.rating == POISON)
+  assert poisoned_rows.size == 9 * 10  # 3 valid + 6 cold users x 10 target ratings
+  for name in split.tasks:  # the split does not depend on rating values
+    for f in ("task_ids", "support_rows", "query_rows"):
+      np.testing.assert_array_equal(getattr(split.tasks[name], f), getattr(clean.tasks[name], f))
+  feats = FeatureMatrices.from_interactions(data)
+  config = types.SimpleNamespace(buckets=(8, 16))
+  exp = types.SimpleNamespace(data=data, feats=feats, config=config)
+  st = types.SimpleNamespace(
+    split=split, seed=0, tasks={"train": TaskData.from_split(data, split, "train", feats, (8, 16))}
+  )
+  seen = {}
+  for name, (make, _) in stages.STREAMS.items():
+    it = make(exp, st, 4)
+    targets = []
+    for _ in range(40):  # several epochs of every stream
+      batch = next(it)
+      parts = (
+        [batch["observed"], batch["sampled"]]
+        if "observed" in batch
+        else ([batch["support"], batch["query"]] if "support" in batch else [batch])
+      )
+      targets += [p["target"][p["mask"]] for p in parts]
+    seen[name] = np.concatenate(targets)
+    assert seen[name].size and seen[name].max() <= 5.0, name
+  # Not vacuous: the source stream carries the cold users' SOURCE ratings (their history), the target streams none.
+  cold_src = np.flatnonzero(np.isin(data.user, split.roles[COLD]) & (split.row_domain == 0))
+  assert np.isin(cold_src, split.source_rows).all() and cold_src.size > 0
+  # The reference baselines and residual priors fit on training rows only.
+  for kind in ("global_mean", "item_mean", "item_user_offset"):
+    assert baselines.reference_prior(kind, data, split).max() <= 5.0
+  # Held-out rows are in the evaluation sets, where the poison shows.
+  assert split.target[split.tasks[COLD].query_rows].max() == POISON
+
+
+def _raw_first_genre_domains() -> tuple[np.ndarray, np.ndarray]:
+  """(raw item id, 0/1/-1 domain) from the ml-100k atomic file's genre column, read here without the loader."""
+  df = read_atomic(cached_files()["ml-100k.item"], ("item_id", "class"))
+  src, tgt = set(SOURCE_GENRES), set(TARGET_GENRES)
+  first = df["class"].astype(str).str.split().map(lambda g: g[0])
+  dom = np.array([0 if f in src else 1 if f in tgt else -1 for f in first])
+  return df["item_id"].astype(str).to_numpy(), dom
+
+
+def test_genre_split_on_ml100k_matches_the_files_first_listed_genre(ml100k):
+  split = make_protocol("genre_split", ml100k, seed=0)
+  raw_ids, raw_dom = _raw_first_genre_domains()
+  dom_of_raw = dict(zip(raw_ids, raw_dom))
+  want = np.array([dom_of_raw[str(ml100k.item_raw_ids[i])] for i in ml100k.item])
+  np.testing.assert_array_equal(split.row_domain, want)
+  m = split.manifest["cross_domain"]
+  assert m["rows"] == {"source genres": 48242, "target genres": 51748} and m["rows_in_no_domain"] == 10
+  n_src = np.bincount(ml100k.user[want == 0], minlength=ml100k.n_users)
+  n_tgt = np.bincount(ml100k.user[want == 1], minlength=ml100k.n_users)
+  assert split.shared_users.tolist() == np.flatnonzero((n_src > 0) & (n_tgt > 0)).tolist()
+  cand = int(((n_src > 0) & (n_tgt >= 15)).sum())
+  assert split.params["users_candidates"] == cand
+  assert len(split.tasks[COLD]) == round(0.5 * cand) and len(split.tasks["valid"]) == round(0.1 * cand)
+  held = np.concatenate([split.roles["valid"], split.roles[COLD]])
+  assert not np.isin(ml100k.user[split.target_train_rows()], held).any()
+  assert make_protocol("genre_split", ml100k, seed=0).manifest == split.manifest
+
+
+def test_rowsets_of_users_matches_a_loop():
+  rng = np.random.default_rng(0)
+  row_user = rng.integers(0, 7, 50)
+  rows = np.sort(rng.choice(50, 30, replace=False))
+  users = np.array([5, 0, 6, 3])
+  got = RowSets.of_users(users, row_user, rows)
+  for t, u in enumerate(users):
+    assert got.of(t).tolist() == [r for r in rows if row_user[r] == u]
+  with pytest.raises(DataError, match="malformed"):
+    RowSets(np.array([0, 3]), np.zeros(2, np.int64))
