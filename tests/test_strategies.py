@@ -91,7 +91,8 @@ def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
   for k, s in enumerate(strategy.stages):
     assert str(s.steps) in os.listdir(tmp_path / "checkpoints" / name / f"{k}_{s.name}")
   with open(tmp_path / "results.md") as f:
-    assert f"| new_user | {name} |" in f.read()
+    scenario = "cold_target" if cross else "new_user"
+    assert f"| {scenario} | {name} |" in f.read()
 
 
 def test_frozen_leaves_are_bitwise_unchanged_and_the_others_move(exp):
