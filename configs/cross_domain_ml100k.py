@@ -10,9 +10,8 @@ One run of it (`arg`: '[beta02|beta05|beta08][,<strategy>][,smoke]', default bet
 
 The data, protocol and network are those of `configs/genre_split_ml100k.py` (K = 5 target support ratings per
 cold user, 10% validation users, selection on valid MAE only) with the residual off (the stage streams carry no
-reference
-prior). The first run of the table also trains the learner `none` on the MeLU network (side features, item ids;
-no adaptation: a target-only network) and the reference baselines: target-only global/item mean and item mean +
+reference prior). The first run of the table also trains the learner `none` on the MeLU network (side features, item
+ids; no adaptation: a target-only network) and the reference baselines: target-only global/item mean and item mean +
 user offset (fit on target training rows and the cold user's support), source-only `source_item_user_offset`,
 and `item_mean_source_offset` (target item mean + the user's offset measured on their source ratings). Method
 settings (`STRATEGY_KWARGS`) are fixed, not tuned: MFs of width 32, Adam 2e-3, 512 ratings per step; 2 SGD
