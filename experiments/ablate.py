@@ -24,6 +24,12 @@ Selection (`--select`): the (setting, method) with the best validation metric �
 ablate_<config>_<sweep>_selection.{md,json} list every tried setting's validation value, then the selected one
 on every test scenario beside `--reference` (default item_user_offset), paired by seed: the mean difference, its
 standard error (std of the per-seed differences, ddof=1, over sqrt(n)) and whether it wins by more than 2 SE.
+
+Comparisons (`--compare=ref1,ref2`, e.g. a target-only and a source-only baseline on a cross-domain benchmark):
+every method of every run (trained methods, each selected on valid inside its run, and the other baselines) on
+every test scenario, paired by seed with each reference; ablate_<config>_<sweep>_compare.{md,json}. Per setting the
+table names the methods that beat every reference by more than 2 SE on the first metric, or says that none does.
+Several benchmarks in one command: `--config=a,b` (each config with its own sweep of that name).
 """
 
 from __future__ import annotations
@@ -378,6 +384,104 @@ def write_selection(
   return f"{stem}.md", f"{stem}.json"
 
 
+def compare_rows(records: Sequence[Mapping], references: Sequence[str], metrics: Sequence[str]) -> list[dict]:
+  """Every (setting, method) but the references, on every test scenario, paired by seed with each reference.
+
+  Args:
+    records: the runs of a sweep (label and results each).
+    references: baselines of the runs to pair with (each must be in every run).
+    metrics: test metrics; a missing one raises ValueError.
+  Returns:
+    [{"label", "method", "scenario", "values": {metric: per seed}, "vs": {reference: {metric: paired(...)}},
+      "beats_all": bool (> 2 SE over every reference on metrics[0])}], runs in sweep order, methods in table order.
+  """
+  rows = []
+  for r in records:
+    res = r["results"]
+    missing = [ref for ref in references if ref not in res.get("baselines", {})]
+    if missing:
+      raise ValueError(
+        f"run {r['label']!r}: references {missing} are not baselines of it; it has {list(res['baselines'])}"
+      )
+    methods = {**trained_methods(res), **{b: v for b, v in res["baselines"].items() if b not in references}}
+    for method, sets in methods.items():
+      for scenario in res["baselines"][references[0]]:
+        for m in metrics:
+          if m not in sets[scenario]:
+            raise ValueError(f"metric {m!r} is not reported; run {r['label']!r} has {sorted(sets[scenario])}")
+        values = {m: list(sets[scenario][m]["per_seed"]) for m in metrics}
+        vs = {
+          ref: {
+            m: paired(values[m], res["baselines"][ref][scenario][m]["per_seed"], lower_is_better(m)) for m in metrics
+          }
+          for ref in references
+        }
+        beats = all(vs[ref][metrics[0]]["wins"] for ref in references)
+        rows.append(
+          {"label": r["label"], "method": method, "scenario": scenario, "values": values, "vs": vs, "beats_all": beats}
+        )
+  return rows
+
+
+def compare_markdown(rows: Sequence[Mapping], references: Sequence[str], metrics: Sequence[str], header: str) -> str:
+  """One table per reference (improvement ± SE (z) per metric), then the verdict per (setting, scenario)."""
+  lines = [header]
+  for ref in references:
+    lines += [
+      "",
+      f"## Improvement over `{ref}` (paired by seed; ± SE, (z); error metrics: reference minus method)",
+      "",
+      "| setting | method | scenario | "
+      + " | ".join(f"{m} (method)" for m in metrics[:1])
+      + " | "
+      + " | ".join(metrics)
+      + " |",
+      "|---|---|---|---:|" + "---:|" * len(metrics),
+    ]
+    for row in rows:
+      v = row["values"][metrics[0]]
+      cells = [
+        f"{row['vs'][ref][m]['mean']:+.4f} ± {row['vs'][ref][m]['se']:.4f} ({row['vs'][ref][m]['z']:+.1f})"
+        for m in metrics
+      ]
+      lines.append(
+        f"| {row['label']} | {row['method']} | {row['scenario']} | {np.mean(v):.4f} ± {np.std(v):.4f} | "
+        + " | ".join(cells)
+        + " |"
+      )
+  lines += ["", f"## Verdict: methods beating every reference ({', '.join(references)}) by > 2 SE on {metrics[0]}", ""]
+  for key in dict.fromkeys((row["label"], row["scenario"]) for row in rows):
+    winners = [row["method"] for row in rows if (row["label"], row["scenario"]) == key and row["beats_all"]]
+    lines.append(f"- {key[0]}, {key[1]}: " + (", ".join(f"`{w}`" for w in winners) if winners else "**none does**"))
+  return "\n".join(lines) + "\n"
+
+
+def write_compare(
+  spec: str, sweep: str, out: dict, references: Sequence[str], metrics: Sequence[str], out_dir: str, command: str
+) -> tuple[str, str]:
+  """Writes ablate_<config>_<sweep>_compare.{md,json} (`compare_rows`); returns the paths."""
+  rows = compare_rows(out["runs"], references, metrics)
+  first = out["runs"][0]["results"]
+  stem = os.path.join(out_dir, f"ablate_{runner.config_name(spec)}_{sweep}_compare")
+  header = "\n".join(
+    [
+      f"# Methods vs references: sweep `{sweep}` of {runner.config_name(spec)} ({first['dataset']}, protocol "
+      f"{first['protocol']} v{first['protocol_version']})",
+      "",
+      f"`{command}`",
+      "",
+      f"- commit: {runner.commit()}; seeds: {first['seeds']}; machine: {runner.machine()}",
+      "- trained methods are selected on valid inside each run (config select_metric); no test value chose anything.",
+      "- SE = std of the per-seed differences (ddof=1) / sqrt(seeds); a win needs > 2 SE.",
+    ]
+  )
+  with open(f"{stem}.md", "w") as f:
+    f.write(compare_markdown(rows, references, metrics, header))
+  with open(f"{stem}.json", "w") as f:
+    json.dump({"references": list(references), "metrics": list(metrics), "rows": rows}, f, indent=1)
+  return f"{stem}.md", f"{stem}.json"
+
+
 def _baselines(flag: str) -> bool | list[str]:
   """--baselines: 'all' -> True, 'none' or '' -> False, 'a,b' -> ['a', 'b']."""
   if flag == "all":
@@ -396,8 +500,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--select", action="store_true", help="select on valid and write the _selection tables")
   parser.add_argument("--reference", default="item_user_offset", help="baseline the selected setting is paired with")
   parser.add_argument("--select_metrics", default="mae,ndcg@3", help="test metrics of the selection table")
+  parser.add_argument("--compare", default="", help="baselines to pair every method with (writes the _compare tables)")
+  parser.add_argument(
+    "--compare_metrics", default="", help="metrics of the _compare tables (default: --select_metrics)"
+  )
   runner.add_run_args(parser, "RUNS/ablate/<config>/<run>")
   args = runner.parse_run_args(parser, argv)
+  specs = [c for c in args.config.split(",") if c]
+  if len(specs) > 1:  # several benchmarks: one command, each config with its own sweep of this name
+    given = list(argv if argv is not None else sys.argv[1:])
+    rest = [a for i, a in enumerate(given) if not a.startswith("--config") and (i == 0 or given[i - 1] != "--config")]
+    return max(main([f"--config={spec}", *rest]) for spec in specs)
   module, _ = runner.config_module(args.config)
   sweeps = named_sweeps(module, args.sweep)
   if args.list or args.sweep is None:
@@ -419,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.select:
       metrics = [m for m in args.select_metrics.split(",") if m]
       paths += write_selection(args.config, name, out, args.reference, metrics, args.out, command)
+    if args.compare:
+      refs = [r for r in args.compare.split(",") if r]
+      metrics = [m for m in (args.compare_metrics or args.select_metrics).split(",") if m]
+      paths += write_compare(args.config, name, out, refs, metrics, args.out, command)
     for path in paths:
       print(f"wrote {path}")
   return 0

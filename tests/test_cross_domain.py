@@ -18,6 +18,7 @@ import types
 import numpy as np
 import pytest
 
+import transfer_meta as tm
 from transfer_meta import baselines, stages
 from transfer_meta.data import domains
 from transfer_meta.data.cross_domain import COLD, SOURCE_SET, CrossDomainSplit, RowSets
@@ -263,3 +264,115 @@ def test_rowsets_of_users_matches_a_loop():
     assert got.of(t).tolist() == [r for r in rows if row_user[r] == u]
   with pytest.raises(DataError, match="malformed"):
     RowSets(np.array([0, 3]), np.zeros(2, np.int64))
+
+
+def _loop_source_scores(data: Interactions, split: CrossDomainSplit, lam: float) -> tuple[dict, dict]:
+  """Source item means and user offsets by explicit loops over the source rows (independent of baselines.py)."""
+  rows = [int(r) for r in split.source_rows]
+  mu_s = sum(float(data.rating[r]) for r in rows) / len(rows)
+  item_means = {}
+  for i in range(data.n_items):
+    own = [float(data.rating[r]) for r in rows if data.item[r] == i]
+    item_means[i] = (sum(own) + lam * mu_s) / (len(own) + lam)
+  offsets = {}
+  for u in range(data.n_users):
+    res = [float(data.rating[r]) - item_means[int(data.item[r])] for r in rows if data.user[r] == u]
+    offsets[u] = sum(res) / (len(res) + lam)
+  return item_means, offsets
+
+
+def test_source_baselines_equal_a_loop_and_their_catalogue_scores(hand):
+  lam = 2.0
+  split = make_protocol("genre_split", hand, seed=0, **HAND_KW)
+  ts = split.tasks[COLD]
+  item_means, offsets = _loop_source_scores(hand, split, lam)
+  users = np.repeat(ts.task_ids, ts.query_sizes())
+  items = hand.item[ts.query_rows]
+  got = baselines.baseline_scores("source_item_user_offset", hand, split, ts, lam=lam)
+  np.testing.assert_allclose(got, [item_means[int(i)] + offsets[int(u)] for u, i in zip(users, items)], rtol=1e-6)
+  target_means = baselines.baseline_scores("item_mean", hand, split, ts, lam=lam)
+  got = baselines.baseline_scores("item_mean_source_offset", hand, split, ts, lam=lam)
+  np.testing.assert_allclose(got, target_means + np.array([offsets[int(u)] for u in users]), rtol=1e-6)
+  assert np.ptp([offsets[int(u)] for u in ts.task_ids]) > 0  # users differ: the offset is not a constant
+  positions = np.arange(len(ts))
+  for name in baselines.CROSS_DOMAIN:
+    cat = baselines.catalogue_scores(name, hand, split, ts, positions, lam=lam)
+    want = baselines.baseline_scores(name, hand, split, ts, lam=lam)
+    np.testing.assert_allclose(cat[np.repeat(positions, ts.query_sizes()), items], want, rtol=1e-6)
+  assert set(baselines.applicable(split)) == set(baselines.BASELINES)
+  melu = make_protocol(
+    "recbole_metarec", tm.load_dataset("synthetic", n_users=60, n_items=40, ratings_per_user=(15, 30)), min_tasks=0
+  )
+  assert not set(baselines.applicable(melu)) & set(baselines.CROSS_DOMAIN)
+  with pytest.raises(ValueError, match="needs a cross-domain split"):
+    baselines.baseline_scores("item_mean_source_offset", None, melu, melu.tasks["test"])
+
+
+def _tiny_config():
+  import importlib.util  # noqa: PLC0415
+  import os  # noqa: PLC0415
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+    "cfg_genre_split", os.path.join(root, "configs", "genre_split_ml100k.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("tiny")
+
+
+def _records(path) -> list[dict]:
+  import json  # noqa: PLC0415
+
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_training_on_poisoned_data_is_bitwise_the_clean_run_until_the_cold_query(tmp_path):
+  """End to end (every learner, the selection on valid, the baselines): poisoning the held-out users' target
+  ratings changes nothing but the cold users' test metrics, so no training step or selection read them."""
+  config = _tiny_config()
+  clean = tm.load_dataset(config.dataset_name, **config.dataset.to_dict())
+  split = make_protocol("genre_split", clean, seed=0, min_tasks=0, **config.protocol.to_dict())
+  held = np.concatenate([split.roles["valid"], split.roles[COLD]])
+  poison_rows = np.flatnonzero(np.isin(clean.user, split.roles[COLD]) & (split.row_domain == 1))
+  rating = clean.rating.copy()
+  rating[poison_rows] = POISON
+  poisoned = dataclasses.replace(clean, rating=rating, rating_scale=(1.0, POISON))
+  a = tm.train_and_evaluate(config, str(tmp_path / "clean"), data=clean)
+  b = tm.train_and_evaluate(config, str(tmp_path / "poisoned"), data=poisoned)
+  ra, rb = _records(tmp_path / "clean" / "metrics.jsonl"), _records(tmp_path / "poisoned" / "metrics.jsonl")
+  assert len(ra) == len(rb) > 0 and ra == rb  # every train/* and valid/* value of every learner, bitwise
+  assert a["metrics"]["valid"] == b["metrics"]["valid"] and a["selection"] == b["selection"]
+  assert b["metrics"][COLD]["mae"]["mean"] > 100 * a["metrics"][COLD]["mae"]["mean"]  # the poison is evaluated
+  for name in ("global_mean", "item_user_offset", "source_item_user_offset", "item_mean_source_offset"):
+    assert b["baselines"][name][COLD]["mae"]["mean"] > 100  # baselines score the poisoned query too ...
+    assert a["baselines"][name][COLD]["mae"]["mean"] < 2  # ... and fit on clean training rows only
+  assert held.size and poison_rows.size
+
+
+def test_compare_rows_pair_every_method_with_each_reference_and_say_when_none_wins():
+  from experiments import ablate  # noqa: PLC0415
+
+  def entry(per_seed):
+    return {"cold_target": {"mae": {"mean": float(np.mean(per_seed)), "per_seed": per_seed}}}
+
+  results = {
+    "learner": "maml",
+    "metrics": entry([0.70, 0.72, 0.71]),
+    "comparisons": {"none": entry([0.80, 0.79, 0.81])},
+    "baselines": {"target": entry([0.75, 0.76, 0.755]), "source": entry([0.90, 0.88, 0.89]), "other": entry([1.0] * 3)},
+  }
+  rows = ablate.compare_rows([{"label": "beta=0.5", "results": results}], ["target", "source"], ["mae"])
+  assert [r["method"] for r in rows] == ["maml", "none", "other"]
+  d = np.array([0.75, 0.76, 0.755]) - np.array([0.70, 0.72, 0.71])
+  got = rows[0]["vs"]["target"]["mae"]
+  np.testing.assert_allclose([got["mean"], got["se"]], [d.mean(), d.std(ddof=1) / np.sqrt(3)])
+  assert rows[0]["beats_all"] and not rows[1]["beats_all"] and not rows[2]["beats_all"]
+  md = ablate.compare_markdown(rows, ["target", "source"], ["mae"], "# t")
+  assert "- beta=0.5, cold_target: `maml`" in md
+  results["metrics"] = entry([0.80, 0.70, 0.90])  # noisy: no longer > 2 SE
+  rows = ablate.compare_rows([{"label": "beta=0.5", "results": results}], ["target", "source"], ["mae"])
+  assert "- beta=0.5, cold_target: **none does**" in ablate.compare_markdown(rows, ["target", "source"], ["mae"], "")
+  with pytest.raises(ValueError, match="not baselines"):
+    ablate.compare_rows([{"label": "x", "results": results}], ["nope"], ["mae"])

@@ -16,6 +16,15 @@ and query); mu is their mean target; `lam` (default 5) shrinks every mean toward
                     of the scale). A ranker, the strongest non-personalised one over a full catalogue; its
                     MAE/RMSE mean nothing.
 
+Cross-domain splits (`data.cross_domain`) add two that read the SOURCE rows (`split.source_rows`; every other
+scorer above is target-only, fit on the target training rows): with mu_s the source mean, the source item mean
+(shrunk toward mu_s; mu_s for an item without source rows) and the user's source offset (the sum of the user's
+source residuals from the source item means / (their count + lam); 0 for a user without source rows),
+  source_item_user_offset   source item mean + source user offset: source-only (no target row read); on a
+                            genre split, where items are in one domain, it is the user's shrunk source mean.
+  item_mean_source_offset   target item_mean + source user offset: the reference scorer with the user's offset
+                            measured in the source domain instead of on the support (works zero-shot).
+
 `catalogue_scores` gives the same scorers for EVERY catalogue entry of a task (full-catalogue ranking,
 `transfer_meta.ranking_eval`); at a task's query entries they equal `baseline_scores`, except 'random', which
 draws per task (seeded by the task id) so a task's draw does not depend on its batch.
@@ -130,6 +139,36 @@ def _popularity(data, split, taskset, seed, lam):
   return _popularity_scores(data, split)[_query_side(data, split)[taskset.query_rows]]
 
 
+def _source_parts(data: Interactions, split: ColdStartSplit, lam: float) -> tuple[np.ndarray, np.ndarray]:
+  """(source item means f32 [I], source user offsets f64 [U]) of a cross-domain split (module docstring)."""
+  from transfer_meta.data.cross_domain import require_cross_domain  # noqa: PLC0415 (cross_domain imports split)
+
+  rows = require_cross_domain(split, "the source baselines").source_rows
+  if split.task_kind != "user":
+    raise ValueError(f"the source baselines need user tasks, got task_kind {split.task_kind!r}")
+  target = split.target[rows].astype(np.float64)
+  mu_s = float(target.mean()) if rows.size else global_mean(split)
+  item_means = _shrunk_means(data.item[rows], target, data.n_items, mu_s, lam)
+  residual = target - item_means[data.item[rows]]
+  sums = np.bincount(data.user[rows], weights=residual, minlength=data.n_users)
+  return item_means, sums / (np.bincount(data.user[rows], minlength=data.n_users) + lam)
+
+
+def _source_offsets_of_queries(data, split, taskset, lam) -> tuple[np.ndarray, np.ndarray]:
+  items, offsets = _source_parts(data, split, lam)
+  return items, np.repeat(offsets[taskset.task_ids], taskset.query_sizes())
+
+
+def _source_item_user_offset(data, split, taskset, seed, lam):
+  items, offsets = _source_offsets_of_queries(data, split, taskset, lam)
+  return (items[data.item[taskset.query_rows]] + offsets).astype(np.float32)
+
+
+def _item_mean_source_offset(data, split, taskset, seed, lam):
+  _, offsets = _source_offsets_of_queries(data, split, taskset, lam)
+  return (_item_mean(data, split, taskset, seed, lam) + offsets).astype(np.float32)
+
+
 def reference_prior(kind: str, data: Interactions, split: ColdStartSplit, lam: float = 5.0) -> np.ndarray:
   """f32 [N]: per interaction row, the reference score a residual model starts from (`models/residual.py`).
 
@@ -173,6 +212,8 @@ BASELINES: dict[str, Callable] = {
   "item_mean": _item_mean,
   "item_user_offset": _item_user_offset,
   "popularity": _popularity,
+  "source_item_user_offset": _source_item_user_offset,  # cross-domain splits only
+  "item_mean_source_offset": _item_mean_source_offset,  # cross-domain splits only
 }
 
 
@@ -193,6 +234,25 @@ def _catalogue_offset(data, split, taskset, positions, seed, lam):
   return (_entity_means(data, split, lam)[None, :] + offsets[:, None]).astype(np.float32)
 
 
+def _catalogue_source(target_items: bool):
+  def fn(data, split, taskset, positions, seed, lam):
+    items, offsets = _source_parts(data, split, lam)
+    means = _entity_means(data, split, lam) if target_items else items
+    return (means[None, :] + offsets[taskset.task_ids[np.asarray(positions)]][:, None]).astype(np.float32)
+
+  return fn
+
+
+CROSS_DOMAIN = ("source_item_user_offset", "item_mean_source_offset")  # need a cross-domain split
+
+
+def applicable(split: ColdStartSplit) -> list[str]:
+  """The `BASELINES` that can score `split`, in order: all of them on a cross-domain split, else the others."""
+  from transfer_meta.data.cross_domain import is_cross_domain  # noqa: PLC0415
+
+  return [n for n in BASELINES if is_cross_domain(split) or n not in CROSS_DOMAIN]
+
+
 # name -> fn(data, split, taskset, positions [B], seed, lam) -> f32 [B, n]: every query-side entity (the catalogue)
 # scored for the tasks at `positions` of `taskset`. One entry per `BASELINES` entry (tested).
 CATALOGUE: dict[str, Callable] = {
@@ -202,6 +262,8 @@ CATALOGUE: dict[str, Callable] = {
   "item_mean": _catalogue_full(lambda d, s, seed, lam: _entity_means(d, s, lam)),
   "item_user_offset": _catalogue_offset,
   "popularity": _catalogue_full(lambda d, s, seed, lam: _popularity_scores(d, s)),
+  "source_item_user_offset": _catalogue_source(target_items=False),
+  "item_mean_source_offset": _catalogue_source(target_items=True),
 }
 
 
@@ -268,13 +330,13 @@ def evaluate_baselines(
 
   Args:
     data, split: as in `baseline_scores`.
-    names: baselines to run (default: all of `BASELINES`, in order).
+    names: baselines to run (default: every one of `BASELINES` that applies to the split, `applicable`).
     seed: seeds 'random' (default: the split's seed).
     lam: shrinkage strength.
   Returns:
     {baseline: {scenario: {metric: mean over the scenario's tasks}}} (AUC adds '<metric>/tasks').
   """
-  names = list(BASELINES) if names is None else list(names)
+  names = applicable(split) if names is None else list(names)
   seed = split.seed if seed is None else seed
   out = {name: {} for name in names}
   train_rows = split.tasks["train"].all_rows()
