@@ -2,7 +2,8 @@
 
 The table (every method of `sweep()`, β = 0.5, 5 seeds; wall time in experiments/README.md "Cross-domain methods"):
 
-    python -m experiments.strategies --config=cross_domain_ml100k --protocols=beta05
+    python -m experiments.ablate --config=cross_domain_ml100k --sweep=methods \
+      --compare=item_user_offset,source_item_user_offset
 
 One run of it (`arg`: '[beta02|beta05|beta08][,<strategy>][,smoke]', default beta05 and emcdr):
 
@@ -95,6 +96,10 @@ def _kwargs(name: str, smoke: bool) -> dict:
   return {**STRATEGY_KWARGS[name], **(SMOKE[name] if smoke else {})}
 
 
-def sweep(smoke: bool = False) -> list[dict]:
-  """One override dict per method (`experiments.strategies` runs them in this order)."""
-  return [{"strategy_name": name, "strategy": _kwargs(name, smoke)} for name in STRATEGY_KWARGS]
+def sweep() -> dict[str, list[dict]]:
+  """{'methods': one override dict per method, 'methods_smoke': the same at 10 steps per stage} for
+  `experiments.ablate` (runs in this order; the strategy's keywords ride along with its name)."""
+  return {
+    sweep: [{"strategy_name": name, "strategy": _kwargs(name, sweep.endswith("smoke"))} for name in STRATEGY_KWARGS]
+    for sweep in ("methods", "methods_smoke")
+  }
