@@ -26,15 +26,15 @@ import ml_collections
 from transfer_meta.train import default_config
 
 MF = dict(dim=32, batch_size=512, learning_rate=2e-3, inner_steps=2, inner_lr=0.05)
-ALIGN = dict(emb_dim=16, hidden=(64, 32), steps=1500, batch_size=512, learning_rate=2e-3, inner_steps=2, inner_lr=0.05)
+ALIGN = dict(emb_dim=16, hidden=(64, 32), steps=1000, batch_size=512, learning_rate=2e-3, inner_steps=2, inner_lr=0.05)
 STRATEGY_KWARGS = {
-  "emcdr": dict(MF, mf_steps=600, map_steps=400, map_batch_size=64),
-  "emcdr_mlp": dict(MF, mf_steps=600, map_steps=400, map_batch_size=64, hidden=64),
-  "ptupcdr": dict(MF, mf_steps=600, meta_steps=600, hidden=64, history_len=50),
-  "cmf": dict(MF, steps=1200, alpha=0.5),
+  "ptupcdr": dict(MF, mf_steps=500, meta_steps=400, hidden=64, history_len=50),
+  "emcdr": dict(MF, mf_steps=500, map_steps=300, map_batch_size=64),
+  "cmf": dict(MF, steps=1000, alpha=0.5),
   "dann": dict(ALIGN, weight=0.1, lambda_max=1.0),
   "mmd": dict(ALIGN, weight=1.0),
   "coral": dict(ALIGN, weight=1.0),
+  "emcdr_mlp": dict(MF, mf_steps=500, map_steps=300, map_batch_size=64, hidden=64),
   "meta_source": dict(
     learner_name="melu", learner=dict(inner_steps=2, inner_lr=0.05, adapt_regex=r"decision_|output"), source_steps=300
   ),
@@ -83,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.residual, c.resample_train = "", False
   c.learner_name, c.learner = "none", ml_collections.ConfigDict()
   c.compare_learners, c.compare_kwargs = (), ml_collections.ConfigDict()
-  c.num_steps, c.eval_every, c.checkpoint_every = 600, 50, 100
+  c.num_steps, c.eval_every, c.checkpoint_every = 300, 50, 100
   c.strategy_name = name
   c.strategy = ml_collections.ConfigDict(_kwargs(name, smoke))
   if smoke:
