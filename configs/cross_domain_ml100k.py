@@ -5,8 +5,10 @@ The table (every method of `sweep()`, β = 0.5, 5 seeds; wall time in experiment
     python -m experiments.ablate --config=cross_domain_ml100k --sweep=methods \
       --compare=item_user_offset,source_item_user_offset
 
-One run of it (`arg`: '[beta02|beta05|beta08][,<strategy>][,smoke]', default beta05 and emcdr):
+One run of it (`arg`: '[beta02|beta05|beta08][,<strategy>][,smoke]', default beta05 and emcdr; 2 CPU cores at
+load ~28: about 10 min for 5 seeds):
 
+    python -m transfer_meta.main --config=configs/cross_domain_ml100k.py --workdir=runs/cd_emcdr
     python -m transfer_meta.main --config=configs/cross_domain_ml100k.py:beta05,ptupcdr --workdir=runs/cd_ptupcdr
 
 The data, protocol and network are those of `configs/genre_split_ml100k.py` (K = 5 target support ratings per
@@ -96,10 +98,15 @@ def _kwargs(name: str, smoke: bool) -> dict:
   return {**STRATEGY_KWARGS[name], **(SMOKE[name] if smoke else {})}
 
 
-def sweep() -> dict[str, list[dict]]:
-  """{'methods': one override dict per method; 'methods_tail': the last four in reverse order (a second process
-  can run them while the first runs the others: `ablate` reuses a finished run, so 'methods' then only tabulates);
-  'methods_smoke': every method at 10 steps per stage} for `experiments.ablate` (keywords ride with the name)."""
-  full = [{"strategy_name": name, "strategy": _kwargs(name, False)} for name in STRATEGY_KWARGS]
-  smoke = [{"strategy_name": name, "strategy": _kwargs(name, True)} for name in STRATEGY_KWARGS]
-  return {"methods": full, "methods_tail": full[::-1][:4], "methods_smoke": smoke}
+def sweep(name: str | None = None) -> list[dict]:
+  """One override dict per method, for `experiments.ablate` (the strategy's keywords ride along with its name).
+
+  `name`: None / 'methods' (every method, in order), 'methods_tail' (the last four in reverse order: a second
+  process can run them while the first runs the others; `ablate` reuses finished runs, so a last 'methods'
+  command only tabulates) or 'methods_smoke' (every method at 10 steps per stage).
+  """
+  smoke = name == "methods_smoke"
+  if name not in (None, "methods", "methods_tail", "methods_smoke"):
+    raise ValueError(f"unknown sweep {name!r}; valid: 'methods', 'methods_tail', 'methods_smoke'")
+  out = [{"strategy_name": n, "strategy": _kwargs(n, smoke)} for n in STRATEGY_KWARGS]
+  return out[::-1][:4] if name == "methods_tail" else out

@@ -2,7 +2,8 @@
 
 Command (2 CPU cores: about a minute wall, compilation included):
 
-    python -m transfer_meta.main --config=configs/cross_domain_synthetic.py:emcdr --workdir=runs/cd_synthetic
+    python -m transfer_meta.main --config=configs/cross_domain_synthetic.py --workdir=runs/cd_synthetic
+    python -m transfer_meta.main --config=configs/cross_domain_synthetic.py:ptupcdr --workdir=runs/cd_ptupcdr
 
 `arg` is a strategy name of `strategies.CROSS_DOMAIN` (default 'emcdr'), optionally ',tiny' (alias ',smoke'):
 a few steps per stage, for tests (tests/test_strategies.py runs every cross-domain strategy through it). Not a
@@ -75,3 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.strategy = ml_collections.ConfigDict(strategy)
   c.lock()
   return c
+
+
+def sweep() -> list[dict]:
+  """Every cross-domain strategy with its keywords (`experiments.ablate` expands them)."""
+  return [{"strategy_name": name, "strategy": dict(kwargs)} for name, kwargs in STRATEGY_KWARGS.items()]
