@@ -103,10 +103,17 @@ def sweep(name: str | None = None) -> list[dict]:
 
   `name`: None / 'methods' (every method, in order), 'methods_tail' (the last four in reverse order: a second
   process can run them while the first runs the others; `ablate` reuses finished runs, so a last 'methods'
-  command only tabulates) or 'methods_smoke' (every method at 10 steps per stage).
+  command only tabulates), 'methods_smoke' (every method at 10 steps per stage) or names joined by '+'
+  ('emcdr+cmf': those methods' runs, e.g. to tabulate the finished ones).
   """
   smoke = name == "methods_smoke"
-  if name not in (None, "methods", "methods_tail", "methods_smoke"):
-    raise ValueError(f"unknown sweep {name!r}; valid: 'methods', 'methods_tail', 'methods_smoke'")
+  picked = [n for n in (name or "").split("+") if n in STRATEGY_KWARGS]
+  if name not in (None, "methods", "methods_tail", "methods_smoke") and not (picked and "+" in name):
+    raise ValueError(
+      f"unknown sweep {name!r}; valid: 'methods', 'methods_tail', 'methods_smoke' or '+'-joined names of "
+      f"{list(STRATEGY_KWARGS)} (at least two)"
+    )
   out = [{"strategy_name": n, "strategy": _kwargs(n, smoke)} for n in STRATEGY_KWARGS]
+  if picked:
+    return [o for o in out if o["strategy_name"] in picked]
   return out[::-1][:4] if name == "methods_tail" else out
