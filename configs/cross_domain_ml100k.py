@@ -28,7 +28,7 @@ import ml_collections
 from transfer_meta.train import default_config
 
 MF = dict(dim=32, batch_size=512, learning_rate=2e-3, inner_steps=2, inner_lr=0.05)
-ALIGN = dict(emb_dim=16, hidden=(64, 32), steps=1000, batch_size=512, learning_rate=2e-3, inner_steps=2, inner_lr=0.05)
+ALIGN = dict(emb_dim=16, hidden=(64, 32), steps=600, batch_size=512, learning_rate=2e-3, inner_steps=2, inner_lr=0.05)
 STRATEGY_KWARGS = {
   "ptupcdr": dict(MF, mf_steps=500, meta_steps=400, hidden=64, history_len=50),
   "emcdr": dict(MF, mf_steps=500, map_steps=300, map_batch_size=64),
