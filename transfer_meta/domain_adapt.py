@@ -7,7 +7,7 @@
 
 Every term takes optional masks (bool [N]) so padded rows of a fixed-shape batch never count: a masked-out row
 has no effect on the value or on any gradient. All are pure functions of arrays; the strategies in
-`transfer_meta/strategies/domain_adapt.py` apply them to encoder outputs of source vs target batches.
+`transfer_meta/strategies/align.py` apply them to encoder outputs of source vs target batches.
 
 References: Ganin & Lempitsky, "Unsupervised Domain Adaptation by Backpropagation", ICML'15 (gradient reversal,
 the lambda schedule); Gretton et al., "A Kernel Two-Sample Test", JMLR'12 (biased / unbiased MMD estimators);
