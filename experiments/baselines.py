@@ -22,8 +22,9 @@ from transfer_meta.data.protocols import make_protocol
 PROTOCOLS = ("melu", "recbole_metarec", "item_cold")
 
 
-def run(dataset: str, protocols, seeds: int, lam: float) -> tuple[dict, dict, dict]:
-  """Returns ({protocol: rows}, {protocol: {scenario: size line}}, {protocol: split of seed 0})."""
+def run(dataset: str, protocols, seeds: int, lam: float, params: dict | None = None) -> tuple[dict, dict, dict]:
+  """Returns ({protocol: rows}, {protocol: {scenario: size line}}, {protocol: split of seed 0}); `params` go to
+  every protocol (`--param`)."""
   data = tm.load_dataset(dataset)
   print(data.summary())
   tables, sizes, first = {}, {}, {}
@@ -31,7 +32,7 @@ def run(dataset: str, protocols, seeds: int, lam: float) -> tuple[dict, dict, di
     values: dict = {}  # method -> scenario -> metric -> [per seed]
     stats: dict = {}  # scenario -> [stats per seed]
     for seed in range(seeds):
-      split = make_protocol(protocol, data, seed=seed)
+      split = make_protocol(protocol, data, seed=seed, **(params or {}))
       first.setdefault(protocol, split)
       for scenario in split.scenarios:
         stats.setdefault(scenario, []).append(split.tasks[scenario].stats())
@@ -67,12 +68,18 @@ def main(argv=None) -> int:
   parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated protocol names")
   parser.add_argument("--lam", type=float, default=5.0, help="shrinkage of the item/user means")
   parser.add_argument("--out", default="experiments/results/baselines_ml100k", help="output path stem")
+  parser.add_argument(
+    "--param", action="append", default=[], metavar="KEY=VALUE", help="a protocol parameter (repeatable): beta=0.2"
+  )
   args = parser.parse_args(argv)
+  from experiments.runner import parse_sets  # noqa: PLC0415
+
+  params = parse_sets(args.param)
   if args.seeds < 1:
     parser.error(f"--seeds={args.seeds} must be >= 1")
   start = time.time()
   protocols = [p for p in args.protocols.split(",") if p]
-  tables, sizes, first = run(args.dataset, protocols, args.seeds, args.lam)
+  tables, sizes, first = run(args.dataset, protocols, args.seeds, args.lam, params)
   seconds = time.time() - start
   for protocol in protocols:
     split = first[protocol]
@@ -85,8 +92,9 @@ def main(argv=None) -> int:
     print(report.to_markdown(tables[protocol]))
   header = (
     f"# Reference baselines on {args.dataset}\n\n"
-    f"`python -m experiments.baselines --seeds={args.seeds}` (lam={args.lam:g}); mean ± std over seeds "
-    f"0..{args.seeds - 1}, each seed a different split; protocols at default parameters.\n"
+    f"`python -m experiments.baselines {' '.join(argv if argv is not None else sys.argv[1:])}` (lam={args.lam:g}); "
+    f"mean ± std over seeds 0..{args.seeds - 1}, each seed a different split; protocol parameters "
+    f"{params or 'at their defaults'}.\n"
   )
   sections = {f"{p} v{first[p].version}": tables[p] for p in protocols}
   notes = [f"{p}/{s}: {line}" for p in protocols for s, line in sizes[p].items()]

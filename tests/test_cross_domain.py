@@ -376,3 +376,106 @@ def test_compare_rows_pair_every_method_with_each_reference_and_say_when_none_wi
   assert "- beta=0.5, cold_target: **none does**" in ablate.compare_markdown(rows, ["target", "source"], ["mae"], "")
   with pytest.raises(ValueError, match="not baselines"):
     ablate.compare_rows([{"label": "x", "results": results}], ["nope"], ["mae"])
+
+
+def test_item_overlap_protocol_on_a_hand_fixture_with_data_domains(hand):
+  """Users 0-8 in domain 'a' (source), 9-17 in 'b' (target): user-disjoint; items rated in both are shared."""
+  data = domains.with_domains(hand, (hand.user >= 9).astype(np.int8), ("a", "b"))
+  kw = dict(beta=0.5, valid_fraction=0.25, n_support=1, min_query=6, n_query=2, source="a", target="b", min_tasks=0)
+  split = make_protocol("ml1m_to_ml100k", data, seed=0, **kw)
+  assert split.shared_users.size == 0 and split.domains == ("a", "b")
+  a_items, b_items = set(hand.item[hand.user < 9].tolist()), set(hand.item[hand.user >= 9].tolist())
+  assert split.shared_items.tolist() == sorted(a_items & b_items)
+  assert split.source_rows.tolist() == np.flatnonzero(hand.user < 9).tolist()
+  # Candidates: target users with >= 7 target ratings (9-14; user 15-16 have 5, user 17 has 4): 6 -> 2 valid, 3 cold.
+  assert split.params["users_candidates"] == 6
+  held = split.roles["valid"].tolist() + split.roles[COLD].tolist()
+  assert len(split.roles["valid"]) == 2 and len(split.roles[COLD]) == 3 and set(held) <= set(range(9, 15))
+  assert all(split.history[COLD].sizes() == 0)  # cold users have no source history in a user-disjoint benchmark
+  assert split.roles["train"].size == 0  # no overlapping users
+  assert not np.isin(hand.user[split.target_train_rows()], held).any()
+  assert set(hand.user[split.target_train_rows()].tolist()) == set(range(9, 18)) - set(held)
+  with pytest.raises(DataError, match="need distinct 'a' and 'c'"):
+    make_protocol("ml1m_to_ml100k", data, seed=0, **{**kw, "target": "c"})
+  with pytest.raises(DataError, match="carry no domains"):
+    make_protocol("ml1m_to_ml100k", hand, seed=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def ml1m_ml100k():
+  return tm.load_dataset("ml-1m+ml-100k")
+
+
+def test_ml1m_to_ml100k_matches_1539_titles_and_holds_out_ml100k_users(ml1m_ml100k):
+  data = ml1m_ml100k
+  assert data.domains == ("ml-1m", "ml-100k") and np.bincount(data.domain).tolist() == [1_000_209, 99_693]
+  split = make_protocol("ml1m_to_ml100k", data, seed=0)
+  assert split.shared_items.size == 1539 and split.shared_users.size == 0
+  raw = data.user_raw_ids.astype(str)
+  held = np.concatenate([split.roles["valid"], split.roles[COLD]])
+  assert all(r.startswith("100k_") for r in raw[held])
+  assert len(split.tasks[COLD]) == round(0.5 * 943) and len(split.tasks["valid"]) == round(0.1 * 943)
+  assert split.source_rows.size == 1_000_209 and not np.isin(data.user[split.target_train_rows()], held).any()
+  titles = data.item_raw_ids.astype(str)  # shared items are titles rated in both files
+  in_1m = set(titles[data.item[data.domain == 0]])
+  in_100k = set(titles[data.item[data.domain == 1]])
+  assert sorted(titles[split.shared_items]) == sorted(in_1m & in_100k)
+  assert make_protocol("ml1m_to_ml100k", data, seed=0).manifest["hash"] == split.manifest["hash"]
+
+
+def test_source_only_model_is_a_strategy_row_pretrained_on_source_rows(tmp_path):
+  from experiments import runner  # noqa: PLC0415
+  from transfer_meta import strategies  # noqa: PLC0415
+
+  config = _tiny_config()
+  module, _ = runner.config_module("genre_split_ml100k")
+  overrides = {
+    **module.SOURCE_ONLY,
+    "strategy": {**module.SOURCE_ONLY["strategy"], "pretrain_steps": 4, "batch_size": 32},
+  }
+  config = runner.apply_overrides(config, overrides)
+  built = tm.train.build_experiment(config)
+  strategy = strategies.get_strategy(config.strategy_name, built.model, config, built.spec, **config.strategy.to_dict())
+  assert [s.stream for s in strategy.stages] == ["source_interactions"]
+  results = tm.train_and_evaluate(config, str(tmp_path), data=built.data)
+  row = results["comparisons"]["pretrain_finetune"]
+  assert set(row) == {"valid", COLD} and all(np.isfinite(v["mean"]) for v in row[COLD].values())
+  assert results["strategy"]["stages"][0]["stream"] == "source_interactions"
+  with pytest.raises(ValueError, match="pretraining stream 'tasks'"):
+    strategies.get_strategy("pretrain_finetune", built.model, config, built.spec, stream="tasks")
+
+
+def test_csv_export_refuses_domains_instead_of_dropping_them(hand, tmp_path):
+  from transfer_meta.data.csv_export import write_csv  # noqa: PLC0415
+
+  with pytest.raises(DataError, match="does not write domains"):
+    write_csv(domains.with_domains(hand, (hand.item >= 10).astype(np.int8), ("a", "b")), tmp_path)
+  assert not list(tmp_path.iterdir())
+
+
+def test_catalogue_ranking_on_a_cross_domain_split_ranks_target_items_only(hand):
+  from transfer_meta import ranking_eval  # noqa: PLC0415
+
+  split = make_protocol("genre_split", hand, seed=0, **HAND_KW)
+  rated = ranking_eval.Rated.build(hand, split)
+  owners = split.tasks[COLD].task_ids
+  unrated = rated.unrated(owners)
+  target_items = set(range(10, 20))  # items 0-9 are source, 20 in no domain
+  for b, u in enumerate(owners):
+    want = target_items - set(hand.item[hand.user == u].tolist())
+    assert set(np.flatnonzero(unrated[b]).tolist()) == want
+  melu_like = make_protocol("recbole_metarec", hand, seed=0, n_query=2, min_ratings=3, max_ratings=20, min_tasks=0)
+  assert ranking_eval.Rated.build(hand, melu_like).outside is None  # single-domain splits: the whole catalogue
+
+
+def test_max_query_caps_held_out_queries_and_the_rest_is_never_trained_on(hand):
+  full = make_protocol("genre_split", hand, seed=0, **HAND_KW)
+  capped = make_protocol("genre_split", hand, seed=0, **HAND_KW, max_query=6)
+  for name in ("valid", COLD):
+    assert capped.tasks[name].query_sizes().tolist() == [6] * len(capped.tasks[name])
+    np.testing.assert_array_equal(capped.tasks[name].support_rows, full.tasks[name].support_rows)
+    assert set(capped.tasks[name].query_rows.tolist()) < set(full.tasks[name].query_rows.tolist())
+  np.testing.assert_array_equal(capped.target_train_rows(), full.target_train_rows())  # the cut rows stay unused
+  assert full.params["max_query"] is None and capped.params["max_query"] == 6
+  with pytest.raises(ValueError, match="max_query"):
+    make_protocol("genre_split", hand, seed=0, **HAND_KW, max_query=5)  # below min_query

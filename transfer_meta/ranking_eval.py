@@ -48,6 +48,7 @@ import numpy as np
 from transfer_meta import baselines as baselines_lib
 from transfer_meta import metrics as metrics_lib
 from transfer_meta import ranking
+from transfer_meta.data.cross_domain import TARGET, is_cross_domain
 from transfer_meta.data.examples import FeatureMatrices
 from transfer_meta.data.interactions import DataError, Interactions
 from transfer_meta.data.split import ColdStartSplit
@@ -142,19 +143,27 @@ class Rated:
   ptr: np.ndarray  # int64 [E + 1]
   entries: np.ndarray  # int32 [N]
   n_entries: int  # catalogue size C
+  outside: np.ndarray | None = None  # bool [C]: entries outside the catalogue (cross-domain: non-target items)
 
   @classmethod
   def build(cls, data: Interactions, split: ColdStartSplit) -> Rated:
+    """On a cross-domain split (`data.cross_domain`) the catalogue is the TARGET domain's items only."""
     task_side, side = _sides(split)
     owner, entry = getattr(data, task_side), getattr(data, side)
     order = np.argsort(owner, kind="stable")
     n_owner = data.n_users if task_side == "user" else data.n_items
     ptr = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=n_owner))]).astype(np.int64)
-    return cls(ptr, entry[order].astype(np.int32), data.n_items if side == "item" else data.n_users)
+    n_entries = data.n_items if side == "item" else data.n_users
+    outside = None
+    if is_cross_domain(split):
+      outside = np.bincount(data.item[split.row_domain == TARGET], minlength=n_entries) == 0
+    return cls(ptr, entry[order].astype(np.int32), n_entries, outside)
 
   def unrated(self, owners: np.ndarray) -> np.ndarray:
-    """bool [B, C]: True where the owner never rated the entry."""
+    """bool [B, C]: True where the owner never rated the entry (and the entry is in the catalogue)."""
     out = np.ones((len(owners), self.n_entries), bool)
+    if self.outside is not None:
+      out[:, self.outside] = False
     for b, o in enumerate(owners):
       out[b, self.entries[self.ptr[o] : self.ptr[o + 1]]] = False
     return out

@@ -18,6 +18,12 @@ def _ml1m(**kw):
   return load_ml1m(**kw)
 
 
+def _ml1m_ml100k(**kw):
+  from transfer_meta.data.movielens_cdr import load_ml1m_ml100k
+
+  return load_ml1m_ml100k(**kw)
+
+
 def _synthetic(**kw):
   from transfer_meta.data.synthetic import generate
 
@@ -31,11 +37,12 @@ def _csv(**kw):
 
 
 # Name -> loader(**kwargs) -> Interactions. "tfds:<name>" is dispatched by prefix below.
-DATASETS = {"ml-100k": _ml100k, "ml-1m": _ml1m, "synthetic": _synthetic, "csv": _csv}
+DATASETS = {"ml-100k": _ml100k, "ml-1m": _ml1m, "ml-1m+ml-100k": _ml1m_ml100k, "synthetic": _synthetic, "csv": _csv}
 
 
 def load_dataset(name: str, /, text_features: bool = False, text_template: str = "{title}", **kwargs) -> Interactions:
-  """Loads a dataset by name: 'ml-100k', 'ml-1m', 'synthetic', 'csv', or 'tfds:movielens/<variant>-ratings'.
+  """Loads a dataset by name: 'ml-100k', 'ml-1m', 'ml-1m+ml-100k' (two domains, `movielens_cdr`), 'synthetic',
+  'csv', or 'tfds:movielens/<variant>-ratings'.
 
   `name` is positional-only, so a loader's own `name=` keyword (the csv dataset's name) passes through.
   `text_features=True` adds a MiniLM embedding of each item's `text_template` as dense item feature

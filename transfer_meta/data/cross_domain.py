@@ -32,7 +32,7 @@ What a method reads:
   split.roles                 {'train', 'valid', 'cold_target'} -> int32 sorted user ids. 'valid'/'cold_target':
                               the held-out users. 'train': the overlapping users (shared_users) whose target rows
                               may be trained on (those in `target_train_rows()`), e.g. what EMCDR learns its
-                              mapping from; in user-disjoint benchmarks every target training user.
+                              mapping from; empty in user-disjoint benchmarks.
   split.domains               (source name, target name).
 The manifest adds these (counts, roles, and their arrays in the hash) to the `ColdStartSplit` manifest.
 """

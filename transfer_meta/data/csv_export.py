@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from transfer_meta.data.interactions import UNKNOWN, FeatureTable, Interactions
+from transfer_meta.data.interactions import UNKNOWN, DataError, FeatureTable, Interactions
 
 MULTI_SEP = "|"
 
@@ -45,6 +45,8 @@ def write_csv(data: Interactions, directory: str | os.PathLike) -> dict:
   Returns:
     The `load_csv` keywords that read them back (paths, feature columns, multi-hot separators, year column).
   """
+  if data.domain is not None:  # the CSV source reads no domain column: refuse rather than drop the domains
+    raise DataError(f"{data.name}: write_csv does not write domains ({data.domains}); the csv source cannot read them")
   os.makedirs(directory, exist_ok=True)
   path = lambda name: os.path.join(str(directory), name)  # noqa: E731
   pd.DataFrame(

@@ -6,8 +6,10 @@
 
 `pretrain_finetune` adapts with `inner_steps` SGD steps on `adapt_regex` (default the model's adapt set);
 with `meta_steps > 0` a second stage meta-trains that same adaptation (MAML, second order unless
-`first_order`) starting from the pretrained parameters. `pretrain_frozen_head` freezes the features and fits
-the head (`model.head_regex`) on each support in closed form (`learners.ridge`).
+`first_order`) starting from the pretrained parameters. `stream='source_interactions'` pretrains on a
+cross-domain split's SOURCE rows only (`data.cross_domain`): the source-only model of a cross-domain table.
+`pretrain_frozen_head` freezes the features and fits the head (`model.head_regex`) on each support in closed form
+(`learners.ridge`).
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from transfer_meta.learners.ridge import ridge_head
 from transfer_meta.learners.transfer import finetune
 from transfer_meta.models.base import Model
 
+PRETRAIN_STREAMS = ("interactions", "source_interactions")
+
 
 def _pretrain_stage(
-  model: Model, config: ml_collections.ConfigDict, steps, batch_size, learning_rate, trainable, loss
+  model: Model, config: ml_collections.ConfigDict, steps, batch_size, learning_rate, trainable, loss, stream
 ) -> stages.Stage:
+  if stream not in PRETRAIN_STREAMS:
+    raise ValueError(f"pretraining stream {stream!r}: valid streams {list(PRETRAIN_STREAMS)}")
   return stages.Stage(
     "pretrain",
     stages.objective_grad(stages.supervised_objective(model, loss)),
-    "interactions",
+    stream,
     int(config.num_steps if steps is None else steps),
     stages.stage_optimizer(config, learning_rate),
     int(batch_size),
@@ -51,6 +57,7 @@ def pretrain_finetune(
   meta_learning_rate: float | None = None,
   first_order: bool = False,
   loss: str = "mse",
+  stream: str = "interactions",
 ) -> stages.Strategy:
   """Supervised pretraining, optionally a meta-stage, then per-task fine-tuning.
 
@@ -67,11 +74,13 @@ def pretrain_finetune(
     meta_learning_rate: its outer learning rate (default the config optimiser's).
     first_order: the meta-stage's MAML is first order.
     loss: 'mse' (ratings) or 'bce' (clicks).
+    stream: the pretraining rows: 'interactions' (every training row) or 'source_interactions' (cross-domain
+      splits: the source rows only).
   """
   del spec
   regex = model.adapt_regex if adapt_regex is None else adapt_regex
   learner = finetune(model, inner_steps=inner_steps, inner_lr=inner_lr, adapt_regex=regex, loss=loss)
-  out = [_pretrain_stage(model, config, pretrain_steps, batch_size, learning_rate, trainable, loss)]
+  out = [_pretrain_stage(model, config, pretrain_steps, batch_size, learning_rate, trainable, loss, stream)]
   if meta_steps:
     meta = maml(model, inner_steps, inner_lr, first_order=first_order, adapt_regex=regex, loss=loss)
     tx = stages.stage_optimizer(config, meta_learning_rate)
@@ -100,5 +109,5 @@ def pretrain_frozen_head(
   """
   del spec
   learner = ridge_head(model, l2=l2, head_regex=head_regex, loss=loss)
-  stage = _pretrain_stage(model, config, pretrain_steps, batch_size, learning_rate, trainable, loss)
+  stage = _pretrain_stage(model, config, pretrain_steps, batch_size, learning_rate, trainable, loss, "interactions")
   return stages.Strategy("pretrain_frozen_head", (stage,), learner)

@@ -13,10 +13,17 @@ from transfer_meta.data.protocols import common
 from transfer_meta.data.protocols.genre_split import genre_split
 from transfer_meta.data.protocols.item_cold import item_cold
 from transfer_meta.data.protocols.melu import melu
+from transfer_meta.data.protocols.ml1m_to_ml100k import ml1m_to_ml100k
 from transfer_meta.data.protocols.recbole_metarec import recbole_metarec
 from transfer_meta.data.split import ColdStartSplit
 
-PROTOCOLS = {"melu": melu, "recbole_metarec": recbole_metarec, "item_cold": item_cold, "genre_split": genre_split}
+PROTOCOLS = {
+  "melu": melu,
+  "recbole_metarec": recbole_metarec,
+  "item_cold": item_cold,
+  "genre_split": genre_split,  # cross-domain, user overlap (data/cross_domain.py)
+  "ml1m_to_ml100k": ml1m_to_ml100k,  # cross-domain, item overlap, user-disjoint
+}
 
 
 def make_protocol(

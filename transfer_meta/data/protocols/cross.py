@@ -6,6 +6,9 @@ A protocol decides which rows are source / target (`row_domain`) and which targe
                (a user needs n_query + 1 target ratings; fewer: excluded and counted, its rows unused).
   valid        target rows of the validation users: support `n_support` (K) random ratings, query the rest
   cold_target  the same for the cold users (the test scenario); K = 0 gives an empty support (zero-shot).
+               `max_query` (default None: all) caps the query of both at that many random ratings; the rows past
+               the cap are in no set (never trained on). The metrics' cost grows with the square of the query
+               size: without a cap ML-1M's full queries (up to ~1,000 ratings) do not fit in memory.
   source       source rows of every user: query `n_query`, support the rest (a user needs n_query + 1).
 Held-out users must have >= n_support + min_query target ratings (the protocol draws them among such users).
 """
@@ -53,6 +56,7 @@ def build_split(
   min_query: int,
   n_query: int,
   excluded: Mapping,
+  max_query: int | None = None,
 ) -> CrossDomainSplit:
   """Cuts the task sets (module docstring) and assembles the `CrossDomainSplit`.
 
@@ -73,9 +77,16 @@ def build_split(
   is_target, is_source = row_domain == TARGET, row_domain == SOURCE
   excluded = {k: dict(v) for k, v in excluded.items()}
 
-  def user_tasks(stage, users, rows, head, min_tail, head_is):
+  def user_tasks(stage, users, rows, head, min_tail, head_is, max_tail=None):
     return common.make_tasks(
-      users, rows, data.user[rows], common.stream(seed, stage), head=head, min_tail=min_tail, head_is=head_is
+      users,
+      rows,
+      data.user[rows],
+      common.stream(seed, stage),
+      head=head,
+      min_tail=min_tail,
+      max_tail=max_tail,
+      head_is=head_is,
     )
 
   sets = {}
@@ -84,7 +95,7 @@ def build_split(
   sets["train"], excluded["train"] = user_tasks("train", train_users, train_rows, n_query, 1, "query")
   for set_name, users in (("valid", valid_users), (COLD, cold_users)):
     rows = np.flatnonzero(is_target & np.isin(data.user, users))
-    sets[set_name], excluded[set_name] = user_tasks(set_name, users, rows, n_support, min_query, "support")
+    sets[set_name], excluded[set_name] = user_tasks(set_name, users, rows, n_support, min_query, "support", max_query)
     if len(sets[set_name]) != len(users):
       raise DataError(f"{name}: some held-out {set_name} users have < {n_support + min_query} target ratings")
   source_rows = np.flatnonzero(is_source)
@@ -106,6 +117,7 @@ def build_split(
     "n_support": n_support,
     "min_query": min_query,
     "n_query": n_query,
+    "max_query": max_query,
     "relevance": RELEVANCE,
     "ndcg_gain": "2^r - 1",
     "users_valid": int(valid_users.size),

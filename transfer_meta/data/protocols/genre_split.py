@@ -63,6 +63,7 @@ def genre_split(
   min_query: int = 10,
   n_query: int = 10,
   valid_fraction: float = 0.1,
+  max_query: int | None = None,
   min_source: int = 1,
   source_genres: Sequence[str] = SOURCE_GENRES,
   target_genres: Sequence[str] = TARGET_GENRES,
@@ -78,6 +79,7 @@ def genre_split(
     min_query: least query ratings of a held-out user (> 5, nDCG@5's cutoff).
     n_query: query size of the training and source tasks.
     valid_fraction: share of the candidates held out for validation.
+    max_query: cap on a held-out user's query (None: all their other target ratings; see `cross`).
     min_source: least source ratings of a candidate.
     source_genres, target_genres: the genre groups (disjoint vocabulary entries).
     genre_feature: the multi-hot item feature holding genres.
@@ -141,4 +143,5 @@ def genre_split(
     min_query=min_query,
     n_query=n_query,
     excluded=excluded,
+    max_query=None if max_query is None else common.check_int("max_query", max_query, min_query),
   )
