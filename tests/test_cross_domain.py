@@ -208,11 +208,10 @@ def test_poisoned_held_out_target_ratings_reach_no_training_stream(hand):
     targets = []
     for _ in range(40):  # several epochs of every stream
       batch = next(it)
-      parts = (
-        [batch["observed"], batch["sampled"]]
-        if "observed" in batch
-        else ([batch["support"], batch["query"]] if "support" in batch else [batch])
+      pairs = next(
+        (k for k in (("observed", "sampled"), ("support", "query"), ("source", "target")) if k[0] in batch), None
       )
+      parts = [batch[k] for k in pairs] if pairs else [batch]  # ("source", "target"): the methods' domain pairs
       targets += [p["target"][p["mask"]] for p in parts]
     seen[name] = np.concatenate(targets)
     assert seen[name].size and seen[name].max() <= 5.0, name

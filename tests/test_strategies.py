@@ -23,7 +23,7 @@ from transfer_meta.data.streams import InteractionIterator, SampledPairIterator,
 from transfer_meta.learners import inner
 from transfer_meta.learners.ridge import ridge_head
 from transfer_meta.models.base import Model, adapt_mask
-from transfer_meta.strategies import STRATEGIES, get_strategy
+from transfer_meta.strategies import CROSS_DOMAIN, STRATEGIES, get_strategy
 from transfer_meta.strategies.distill import distill_objective
 from transfer_meta.strategies.fusion import fit_coef, fit_gate, gate_weight
 from transfer_meta.strategies.soup import soup_model
@@ -52,15 +52,27 @@ def _example(exp) -> dict:
   return {"support": step.unstack(first["support"], 0), "query": step.unstack(first["query"], 0)}
 
 
+def _cross_domain_config(name: str) -> ml_collections.ConfigDict:
+  """configs/cross_domain_synthetic.py:<name>,tiny (a genre split of the synthetic data), one seed."""
+  spec = importlib.util.spec_from_file_location("cfg_cd", os.path.join(ROOT, "configs", "cross_domain_synthetic.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(f"{name},tiny")
+  config.unlock()
+  return config
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
-  config = load_config()
+  cross = name in CROSS_DOMAIN  # cross-domain strategies need a cross-domain split: their own smoke config
+  config = _cross_domain_config(name) if cross else load_config()
   config.strategy_name = name
-  config.strategy = COMMON
+  kwargs = config.strategy.to_dict() if cross else COMMON
+  config.strategy = kwargs
   config.seeds = 1
   built = train.build_experiment(config)
   results = train.train_and_evaluate(config, str(tmp_path), data=built.data)
-  strategy = get_strategy(name, built.model, config, built.spec, **COMMON)
+  strategy = get_strategy(name, built.model, config, built.spec, exp=built, **kwargs)
   assert results["strategy"]["name"] == name and results["strategy"]["learner"] == strategy.learner.name
   assert [s["name"] for s in results["strategy"]["stages"]] == [s.name for s in strategy.stages]
   fitted = {"fit"} if strategy.fit is not None else set()
@@ -79,7 +91,8 @@ def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
   for k, s in enumerate(strategy.stages):
     assert str(s.steps) in os.listdir(tmp_path / "checkpoints" / name / f"{k}_{s.name}")
   with open(tmp_path / "results.md") as f:
-    assert f"| new_user | {name} |" in f.read()
+    scenario = "cold_target" if cross else "new_user"
+    assert f"| {scenario} | {name} |" in f.read()
 
 
 def test_frozen_leaves_are_bitwise_unchanged_and_the_others_move(exp):

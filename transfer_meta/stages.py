@@ -169,6 +169,14 @@ def _labelled_stream(exp, st, batch_size: int):
   return _interaction_stream(exp, st, batch_size, aux_labels(exp.data, st.split))
 
 
+def _domain(kind: str):
+  """A cross-domain method stream (`data.domain_streams.<kind>_stream`) as a STREAMS maker."""
+  from transfer_meta.data import domain_streams  # noqa: PLC0415 (domain_streams imports cross_domain, which imports split)
+
+  fn = getattr(domain_streams, f"{kind}_stream")
+  return lambda exp, st, batch_size: fn(exp.data, st.split, exp.feats, batch_size, st.seed)
+
+
 def _stack(batches: list[dict]) -> dict:
   return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
@@ -183,6 +191,9 @@ STREAMS = {
   # Cross-domain splits only (`data.cross_domain`): the source domain's rows / user tasks.
   "source_interactions": (_source_interaction_stream, _stack),  # minibatches of every source row x[B]
   "source_tasks": (_source_task_stream, step.stack_seed_batches),  # task batches of split.tasks['source']
+  "domain_pairs": (_domain("paired"), _stack),  # {"source": x[B], "target": x[B], "step": int32 [B]}
+  "overlap_users": (_domain("overlap"), _stack),  # one target training row per overlapping training user
+  "overlap_target": (_domain("overlap_target"), _stack),  # the target training rows of those users
 }
 
 

@@ -12,6 +12,8 @@ and one registry line.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -24,10 +26,14 @@ from transfer_meta.data.examples import FeatureSpec
 from transfer_meta.models.base import Model
 from transfer_meta.registry import lookup
 from transfer_meta.stages import Strategy
+from transfer_meta.strategies.align import coral_strategy, dann, mmd
 from transfer_meta.strategies.distill import distill
+from transfer_meta.strategies.emcdr import cmf, emcdr
 from transfer_meta.strategies.fusion import fusion
 from transfer_meta.strategies.multitask import multitask
+from transfer_meta.strategies.meta_source import meta_source
 from transfer_meta.strategies.pretrain import pretrain_finetune, pretrain_frozen_head
+from transfer_meta.strategies.ptupcdr import ptupcdr
 from transfer_meta.strategies.soup import soup
 from transfer_meta.strategies.warm_start import metaemb, mwuf
 
@@ -40,10 +46,31 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
   "metaemb": metaemb,  # pretrained base, then a generator of cold id embeddings from features (Pan et al. SIGIR'19)
   "mwuf": mwuf,  # pretrained base, then meta scaling/shifting nets warming cold embeddings (Zhu et al. SIGIR'21)
   "multitask": multitask,  # shared-bottom / MMoE heads: rating (mse), click and first-week (bce); rating adapted
+  # Cross-domain (a `data.cross_domain.CrossDomainSplit`: protocols 'genre_split', 'ml1m_to_ml100k'):
+  "emcdr": emcdr,  # source MF, target MF, user-vector mapping (linear; emcdr_mlp: MLP) learned on overlapping users
+  "emcdr_mlp": functools.partial(emcdr, mapping="mlp"),
+  "cmf": cmf,  # one MF, user factors shared by both rating matrices, weighted sum of the two losses
+  "ptupcdr": ptupcdr,  # meta-network: source history -> personalised bridge of the frozen source user vector
+  "dann": dann,  # shared side-feature encoder, domain classifier behind gradient reversal
+  "mmd": mmd,  # shared side-feature encoder, multi-bandwidth Gaussian MMD between domains
+  "coral": coral_strategy,  # shared side-feature encoder, CORAL (covariance alignment) between domains
+  "meta_source": meta_source,  # a meta-learner meta-trained on source-domain tasks, adapted on target tasks
 }
+CROSS_DOMAIN = (
+  "emcdr",
+  "emcdr_mlp",
+  "cmf",
+  "ptupcdr",
+  "dann",
+  "mmd",
+  "coral",
+  "meta_source",
+)  # need a cross-domain split
 
 
-def get_strategy(name: str, model: Model, config: ml_collections.ConfigDict, spec: FeatureSpec, **kwargs) -> Strategy:
+def get_strategy(
+  name: str, model: Model, config: ml_collections.ConfigDict, spec: FeatureSpec, exp=None, **kwargs
+) -> Strategy:
   """The strategy `name` for `model` (defaults from `config`: optimiser, steps, batch size).
 
   Args:
@@ -51,11 +78,16 @@ def get_strategy(name: str, model: Model, config: ml_collections.ConfigDict, spe
     model: the experiment's model.
     config: the experiment config.
     spec: the dataset's feature sizes (strategies that build other models).
+    exp: the `train.Experiment`, passed to builders with an `exp` parameter (data-dependent ones: PTUPCDR's
+      source histories).
     **kwargs: the builder's keywords (`config.strategy`).
   Returns:
     A `stages.Strategy` named `name`.
   """
-  strategy = lookup(STRATEGIES, name, "strategy")(model, config, spec, **kwargs)
+  builder = lookup(STRATEGIES, name, "strategy")
+  if "exp" in inspect.signature(builder).parameters:
+    kwargs["exp"] = exp
+  strategy = builder(model, config, spec, **kwargs)
   return strategy._replace(name=name)
 
 
@@ -76,7 +108,7 @@ def run(exp: train_lib.Experiment, workdir: str, mlog: runlog.MetricsLog) -> Str
   learners = [n for n, _ in train_lib._learner_specs(config)]
   if name in learners:
     raise ValueError(f"config.strategy_name={name!r} is also a learner name {learners}: rows must be distinct")
-  strategy = get_strategy(name, exp.model, config, exp.spec, **kwargs)
+  strategy = get_strategy(name, exp.model, config, exp.spec, exp=exp, **kwargs)
   trained, seconds = stages.run_strategy(exp, strategy, workdir, mlog)
   info = {"name": name, "kwargs": kwargs, "learner": strategy.learner.name, "stages": stages.stage_info(strategy)}
   if strategy.describe is not None:
@@ -87,4 +119,4 @@ def run(exp: train_lib.Experiment, workdir: str, mlog: runlog.MetricsLog) -> Str
   return StrategyRun(trained, train_lib.evaluate_trained(exp, trained), info, seconds)
 
 
-__all__ = ["STRATEGIES", "Strategy", "StrategyRun", "get_strategy", "run"]
+__all__ = ["CROSS_DOMAIN", "STRATEGIES", "Strategy", "StrategyRun", "get_strategy", "run"]
