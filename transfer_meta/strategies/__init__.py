@@ -30,8 +30,8 @@ from transfer_meta.strategies.align import coral_strategy, dann, mmd
 from transfer_meta.strategies.distill import distill
 from transfer_meta.strategies.emcdr import cmf, emcdr
 from transfer_meta.strategies.fusion import fusion
-from transfer_meta.strategies.multitask import multitask
 from transfer_meta.strategies.meta_source import meta_source
+from transfer_meta.strategies.multitask import multitask
 from transfer_meta.strategies.pretrain import pretrain_finetune, pretrain_frozen_head
 from transfer_meta.strategies.ptupcdr import ptupcdr
 from transfer_meta.strategies.soup import soup
