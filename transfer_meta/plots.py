@@ -158,13 +158,18 @@ def plot_scenarios(results: dict, metric: str, out: str) -> str:
 
   Args:
     results: a results.json dict (`train_and_evaluate`'s return value).
-    metric: a metric every method reports ('mae'); a reference baseline that reports it on no scenario (a ranker
-      such as popularity, for MAE/RMSE) is left out of the plot.
+    metric: a metric the learner reports ('mae'), plotted on the scenarios where it does (ranking views such as
+      'new_user/catalogue' have none); every method must report it there, except a reference baseline that
+      reports it on none of them (a ranker such as popularity, for MAE/RMSE), which is left out of the plot.
     out: PNG path.
   Returns:
     `out`.
   """
-  scenarios = [s for s in results["metrics"] if s != "valid"]
+  # Scenarios where the learner reports `metric` (ranking views such as 'new_user/catalogue' carry no MAE).
+  scenarios = [s for s, per in results["metrics"].items() if s != "valid" and metric in per]
+  if not scenarios:
+    have = sorted({k for s, per in results["metrics"].items() if s != "valid" for k in per})
+    raise ValueError(f"learner {results['learner']!r} reports {metric!r} on no scenario; it reports {have}")
   baselines = {
     b: per for b, per in results.get("baselines", {}).items() if any(metric in per.get(s, {}) for s in scenarios)
   }
