@@ -197,10 +197,11 @@ def test_poisoned_held_out_target_ratings_reach_no_training_stream(hand):
     for f in ("task_ids", "support_rows", "query_rows"):
       np.testing.assert_array_equal(getattr(split.tasks[name], f), getattr(clean.tasks[name], f))
   feats = FeatureMatrices.from_interactions(data)
-  config = types.SimpleNamespace(buckets=(8, 16))
+  # What the streams read of an experiment: the training protocol's switches, no residual (no prior).
+  config = types.SimpleNamespace(buckets=(8, 16), resample_train=False, outer_support=False, residual="")
   exp = types.SimpleNamespace(data=data, feats=feats, config=config)
   st = types.SimpleNamespace(
-    split=split, seed=0, tasks={"train": TaskData.from_split(data, split, "train", feats, (8, 16))}
+    split=split, seed=0, prior=None, tasks={"train": TaskData.from_split(data, split, "train", feats, (8, 16))}
   )
   seen = {}
   for name, (make, _) in stages.STREAMS.items():

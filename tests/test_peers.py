@@ -11,7 +11,8 @@ from experiments import runner
 from experiments import strategies as table
 from transfer_meta import report
 
-NAMES = ["maml_family", "lwa", "nlba", "lwa+item_bias", "nlba+item_bias"]
+NAMES = ["maml_family", "lwa", "nlba", "lwa+item_bias", "nlba+item_bias", "mamo", "tanp", "metaemb", "mwuf"]
+AMORTISED = {"lwa", "nlba", "lwa+item_bias", "nlba+item_bias"}
 
 
 def test_grid_has_both_settings_and_one_learner_row_per_amortised_model():
@@ -25,7 +26,7 @@ def test_grid_has_both_settings_and_one_learner_row_per_amortised_model():
       assert (c.model_name, c.learner_name, c.learner.loss) == ("melu", "melu", loss)
       assert set(c.compare_learners) == {"maml", "fomaml", "meta_sgd", "reptile", "none", "finetune", "head_only"}
       assert all(c.compare_kwargs[n].loss == loss for n in c.compare_learners if n in c.compare_kwargs)
-    else:
+    elif name in AMORTISED:
       assert (c.model_name, c.learner_name, c.learner.loss, tuple(c.compare_learners)) == (
         name.split("+")[0],
         "none",
@@ -34,6 +35,13 @@ def test_grid_has_both_settings_and_one_learner_row_per_amortised_model():
       )
       assert c.model.positive_threshold == (4.0 if protocol == "rating" else 0.5)
       assert c.model.get("item_bias", False) == name.endswith("+item_bias")
+    elif name in ("mamo", "tanp"):  # a learner row: its own learner (TaNP also its model), no comparisons
+      assert (c.learner_name, c.learner.loss, tuple(c.compare_learners)) == (name, loss, ())
+      assert c.model_name == ("tanp" if name == "tanp" else "melu")
+      if name == "tanp":
+        assert c.model.get("global_bias", 3.5) == (3.5 if protocol == "rating" else 0.0)  # factory default 3.5
+    else:  # MetaEmb / MWUF: a strategy row on the user side
+      assert (c.strategy_name, c.strategy.loss, c.learner_name, tuple(c.compare_learners)) == (name, loss, "none", ())
   smoke = table.grid("peers_ml100k", ["click"], {}, smoke=True)
   assert all(c.num_steps == 20 and c.seeds == 2 for _, _, c in smoke)
 

@@ -318,13 +318,16 @@ def test_strategies_table_grid_trains_the_learners_once_per_protocol():
     "comparisons": {m: per_seed(2.0 + i) for i, m in enumerate(comparisons)},
     "baselines": {"item_user_offset": per_seed(0.5)},
   }
-  values = table.table_values([("a", run("melu", ["none", "a"])), ("b", run("none", ["b"]))])
+  strategy_run = lambda learner, comparisons, name: {**run(learner, comparisons), "strategy": {"name": name}}
+  values = table.table_values(
+    [("a", strategy_run("melu", ["none", "a"], "a")), ("b", strategy_run("none", ["b"], "b"))]
+  )
   assert list(values) == ["melu", "none", "a", "b", "item_user_offset"]  # run b's own `none` is not repeated
   assert values["b"]["new_user"]["mae"] == [2.0, 2.0] and values["a"]["new_user"]["mae"] == [3.0, 3.0]
   # a row labelled apart from its strategy (multitask's single-task counterparts) and its per-head table
   heads = {"new_user": {"click/auc": {"per_seed": [0.6, 0.7]}}}
   labelled = {**run("none", ["multitask"]), "strategy": {"name": "multitask", "heads": heads}}
-  runs = [("a", run("melu", ["none", "a"])), ("mmoe_click_only", labelled)]
+  runs = [("a", strategy_run("melu", ["none", "a"], "a")), ("mmoe_click_only", labelled)]
   values = table.table_values(runs)
   assert list(values) == ["melu", "none", "a", "mmoe_click_only", "item_user_offset"]
   assert values["mmoe_click_only"]["new_user"]["mae"] == [2.0, 2.0]
