@@ -11,10 +11,18 @@ Subprocesses inherit it through the JAX_* environment variables (read by jax at 
 
 import os
 
-import jax
-import pytest
+# XLA's CPU compiler spends much of each compile in LLVM's optimisation passes, and the suite is mostly compiles of
+# tiny programs whose run time is negligible: LLVM -O0 cuts the compile time (and nothing the tests check depends
+# on LLVM's optimisation level; the persistent cache keys programs by these flags too). Set before jax reads
+# XLA_FLAGS (at its first backend use); subprocesses inherit it. TRANSFER_META_TEST_XLA_OPT=default keeps XLA's own.
+OPT_ENV, OPT_FLAG = "TRANSFER_META_TEST_XLA_OPT", "--xla_backend_optimization_level=0"
+if os.environ.get(OPT_ENV, "") != "default" and OPT_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_FLAG}".strip()
 
-import transfer_meta as tm
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+import transfer_meta as tm  # noqa: E402
 
 CACHE_ENV = "TRANSFER_META_TEST_JAX_CACHE"
 
