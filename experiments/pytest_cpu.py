@@ -45,3 +45,37 @@ def pytest_runtest_logfinish(nodeid, location):
 
 def pytest_sessionfinish(session, exitstatus):
   _dump(final=True)
+
+
+def per_file(rows: list) -> list[tuple[str, float, float, float, int]]:
+  """Per test file, most expensive first: (file, self_s + children_s, children_s, wall_s, tests).
+
+  Args:
+    rows: the plugin's `rows`, [[nodeid, self_s, children_s, wall_s], ...].
+  """
+  out: dict = {}
+  for nodeid, me, kids, wall in rows:
+    f = out.setdefault(nodeid.split("::", 1)[0], [0.0, 0.0, 0.0, 0])
+    f[0], f[1], f[2], f[3] = f[0] + me + kids, f[1] + kids, f[2] + wall, f[3] + 1
+  return sorted(((k, *v) for k, v in out.items()), key=lambda r: -r[1])
+
+
+def summary(path: str, top: int = 25) -> str:
+  """Markdown tables of a recorded run: CPU-seconds per file, then the `top` most expensive tests."""
+  with open(path) as f:
+    d = json.load(f)
+  rows = d["rows"]
+  total = sum(r[1] + r[2] for r in rows)
+  state = "finished" if d.get("finished") else "NOT finished (partial)"
+  lines = [f"{len(rows)} tests, {total:.1f} CPU-s in tests ({state})", "", "| file | CPU-s | in subprocesses | tests |"]
+  lines += ["|---|---:|---:|---:|"] + [f"| {f} | {c:.1f} | {k:.1f} | {n} |" for f, c, k, _, n in per_file(rows)]
+  lines += ["", "| test | CPU-s | in subprocesses |", "|---|---:|---:|"]
+  for nodeid, me, kids, _ in sorted(rows, key=lambda r: -(r[1] + r[2]))[:top]:
+    lines.append(f"| {nodeid} | {me + kids:.1f} | {kids:.1f} |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m experiments.pytest_cpu FILE.json [TOP]
+  import sys
+
+  print(summary(sys.argv[1], *(int(a) for a in sys.argv[2:3])))
