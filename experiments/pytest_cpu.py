@@ -75,7 +75,11 @@ def summary(path: str, top: int = 25) -> str:
   return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m experiments.pytest_cpu FILE.json [TOP]
-  import sys
+if __name__ == "__main__":  # python -m experiments.pytest_cpu FILE.json [--top=N]
+  import argparse
 
-  print(summary(sys.argv[1], *(int(a) for a in sys.argv[2:3])))
+  parser = argparse.ArgumentParser(description="CPU-seconds per test file and per test of a recorded run.")
+  parser.add_argument("path", help="the JSON written by the plugin (TEST_CPU_OUT)")
+  parser.add_argument("--top", type=int, default=25, help="how many of the most expensive tests to list")
+  args = parser.parse_args()
+  print(summary(args.path, args.top))
