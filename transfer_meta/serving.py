@@ -92,7 +92,7 @@ def load_meta_params(
     raise ValueError(f"seed_index={seed_index} out of range for the run's {len(seeds)} seeds")
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
   data, feats, spec, maps, prior, new_prior = _protocol_inputs(config, data, seeds[seed_index])
-  model = build_model(config, spec)  # as trained: keywords, compute dtype, residual
+  model = build_model(config, spec, data)  # as trained: keywords, compute dtype, residual
   # A stateful learner (MAMO) is served as the bundle of its meta-params and state (`learner_state`).
   learner = learner_state.eval_learner(get_learner(config.learner_name, model, **config.learner.to_dict()))
   example = make_examples(feats, np.zeros(1, np.int32), np.zeros(1, np.int32))
