@@ -644,3 +644,18 @@ def test_real_tail_at_init_is_the_frozen_embedding_and_is_cached(real, tmp_path)
   np.testing.assert_array_equal(again.mask, table.mask)
   with_text = item_features.with_text_features(data, "{title} {genre}", cache_dir=tmp_path, encoder=real)
   assert last_layer.text_column(with_text) == 0
+
+
+def test_text_table_collects_new_learners_without_a_baselines_run(tmp_path):
+  """Rerunning only some learners (no run of the config's own learner, so no baselines) still tabulates."""
+  for text, mae in (("False", [0.9, 0.8]), ("True", [0.85, 0.9])):
+    run = tmp_path / "runs" / "text" / "item_cold_ml100k" / f"text={text}" / "finetune"
+    run.mkdir(parents=True)
+    results = {"learner": "finetune", "protocol": "item_cold", "protocol_version": "1.0", "seeds": [0, 1]}
+    results["metrics"] = {"new_item": {"mae": {"per_seed": mae}, "auc": {"per_seed": [0.5, 0.6]}}}
+    (run / "results.json").write_text(json.dumps(results))
+  out = tmp_path / "tables"
+  args = ["--configs=item_cold_ml100k", "--collect", f"--runs={tmp_path / 'runs'}", f"--out={out}"]
+  assert text_table.main([*args, "--compilation_cache="]) == 0
+  md = (out / "text_item_cold_ml100k.md").read_text()
+  assert "| new_item | finetune | 0.850 ± 0.050 | 0.875 ± 0.025 | 0.025 ± 0.075 |" in md

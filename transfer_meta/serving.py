@@ -324,6 +324,8 @@ def score_new_items(
   model_kw = bundle.config.model
   if model_kw.get("use_item_ids") or model_kw.get("use_ids"):  # a new item has no trained id row
     raise ValueError("zero-shot scoring of new items needs a model without item ids (config.model.use_item_ids=False)")
+  if bundle.config.dataset.get("text_finetune_last_layer", False):  # its text states exist for catalogue ids only
+    raise ValueError("zero-shot scoring of new items is not implemented for text_finetune_last_layer=True runs")
   template = bundle.config.dataset.get("text_template", "{title}")
   rows = new_item_rows(bundle.data, new_items, template)
   if bundle.item_maps is not None:  # codes unseen or rare in training read the trained OOV row, as in evaluation

@@ -145,6 +145,11 @@ def tail_feature(tail_params, config: BertConfig, states: jax.Array, mask: jax.A
   return out.reshape(*lead, H)
 
 
+# Backward passes recompute the layer from the states instead of storing its [N, L, 4H] activations per task
+# (and per inner step under MAML): memory grows with the batch's item tokens, not with the layer's width.
+_tail_remat = jax.checkpoint(tail_feature, static_argnums=(1,))
+
+
 def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
   """`model` reading its text feature from a trainable last encoder layer instead of the frozen embedding.
 
@@ -163,7 +168,7 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
       return x
     if x["item_dense"].shape[-1] < column + H:
       raise ValueError(f"text tail: item_dense has width {x['item_dense'].shape[-1]}, need {column + H}")
-    feat = tail_feature(tail, table.config, *gather(table, x["item"]))
+    feat = _tail_remat(tail, table.config, *gather(table, x["item"]))
     dense = x["item_dense"]
     new = jnp.concatenate([dense[..., :column], feat.astype(dense.dtype), dense[..., column + H :]], axis=-1)
     return {**x, "item_dense": new}
