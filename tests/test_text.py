@@ -19,6 +19,7 @@ from scipy.special import erf
 import transfer_meta as tm
 from experiments import runner, text_table
 from transfer_meta import serving, train
+from transfer_meta.data.examples import FeatureMatrices, make_examples
 from transfer_meta.data.interactions import UNKNOWN, DataError
 from transfer_meta.data.tasks import PRIOR
 from transfer_meta.models import Model, adapt_mask
@@ -659,3 +660,29 @@ def test_text_table_collects_new_learners_without_a_baselines_run(tmp_path):
   assert text_table.main([*args, "--compilation_cache="]) == 0
   md = (out / "text_item_cold_ml100k.md").read_text()
   assert "| new_item | finetune | 0.850 ± 0.050 | 0.875 ± 0.025 | 0.025 ± 0.075 |" in md
+
+
+def test_build_model_with_the_tail_scores_as_the_frozen_model_at_init(real, tmp_path, monkeypatch):
+  """`config.dataset.text_finetune_last_layer` wraps the run's backbone; at init its scores are the frozen model's."""
+  monkeypatch.setenv("TRANSFER_META_CACHE", str(tmp_path))
+  monkeypatch.setattr(minilm, "load_minilm", lambda cache_dir=None: real)
+  data = item_features.with_text_features(_tiny_catalogue(), "{title}", cache_dir=tmp_path, encoder=real)
+  config = runner.load_config("melu_ml100k:smoke")
+  with config.unlocked():
+    config.dataset.text_features = True
+    config.residual = ""
+  spec = tm.FeatureSpec.from_interactions(data)
+  feats = FeatureMatrices.from_interactions(data)
+  x = make_examples(feats, np.array([0, 1, 1, 0], np.int32), np.array([0, 1, 2, 2], np.int32))
+  frozen = train.build_model(config, spec, data)
+  with config.unlocked():
+    config.dataset.text_finetune_last_layer = True
+  tuned = train.build_model(config, spec, data)
+  with pytest.raises(ValueError, match="needs the dataset"):
+    train.build_model(config, spec)
+  params = tuned.init(jax.random.key(0), x, x)
+  assert last_layer.TAIL in params and tuned.adapt_regex == frozen.adapt_regex
+  inner = {k: v for k, v in params.items() if k != last_layer.TAIL}
+  np.testing.assert_allclose(
+    np.asarray(tuned.apply(params, x, x)), np.asarray(frozen.apply(inner, x, x)), rtol=1e-5, atol=1e-5
+  )
