@@ -40,7 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = default_config()
   c.dataset_name = "ml-100k"
   # Item text features (MiniLM title embedding, `text` extra): --config.dataset.text_features=True
-  c.dataset = ml_collections.ConfigDict(dict(text_features=False, text_template="{title}"))
+  # ... and its last encoder layer trained with the model: --config.dataset.text_finetune_last_layer=True
+  c.dataset = ml_collections.ConfigDict(
+    dict(text_features=False, text_template="{title}", text_finetune_last_layer=False)
+  )
   c.protocol_name = "melu"
   c.protocol = ml_collections.ConfigDict(dict(n_query=10, min_support=1))
   c.model_name = "melu"

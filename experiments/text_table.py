@@ -155,10 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             with open(wall_path) as f:
               secs.append(json.load(f)["wall_seconds"])
         walls.append(f"{name} text={text}: {len(found[text])} run(s), {sum(secs) / 60:.1f} min of process wall time")
-      if mains[False] is None and mains[True] is None:
-        print(f"{spec}: no finished run with the baselines yet; skipped")
-        continue
       res = mains[False] or mains[True]  # the baselines read no features: either side's are the same
+      if res is None:  # no run with the baselines here (e.g. only new learners rerun): tabulate the methods
+        if not found[False] or not found[True]:
+          print(f"{spec}: no finished runs on both sides yet; skipped")
+          continue
+        with open(os.path.join(found[False][0], "results.json")) as f:
+          res = json.load(f) | {"baselines": {}}
       baselines = list(res["baselines"])
       for t in (False, True):
         values[t] |= {b: runner.method_values(res)[b] for b in baselines}

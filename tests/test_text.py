@@ -19,9 +19,14 @@ from scipy.special import erf
 import transfer_meta as tm
 from experiments import runner, text_table
 from transfer_meta import serving, train
+from transfer_meta.data.examples import FeatureMatrices, make_examples
 from transfer_meta.data.interactions import UNKNOWN, DataError
 from transfer_meta.data.tasks import PRIOR
-from transfer_meta.text import bert, item_features, minilm, zero_shot
+from transfer_meta.models import Model, adapt_mask
+from transfer_meta.models.lwa import NLBA_ADAPT_REGEX
+from transfer_meta.models.melu import ADAPT_REGEX as MELU_ADAPT_REGEX
+from transfer_meta.models.melu import HEAD_REGEX as MELU_HEAD_REGEX
+from transfer_meta.text import bert, item_features, last_layer, minilm, zero_shot
 
 TINY = bert.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=24, max_positions=12)
 B, L = 3, 7
@@ -165,10 +170,10 @@ def test_params_from_torch_is_the_flax_tree(tiny):
   want = bert.Bert(TINY).init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool))["params"]
   chex.assert_trees_all_equal_shapes(params, want)
   np.testing.assert_array_equal(
-    params["layer_1"]["intermediate"]["kernel"], state["encoder.layer.1.intermediate.dense.weight"].T
+    params["layer_1"]["ffn_up"]["kernel"], state["encoder.layer.1.intermediate.dense.weight"].T
   )
   np.testing.assert_array_equal(
-    params["layer_0"]["output_norm"]["scale"], state["encoder.layer.0.output.LayerNorm.weight"]
+    params["layer_0"]["ffn_norm"]["scale"], state["encoder.layer.0.output.LayerNorm.weight"]
   )
   prefixed = bert.params_from_torch({"bert." + k: v for k, v in state.items()}, TINY)
   chex.assert_trees_all_equal(prefixed, params)
@@ -182,7 +187,7 @@ def test_params_from_torch_refuses_bad_state_dicts(tiny):
   with pytest.raises(ValueError, match=r"does not use: \['cls.predictions.bias'\]"):
     bert.params_from_torch(state | {"cls.predictions.bias": np.zeros(3)}, TINY)
   wrong = state | {"encoder.layer.0.intermediate.dense.weight": np.zeros((TINY.intermediate + 1, TINY.hidden))}
-  with pytest.raises(ValueError, match=r"layer_0/intermediate/kernel: \(16, 25\) vs \(16, 24\)"):
+  with pytest.raises(ValueError, match=r"layer_0/ffn_up/kernel: \(16, 25\) vs \(16, 24\)"):
     bert.params_from_torch(wrong, TINY)
   with pytest.raises(ValueError, match="lacks 'encoder.layer.2"):  # a 2-layer checkpoint for a 3-layer config
     bert.params_from_torch(state, bert.BertConfig(40, 16, 3, 4, 24, 12))
@@ -505,3 +510,179 @@ def test_text_table_collects_combined_or_per_learner_runs(tmp_path):
   values, main, found = text_table.collect(str(tmp_path / "one"))
   assert values["melu"]["new_item"]["mae"] == [0.7, 0.6] and "none" not in values and found == [str(tmp_path / "one")]
   assert text_table.collect(str(tmp_path / "missing")) == ({}, None, [])
+
+
+# --------------------------------------------------------------------------- last-layer fine-tuning
+
+
+def _tiny_table(tiny, seed: int = 3) -> tuple[last_layer.TailTable, np.ndarray, np.ndarray]:
+  """A `TailTable` of the tiny BERT over `_tokens(seed)`, plus the padded ids and mask it came from."""
+  _, params = tiny
+  ids, mask = minilm.pad_batch(_tokens(seed), 4)  # 3 texts + one all-padding row
+  states = np.asarray(bert.states_before(params, TINY, ids, mask, TINY.layers - 1))
+  return last_layer.TailTable(TINY, params[f"layer_{TINY.layers - 1}"], states, mask), ids, mask
+
+
+def _probe(width: int) -> Model:
+  """A linear scorer of `item_dense` (a backbone stand-in whose gradient reaches every dense column)."""
+
+  def init(key, x, context=None):
+    return {"params": {"w": jax.random.normal(key, (width,))}}
+
+  def apply(params, x, context=None):
+    return x["item_dense"] @ params["params"]["w"]
+
+  return Model("probe", init, apply, r"w", r"w")
+
+
+def _examples(table, items, column: int = 2, extra: int = 1) -> dict:
+  """Examples of `items` whose item_dense holds the frozen embedding at [column, column + H) among others."""
+  frozen = np.asarray(last_layer.tail_feature(table.params, table.config, table.states, table.mask))
+  rng = np.random.default_rng(0)
+  n = len(items)
+  dense = np.concatenate([rng.normal(size=(n, column)), frozen[items], rng.normal(size=(n, extra))], axis=1)
+  return {"item": np.asarray(items, np.int32), "item_dense": dense.astype(np.float32)}
+
+
+def test_states_before_then_last_layer_is_the_encoder(tiny):
+  _, params = tiny
+  table, ids, mask = _tiny_table(tiny)
+  want = np.asarray(bert.encode(params, TINY, ids, mask))
+  got = np.asarray(last_layer.tail_feature(table.params, TINY, table.states, table.mask))
+  np.testing.assert_allclose(got[:3], want[:3], atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(got[:3], axis=1), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(got[3], np.zeros(TINY.hidden))  # all-padding row: zeros, as mean_pool
+  with pytest.raises(ValueError, match=r"layer=3 must be in \[0, 2\]"):
+    bert.states_before(params, TINY, ids, mask, 3)
+  emb = np.asarray(bert.states_before(params, TINY, ids, mask, 0))  # 0: the embeddings' LayerNorm output
+  assert emb.shape == (4, ids.shape[1], TINY.hidden) and not np.allclose(emb, table.states)
+
+
+def test_tail_is_padding_invariant(tiny):
+  table, _, _ = _tiny_table(tiny)
+  I, L, H = table.states.shape
+  junk = np.random.default_rng(5).normal(size=(I, 8, H)).astype(np.float32)  # padded positions hold garbage
+  states = np.concatenate([table.states, junk], axis=1)
+  mask = np.concatenate([table.mask, np.zeros((I, 8), bool)], axis=1)
+  a = last_layer.tail_feature(table.params, TINY, table.states, table.mask)
+  b = last_layer.tail_feature(table.params, TINY, states, mask)
+  np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+  # leading dims: [T, N, L, H] gives the [T, N, H] of the flat call
+  c = last_layer.tail_feature(table.params, TINY, np.stack([table.states] * 2), np.stack([table.mask] * 2))
+  np.testing.assert_allclose(np.asarray(c), np.stack([np.asarray(a)] * 2), atol=1e-6)
+
+
+def test_wrapped_model_equals_frozen_feature_at_init_and_trains_the_tail(tiny):
+  table, _, _ = _tiny_table(tiny)
+  H = TINY.hidden
+  probe = _probe(2 + H + 1)
+  model = last_layer.with_text_tail(probe, table, column=2)
+  x = _examples(table, [2, 0, 1, 0, 3])
+  params = model.init(jax.random.key(1), x, x)
+  assert set(params) == {"params", last_layer.TAIL}
+  chex.assert_trees_all_close(params[last_layer.TAIL], table.params)
+  inner = {"params": params["params"]}
+  np.testing.assert_allclose(np.asarray(model.apply(params, x, x)), np.asarray(probe.apply(inner, x)), atol=1e-5)
+
+  # Gradients reach the tail, per task under vmap (the trainer's), finite with an all-padding item (id 3).
+  xs = jax.tree.map(lambda a: np.stack([a, a[::-1]]), x)
+  loss = lambda p, xt: jnp.sum(model.apply(p, xt, xt) ** 2)  # noqa: E731
+  grads = jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, xs)
+  tail_g = grads[last_layer.TAIL]
+  chex.assert_tree_all_finite(tail_g)
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(tail_g))
+
+  # The tail's gradient matches a central finite difference along a random direction.
+  f = lambda t: loss({**params, last_layer.TAIL: t}, x)  # noqa: E731
+  keys = iter(jax.random.split(jax.random.key(7), len(jax.tree.leaves(table.params))))
+  d = jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape), params[last_layer.TAIL])
+  eps = 1e-3
+  plus = jax.tree.map(lambda a, b: a + eps * b, params[last_layer.TAIL], d)
+  minus = jax.tree.map(lambda a, b: a - eps * b, params[last_layer.TAIL], d)
+  fd = (float(f(plus)) - float(f(minus))) / (2 * eps)
+  g = jax.grad(f)(params[last_layer.TAIL])
+  analytic = float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(d))))
+  np.testing.assert_allclose(analytic, fd, rtol=2e-2)
+  assert abs(analytic) > 1e-3
+
+
+def test_tail_is_not_in_the_models_default_adapt_sets(tiny):
+  table, _, _ = _tiny_table(tiny)
+  params = {"params": {"decision_0": {"kernel": 0.0}, "output": {"bias": 0.0}}, last_layer.TAIL: table.params}
+  for regex in (MELU_ADAPT_REGEX, MELU_HEAD_REGEX, NLBA_ADAPT_REGEX, r"decoder_|output"):
+    mask = adapt_mask(params, regex)
+    assert not any(jax.tree.leaves(mask[last_layer.TAIL])), regex
+  assert all(jax.tree.leaves(adapt_mask(params, r"^text_tail/")[last_layer.TAIL]))
+
+
+def test_tail_refuses_bad_inputs(tiny):
+  table, _, _ = _tiny_table(tiny)
+  model = last_layer.with_text_tail(_probe(TINY.hidden), table, column=1)  # needs width 1 + 16
+  x = _examples(table, [0, 1], column=0, extra=0)
+  with pytest.raises(ValueError, match="item_dense has width 16, need 17"):
+    model.init(jax.random.key(0), x)
+  ok = last_layer.with_text_tail(_probe(TINY.hidden), table, column=0)
+  params = ok.init(jax.random.key(0), x)
+  with pytest.raises(Exception, match=r"item ids must be in \[0, 4\)"):
+    jax.block_until_ready(ok.apply(params, {**x, "item": np.array([0, 9], np.int32)}))
+  with pytest.raises(DataError, match="no dense item feature 'text_minilm'"):
+    last_layer.text_column(_tiny_catalogue())
+  with pytest.raises(ValueError, match="needs text_features=True"):
+    tm.load_dataset("synthetic", text_finetune_last_layer=True)
+
+
+def test_real_tail_at_init_is_the_frozen_embedding_and_is_cached(real, tmp_path):
+  data = _tiny_catalogue(("The Shawshank Redemption (1994)", "", "Heat"))
+  table = last_layer.item_tail_table(data, "{title} {genre}", cache_dir=tmp_path, encoder=real)
+  want = item_features.item_text_embedding(data, "{title} {genre}", cache_dir=tmp_path, encoder=real)
+  got = np.asarray(last_layer.tail_feature(table.params, real.config, table.states, table.mask))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert table.states.shape[1] % minilm.PAD_MULTIPLE == 0
+  files = sorted(p.name for p in (tmp_path / "text_features").iterdir())
+  assert sum(n.endswith("-layer5.npz") for n in files) == 1
+  again = last_layer.item_tail_table(data, "{title} {genre}", cache_dir=tmp_path, encoder=real)
+  np.testing.assert_array_equal(again.states, table.states)
+  np.testing.assert_array_equal(again.mask, table.mask)
+  with_text = item_features.with_text_features(data, "{title} {genre}", cache_dir=tmp_path, encoder=real)
+  assert last_layer.text_column(with_text) == 0
+
+
+def test_text_table_collects_new_learners_without_a_baselines_run(tmp_path):
+  """Rerunning only some learners (no run of the config's own learner, so no baselines) still tabulates."""
+  for text, mae in (("False", [0.9, 0.8]), ("True", [0.85, 0.9])):
+    run = tmp_path / "runs" / "text" / "item_cold_ml100k" / f"text={text}" / "finetune"
+    run.mkdir(parents=True)
+    results = {"learner": "finetune", "protocol": "item_cold", "protocol_version": "1.0", "seeds": [0, 1]}
+    results["metrics"] = {"new_item": {"mae": {"per_seed": mae}, "auc": {"per_seed": [0.5, 0.6]}}}
+    (run / "results.json").write_text(json.dumps(results))
+  out = tmp_path / "tables"
+  args = ["--configs=item_cold_ml100k", "--collect", f"--runs={tmp_path / 'runs'}", f"--out={out}"]
+  assert text_table.main([*args, "--compilation_cache="]) == 0
+  md = (out / "text_item_cold_ml100k.md").read_text()
+  assert "| new_item | finetune | 0.850 ± 0.050 | 0.875 ± 0.025 | 0.025 ± 0.075 |" in md
+
+
+def test_build_model_with_the_tail_scores_as_the_frozen_model_at_init(real, tmp_path, monkeypatch):
+  """`config.dataset.text_finetune_last_layer` wraps the run's backbone; at init its scores are the frozen model's."""
+  monkeypatch.setenv("TRANSFER_META_CACHE", str(tmp_path))
+  monkeypatch.setattr(minilm, "load_minilm", lambda cache_dir=None: real)
+  data = item_features.with_text_features(_tiny_catalogue(), "{title}", cache_dir=tmp_path, encoder=real)
+  config = runner.load_config("melu_ml100k:smoke")
+  with config.unlocked():
+    config.dataset.text_features = True
+    config.residual = ""
+  spec = tm.FeatureSpec.from_interactions(data)
+  feats = FeatureMatrices.from_interactions(data)
+  x = make_examples(feats, np.array([0, 1, 1, 0], np.int32), np.array([0, 1, 2, 2], np.int32))
+  frozen = train.build_model(config, spec, data)
+  with config.unlocked():
+    config.dataset.text_finetune_last_layer = True
+  tuned = train.build_model(config, spec, data)
+  with pytest.raises(ValueError, match="needs the dataset"):
+    train.build_model(config, spec)
+  params = tuned.init(jax.random.key(0), x, x)
+  assert last_layer.TAIL in params and tuned.adapt_regex == frozen.adapt_regex
+  inner = {k: v for k, v in params.items() if k != last_layer.TAIL}
+  np.testing.assert_allclose(
+    np.asarray(tuned.apply(params, x, x)), np.asarray(frozen.apply(inner, x, x)), rtol=1e-5, atol=1e-5
+  )

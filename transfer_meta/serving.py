@@ -92,7 +92,7 @@ def load_meta_params(
     raise ValueError(f"seed_index={seed_index} out of range for the run's {len(seeds)} seeds")
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
   data, feats, spec, maps, prior, new_prior = _protocol_inputs(config, data, seeds[seed_index])
-  model = build_model(config, spec)  # as trained: keywords, compute dtype, residual
+  model = build_model(config, spec, data)  # as trained: keywords, compute dtype, residual
   # A stateful learner (MAMO) is served as the bundle of its meta-params and state (`learner_state`).
   learner = learner_state.eval_learner(get_learner(config.learner_name, model, **config.learner.to_dict()))
   example = make_examples(feats, np.zeros(1, np.int32), np.zeros(1, np.int32))
@@ -324,6 +324,8 @@ def score_new_items(
   model_kw = bundle.config.model
   if model_kw.get("use_item_ids") or model_kw.get("use_ids"):  # a new item has no trained id row
     raise ValueError("zero-shot scoring of new items needs a model without item ids (config.model.use_item_ids=False)")
+  if bundle.config.dataset.get("text_finetune_last_layer", False):  # its text states exist for catalogue ids only
+    raise ValueError("zero-shot scoring of new items is not implemented for text_finetune_last_layer=True runs")
   template = bundle.config.dataset.get("text_template", "{title}")
   rows = new_item_rows(bundle.data, new_items, template)
   if bundle.item_maps is not None:  # codes unseen or rare in training read the trained OOV row, as in evaluation

@@ -184,7 +184,7 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
   feats = FeatureMatrices.from_interactions(data)
   spec = FeatureSpec.from_interactions(data)
   spec = categorical.oov_spec(spec) if config.oov_min_count else spec
-  model = build_model(config, spec)
+  model = build_model(config, spec, data)
   buckets = tuple(config.buckets)
   seeds = []
   for s in seed_list(config):
@@ -209,8 +209,9 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
   return exp
 
 
-def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec) -> Model:
-  """The run's model as training, evaluation and serving all use it: the backbone with its keywords, in its
+def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec, data: Interactions | None = None) -> Model:
+  """The run's model as training, evaluation and serving all use it: the backbone with its keywords (and a
+  trainable last text-encoder layer when `config.dataset.text_finetune_last_layer`, which needs `data`), in its
   compute dtype, wrapped as a residual over `config.residual` when set."""
   kwargs = config.model.to_dict()
   if config.residual:
@@ -219,6 +220,10 @@ def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec) -> Model:
     # rating-scale default (which the config's keyword filling writes into config.model) does not apply.
     kwargs["global_bias"] = 0.0
   model = get_model(config.model_name, spec, **kwargs)
+  if config.dataset.get("text_finetune_last_layer", False):
+    from transfer_meta.text import last_layer
+
+    model = last_layer.with_dataset_tail(model, data, config.dataset.text_template, config.dataset.get("cache_dir"))
   if config.compute_dtype != "float32":
     model = precision.with_compute_dtype(model, config.compute_dtype)
   return residual.with_residual(model, config.residual, config.residual_lam) if config.residual else model

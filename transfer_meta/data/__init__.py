@@ -40,14 +40,25 @@ def _csv(**kw):
 DATASETS = {"ml-100k": _ml100k, "ml-1m": _ml1m, "ml-1m+ml-100k": _ml1m_ml100k, "synthetic": _synthetic, "csv": _csv}
 
 
-def load_dataset(name: str, /, text_features: bool = False, text_template: str = "{title}", **kwargs) -> Interactions:
+def load_dataset(
+  name: str,
+  /,
+  text_features: bool = False,
+  text_template: str = "{title}",
+  text_finetune_last_layer: bool = False,
+  **kwargs,
+) -> Interactions:
   """Loads a dataset by name: 'ml-100k', 'ml-1m', 'ml-1m+ml-100k' (two domains, `movielens_cdr`), 'synthetic',
   'csv', or 'tfds:movielens/<variant>-ratings'.
 
   `name` is positional-only, so a loader's own `name=` keyword (the csv dataset's name) passes through.
   `text_features=True` adds a MiniLM embedding of each item's `text_template` as dense item feature
   'text_minilm' (cached; needs the `text` extra; see `transfer_meta.text.item_features`).
+  `text_finetune_last_layer` is read by the model builder (`transfer_meta.text.last_layer`); here it only
+  requires `text_features`.
   """
+  if text_finetune_last_layer and not text_features:
+    raise ValueError("text_finetune_last_layer=True needs text_features=True (it fine-tunes that feature)")
   if name.startswith("tfds:"):
     from transfer_meta.data.tfds_source import load_tfds
 

@@ -74,9 +74,9 @@ class Layer(nn.Module):
     # HF adds finfo.min to padded keys; `where` gives them weight exactly 0 the same way, without overflow.
     logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
     att = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v).reshape(B, L, H)
-    h = nn.LayerNorm(c.eps, name="attention_norm")(h + nn.Dense(H, name="attention_out")(att))
-    ff = nn.gelu(nn.Dense(c.intermediate, name="intermediate")(h), approximate=False)
-    return nn.LayerNorm(c.eps, name="output_norm")(h + nn.Dense(H, name="output")(ff))
+    h = nn.LayerNorm(c.eps, name="attn_norm")(h + nn.Dense(H, name="attn_proj")(att))
+    ff = nn.gelu(nn.Dense(c.intermediate, name="ffn_up")(h), approximate=False)
+    return nn.LayerNorm(c.eps, name="ffn_norm")(h + nn.Dense(H, name="ffn_down")(ff))
 
 
 class Bert(nn.Module):
@@ -104,6 +104,16 @@ class Bert(nn.Module):
     return h
 
 
+def states_before(params, config: BertConfig, ids: jax.Array, mask: jax.Array, layer: int) -> jax.Array:
+  """Token states f32 [B, L, H] entering layer `layer` (0: the embeddings; `config.layers`: the last states).
+
+  The same `Bert` module run with its first `layer` layers only (`params` may hold them all)."""
+  if not 0 <= layer <= config.layers:
+    raise ValueError(f"layer={layer} must be in [0, {config.layers}]")
+  first = {k: v for k, v in params.items() if not k.startswith("layer_") or int(k[len("layer_") :]) < layer}
+  return Bert(dataclasses.replace(config, layers=layer)).apply({"params": first}, ids, mask)
+
+
 def mean_pool(hidden: jax.Array, mask: jax.Array, eps: float = 1e-12) -> jax.Array:
   """Masked mean over tokens, then L2 normalisation (sentence-transformers' Pooling(mean) + Normalize).
 
@@ -116,7 +126,8 @@ def mean_pool(hidden: jax.Array, mask: jax.Array, eps: float = 1e-12) -> jax.Arr
   """
   m = mask.astype(hidden.dtype)[..., None]
   mean = jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
-  return mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True), eps)
+  # sqrt(max(|x|^2, eps^2)) = max(|x|, eps), with a finite gradient at an all-padding row's zero vector.
+  return mean / jnp.sqrt(jnp.maximum(jnp.sum(mean * mean, axis=-1, keepdims=True), eps * eps))
 
 
 def encode(params, config: BertConfig, ids: jax.Array, mask: jax.Array) -> jax.Array:
@@ -124,7 +135,9 @@ def encode(params, config: BertConfig, ids: jax.Array, mask: jax.Array) -> jax.A
   return mean_pool(Bert(config).apply({"params": params}, ids, mask), mask)
 
 
-# Our parameter path -> the PyTorch name (without the ".weight"/".bias" suffix).
+# Our parameter path -> the PyTorch name (without the ".weight"/".bias" suffix). A layer's names avoid the
+# words recommenders' adapt/head regexes use ("output", "out", "head", "dense"), so a fine-tuned last layer
+# (`text.last_layer`) inside a backbone's params is never caught by them by accident.
 _EMBED = {
   "word_embeddings": "embeddings.word_embeddings",
   "position_embeddings": "embeddings.position_embeddings",
@@ -134,11 +147,11 @@ _LAYER = {
   "query": "attention.self.query",
   "key": "attention.self.key",
   "value": "attention.self.value",
-  "attention_out": "attention.output.dense",
-  "attention_norm": "attention.output.LayerNorm",
-  "intermediate": "intermediate.dense",
-  "output": "output.dense",
-  "output_norm": "output.LayerNorm",
+  "attn_proj": "attention.output.dense",
+  "attn_norm": "attention.output.LayerNorm",
+  "ffn_up": "intermediate.dense",
+  "ffn_down": "output.dense",
+  "ffn_norm": "output.LayerNorm",
 }
 # Present in BertModel checkpoints, unused by mean pooling: the [CLS] pooler and a position-id buffer.
 UNUSED = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")

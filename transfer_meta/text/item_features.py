@@ -7,8 +7,9 @@ The text of an item is `template` filled from its features: a text field by name
 feature as its value (`{release_year}`, "" when unknown) and a multi-hot feature as its labels joined by ", "
 (`{genre}`). The embedding is computed once (progress bar) and cached as `<cache>/text_features/<name>-<key>.npy`
 with a JSON sidecar; the key hashes the dataset name, the template, the model checksum and the rendered texts,
-so a changed loader or template never reuses a stale file. The encoder is frozen: models learn only the
-projection 384 -> d (`models.features.SideFeatures`' dense block), like any dense feature.
+so a changed loader or template never reuses a stale file. The encoder is frozen by default: models learn only
+the projection 384 -> d (`models.features.SideFeatures`' dense block), like any dense feature;
+`config.dataset.text_finetune_last_layer=True` also trains its last layer (`text.last_layer`).
 """
 
 from __future__ import annotations
