@@ -35,43 +35,75 @@ from transfer_meta.train import default_config
 WARMUP = dict(round_size=5, inner_steps=1, inner_lr=0.1)
 
 
+ARG_PARTS = ("mwuf", "click", "smoke")
+# Per setting: the loss, the MF's initial global bias, the selection metric and its mode.
+SETTING = {
+  "rating": dict(loss="mse", global_bias=3.5, select=("valid/mae", "min")),
+  "click": dict(loss="bce", global_bias=0.0, select=("valid/auc", "max")),
+}
+
+
+def parse_arg(arg: str | None) -> tuple[str, str, bool]:
+  """`arg` -> (strategy 'metaemb' / 'mwuf', setting 'rating' / 'click', smoke): comma-separated parts of
+  'mwuf', 'click', 'smoke' in any order ('mwuf_smoke' is 'mwuf,smoke'); unknown or repeated parts fail."""
+  parts = [p for p in (arg or "").replace("_", ",").split(",") if p]
+  if any(p not in ARG_PARTS for p in parts) or len(set(parts)) != len(parts):
+    raise ValueError(
+      f"unknown config arg {arg!r}; valid: comma-separated parts of {ARG_PARTS}, e.g. None, 'mwuf', 'click,smoke', "
+      "'mwuf_smoke'"
+    )
+  return ("mwuf" if "mwuf" in parts else "metaemb"), ("click" if "click" in parts else "rating"), "smoke" in parts
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The item warm-up config; `arg` None (MetaEmb), 'mwuf', 'smoke' or 'mwuf_smoke'."""
-  if arg not in (None, "", "mwuf", "smoke", "mwuf_smoke"):
-    raise ValueError(f"unknown config arg {arg!r}; valid: None, 'mwuf', 'smoke', 'mwuf_smoke'")
+  """The item warm-up config; `arg` see `parse_arg` (None: MetaEmb, rating setting, full size)."""
+  strategy_name, setting, smoke = parse_arg(arg)
+  s = SETTING[setting]
   c = default_config()
   c.dataset_name = "ml-100k"
   c.protocol_name = "item_warmup"
-  c.protocol = ml_collections.ConfigDict(dict(min_warm_ratings=100, round_size=5, min_test=5, valid_rounds=1))
+  protocol = dict(min_warm_ratings=100, round_size=5, min_test=5, valid_rounds=1, setting=setting)
+  c.protocol = ml_collections.ConfigDict(protocol)
   c.model_name = "mf"
-  c.model = ml_collections.ConfigDict(dict(task_kind="item", dim=32))
+  c.model = ml_collections.ConfigDict(dict(task_kind="item", dim=32, global_bias=s["global_bias"]))
   c.learner_name = "warmup"
-  c.learner = ml_collections.ConfigDict(WARMUP)
+  c.learner = ml_collections.ConfigDict(dict(WARMUP, loss=s["loss"]))
   c.compare_learners = ("none",)
-  c.strategy_name = "mwuf" if arg and arg.startswith("mwuf") else "metaemb"
-  strategy = dict(dim=32, pretrain_steps=1500, meta_steps=300, batch_size=256, alpha=0.1, warmup_lr=0.1, warmup_steps=1)
+  c.compare_kwargs = ml_collections.ConfigDict({"none": {"loss": s["loss"]}})
+  c.strategy_name = strategy_name
+  strategy = dict(
+    dim=32,
+    pretrain_steps=1500,
+    meta_steps=300,
+    batch_size=256,
+    alpha=0.1,
+    warmup_lr=0.1,
+    warmup_steps=1,
+    loss=s["loss"],
+  )
   if c.strategy_name == "mwuf":
     del strategy["alpha"]
   c.optimizer_name = "adam"
   c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3))
-  c.seeds = 3
+  c.seeds = 5
   c.batch_size = 32
   c.eval_batch_size = 64
   c.num_steps = 300
   c.log_every = 10
   c.eval_every = 50
   c.checkpoint_every = 100
-  c.select_metric, c.select_mode = "valid/mae", "min"
-  if arg and arg.endswith("smoke"):
+  c.select_metric, c.select_mode = s["select"]
+  if smoke:
     c.dataset_name = "synthetic"
     # popularity 3: a long tail, 15 items with >= 40 ratings (warm), 45 with 8..39 (cold)
     c.dataset = ml_collections.ConfigDict(dict(n_users=120, n_items=60, ratings_per_user=(10, 25), popularity=3.0))
-    c.protocol = ml_collections.ConfigDict(dict(min_warm_ratings=40, round_size=2, min_test=2, valid_rounds=1))
-    c.model = ml_collections.ConfigDict(dict(task_kind="item", dim=8))
-    c.learner = ml_collections.ConfigDict(dict(WARMUP, round_size=2))
+    protocol.update(min_warm_ratings=40, round_size=2, min_test=2)
+    c.protocol = ml_collections.ConfigDict(protocol)
+    c.model.dim = 8
+    c.learner.round_size = 2
     strategy.update(dim=8, pretrain_steps=6, meta_steps=4, batch_size=64, hidden=8)
     c.seeds, c.num_steps, c.eval_every, c.checkpoint_every, c.batch_size = 1, 4, 2, 2, 8
-    c.min_tasks, c.progress, c.compare_learners = 0, False, ()
+    c.min_tasks, c.progress, c.compare_learners, c.compare_kwargs = 0, False, (), ml_collections.ConfigDict()
     c.baselines = ("global_mean", "item_mean", "item_user_offset")
   c.strategy = ml_collections.ConfigDict(strategy)
   c.lock()

@@ -1,0 +1,58 @@
+"""The peers' cold-start methods on MovieLens-1M under the RecBole-MetaRec protocol, rating and click settings:
+`configs/peers_ml100k.py`'s table (every row, its settings and its selection) on the `ml-1m` data (issue 12).
+
+Command (both settings, 5 seeds; wall and CPU time, machine, load and the tables in experiments/README.md,
+"Peers' methods ... (ML-1M)"):
+
+    python -m experiments.strategies --config=peers_ml1m --protocols=rating,click
+
+Protocol `recbole_metarec` as in `configs/recbole_metarec_ml1m.py`: the 3,131 ML-1M users with 13..100 ratings are
+tasks, split 8:1:1 by first appearance in the shuffled interactions (2,505 / 313 / 313), 10 query ratings per task,
+the rest support. Rows, training (150 meta-steps of 32 tasks, about two passes over the training users), selection
+on valid nDCG@5 (rating) / valid AUC (click) every 10 steps: those of `peers_ml100k`, imported, not copied, and
+not re-tuned on ML-1M. The only change besides the data: evaluation batches of 128 tasks (ML-1M's validation and
+test sets are 5x ML-100K's), as `recbole_metarec_ml1m`. RecBole-MetaRec publishes no ML-1M figures, and we have
+not run its code on ML-1M: no reference rows.
+Args: 'rating' or 'click', optionally ',smoke' (seconds of training: 2 seeds, 20 steps).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _module(name: str):
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+ML100K = _module("peers_ml100k")  # the rows, their settings and the verdict metrics
+SETTINGS = ML100K.SETTINGS
+VERDICT_METRICS = ML100K.VERDICT_METRICS
+REFERENCE_ROWS: dict = {}  # no peer's figures on ML-1M (see the docstring)
+EVAL_BATCH_SIZE = 128
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """`arg`: 'rating' or 'click', optionally ',smoke': `peers_ml100k.get_config(arg)` on the `ml-1m` data."""
+  c = ML100K.get_config(arg)
+  with c.unlocked():
+    c.dataset_name = "ml-1m"
+    c.eval_batch_size = EVAL_BATCH_SIZE
+  return c
+
+
+def table_rows(protocol: str = "rating") -> list[tuple[str, dict]]:
+  """The rows of `peers_ml100k.table_rows(protocol)`, unchanged."""
+  return ML100K.table_rows(protocol)
+
+
+def sweep() -> list[dict]:
+  """The rating setting's rows after the first, as plain overrides (for `experiments.ablate`)."""
+  return ML100K.sweep()
