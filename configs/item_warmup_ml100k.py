@@ -35,7 +35,7 @@ from transfer_meta.train import default_config
 WARMUP = dict(round_size=5, inner_steps=1, inner_lr=0.1)
 
 
-ARG_PARTS = ("mwuf", "click", "smoke")
+ARG_PARTS = ("mwuf", "rating", "click", "smoke")
 # Per setting: the loss, the MF's initial global bias, the selection metric and its mode.
 SETTING = {
   "rating": dict(loss="mse", global_bias=3.5, select=("valid/mae", "min")),
@@ -45,9 +45,10 @@ SETTING = {
 
 def parse_arg(arg: str | None) -> tuple[str, str, bool]:
   """`arg` -> (strategy 'metaemb' / 'mwuf', setting 'rating' / 'click', smoke): comma-separated parts of
-  'mwuf', 'click', 'smoke' in any order ('mwuf_smoke' is 'mwuf,smoke'); unknown or repeated parts fail."""
+  'mwuf', 'rating' (the default), 'click', 'smoke' in any order ('mwuf_smoke' is 'mwuf,smoke'); unknown or
+  repeated parts, or both settings, fail."""
   parts = [p for p in (arg or "").replace("_", ",").split(",") if p]
-  if any(p not in ARG_PARTS for p in parts) or len(set(parts)) != len(parts):
+  if any(p not in ARG_PARTS for p in parts) or len(set(parts)) != len(parts) or {"rating", "click"} <= set(parts):
     raise ValueError(
       f"unknown config arg {arg!r}; valid: comma-separated parts of {ARG_PARTS}, e.g. None, 'mwuf', 'click,smoke', "
       "'mwuf_smoke'"
@@ -72,15 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.compare_kwargs = ml_collections.ConfigDict({"none": {"loss": s["loss"]}})
   c.strategy_name = strategy_name
   strategy = dict(
-    dim=32,
-    pretrain_steps=1500,
-    meta_steps=300,
-    batch_size=256,
-    alpha=0.1,
-    warmup_lr=0.1,
-    warmup_steps=1,
-    loss=s["loss"],
-  )
+    dim=32, pretrain_steps=1500, meta_steps=300, batch_size=256, alpha=0.1, warmup_lr=0.1, warmup_steps=1,
+    global_bias=s["global_bias"], loss=s["loss"],
+  )  # fmt: skip
   if c.strategy_name == "mwuf":
     del strategy["alpha"]
   c.optimizer_name = "adam"
@@ -108,6 +103,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.strategy = ml_collections.ConfigDict(strategy)
   c.lock()
   return c
+
+
+# The table's verdict metric per setting (`experiments.strategies`: which rows beat item mean + user offset,
+# constant and random by > 2 SE, paired over seeds).
+VERDICT_METRICS = {"rating": ("mae",), "click": ("auc",)}
+
+
+def table_rows(protocol: str = "rating") -> list[tuple[str, dict]]:
+  """[(row, overrides)] of the warm-up table of setting `protocol` ('rating' / 'click', optionally ',smoke'), for
+  `python -m experiments.strategies --config=item_warmup_ml100k --protocols=rating,click`: the config's own run
+  (MetaEmb, with the `warmup` and `none` learners), then MWUF with this config's MWUF settings. The MWUF run's
+  own learner row (`none`, which the table drops) trains 1 step: the stages set their own lengths."""
+  mwuf = get_config(",".join(["mwuf", *protocol.split(",")]))
+  return [("metaemb", {}), ("mwuf", {"strategy_name": "mwuf", "strategy": mwuf.strategy.to_dict(), "num_steps": 1})]
 
 
 def sweep() -> list[dict]:

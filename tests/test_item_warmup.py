@@ -365,6 +365,24 @@ def test_config_click_setting_and_arg_parsing():
   assert click.compare_kwargs.none.loss == "bce" and click.model.global_bias == 0.0
   assert (click.select_metric, click.select_mode) == ("valid/auc", "max")
   assert _load_config("mwuf_smoke").strategy_name == "mwuf" and _load_config("click,smoke").dataset_name == "synthetic"
-  for bad in ("clik", "mwuf,mwuf", "smoke,rating"):
+  for bad in ("clik", "mwuf,mwuf", "rating,click"):
     with pytest.raises(ValueError, match="unknown config arg"):
       _load_config(bad)
+
+
+def test_warmup_table_grid_rows_per_setting():
+  """`experiments.strategies --config=item_warmup_ml100k --protocols=rating,click`: per setting the config's own
+  run (MetaEmb beside the warmup / none learners) and an MWUF run with the config's MWUF settings."""
+  from experiments import strategies as table
+
+  cells = table.grid("item_warmup_ml100k", ["rating", "click"], {})
+  assert [(p, n) for p, n, _ in cells] == [(p, n) for p in ("rating", "click") for n in ("metaemb", "mwuf")]
+  for protocol, name, c in cells:
+    assert c.protocol.setting == protocol and c.strategy_name == name and c.seeds == 5
+    assert c.strategy.loss == ("mse" if protocol == "rating" else "bce")
+    assert c.strategy.global_bias == (3.5 if protocol == "rating" else 0.0)
+    if name == "mwuf":
+      assert c.strategy.to_dict() == _load_config(f"mwuf,{protocol}").strategy.to_dict() and "alpha" not in c.strategy
+      assert (c.learner_name, tuple(c.compare_learners), c.num_steps) == ("none", (), 1)
+    else:
+      assert (c.learner_name, tuple(c.compare_learners), c.num_steps) == ("warmup", ("none",), 300)
