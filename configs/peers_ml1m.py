@@ -14,7 +14,7 @@ not re-tuned on ML-1M. The changes besides the data, both for cost (ML-1M's vali
 ML-100K's): evaluation batches of 128 tasks (as `recbole_metarec_ml1m`) and validation every 25 steps, not 10
 (the selection then picks among steps 25, 50, ..., 150). RecBole-MetaRec publishes no ML-1M figures, and we have
 not run its code on ML-1M: no reference rows.
-Measured, rating setting (5 seeds; 2 shared CPU cores, AMD EPYC, load 12-21): 2,861 s wall, at most 707 s of CPU.
+Measured, rating setting (5 seeds; 2 shared CPU cores, AMD EPYC, load 12.5-21): 2,861 s wall, at most 707 s of CPU.
 Test nDCG@5 (tie-aware / peer's index rule): item mean + user offset 0.799 / 0.642, NLBA 0.794 / 0.636, MetaEmb
 0.742 / 0.579, MAML-MeLU 0.724 / 0.557, TaNP 0.697 / 0.523, constant 0.666 / 0.620, random 0.660 / 0.496. Nothing
 beats item mean + user offset. The click setting was not measured yet.
