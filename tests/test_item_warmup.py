@@ -318,3 +318,71 @@ def test_strategies_pick_the_task_side_and_rounds(protocol, side, rounds):
   assert task_side(config, None) == side and task_side(config, "user") == "user"
   with pytest.raises(ValueError, match="side"):
     task_side(config, "items")
+
+
+def test_click_setting_keeps_the_rounds_and_binarises_the_target(fixture):
+  """'click': the same items, rounds and test rows as 'rating'; target = rating >= 4 as 0/1; AUC only, relevance
+  = clicked; the rating setting's manifest is unchanged by the new parameter (no 'setting' key, same hash)."""
+  rating, click = _split(fixture), _split(fixture, setting="click")
+  for name, ts in rating.tasks.items():
+    other = click.tasks[name]
+    np.testing.assert_array_equal(ts.task_ids, other.task_ids)
+    for t in range(len(ts)):
+      np.testing.assert_array_equal(ts.support(t), other.support(t))
+      np.testing.assert_array_equal(ts.query(t), other.query(t))
+  np.testing.assert_array_equal(rating.target, fixture.rating)
+  expected = np.array([1.0 if r >= 4 else 0.0 for r in fixture.rating], np.float32)  # independent of the code
+  np.testing.assert_array_equal(click.target, expected)
+  assert 0 < expected.sum() < len(expected)  # both classes present, so the check can fail
+  assert click.metrics == ("auc",) and click.params["relevance"] == "threshold:1"
+  assert rating.metrics == ("mae", "rmse", "auc") and rating.params["relevance"] == "threshold:4"
+  assert "setting" not in rating.params and click.params["setting"] == "click"
+  assert rating.manifest["hash"] == _split(fixture, setting="rating").manifest["hash"] != click.manifest["hash"]
+  with pytest.raises(ValueError, match="setting"):
+    _split(fixture, setting="clicks")
+
+
+def test_config_click_setting_and_arg_parsing():
+  rating, click = _load_config(None), _load_config("mwuf,click")
+  assert (rating.strategy_name, rating.protocol.setting, rating.learner.loss, rating.strategy.loss) == (
+    "metaemb",
+    "rating",
+    "mse",
+    "mse",
+  )
+  assert (rating.select_metric, rating.select_mode, rating.model.global_bias, rating.seeds) == (
+    "valid/mae",
+    "min",
+    3.5,
+    5,
+  )
+  assert (click.strategy_name, click.protocol.setting, click.learner.loss, click.strategy.loss) == (
+    "mwuf",
+    "click",
+    "bce",
+    "bce",
+  )
+  assert click.compare_kwargs.none.loss == "bce" and click.model.global_bias == 0.0
+  assert (click.select_metric, click.select_mode) == ("valid/auc", "max")
+  assert _load_config("mwuf_smoke").strategy_name == "mwuf" and _load_config("click,smoke").dataset_name == "synthetic"
+  for bad in ("clik", "mwuf,mwuf", "rating,click"):
+    with pytest.raises(ValueError, match="unknown config arg"):
+      _load_config(bad)
+
+
+def test_warmup_table_grid_rows_per_setting():
+  """`experiments.strategies --config=item_warmup_ml100k --protocols=rating,click`: per setting the config's own
+  run (MetaEmb beside the warmup / none learners) and an MWUF run with the config's MWUF settings."""
+  from experiments import strategies as table
+
+  cells = table.grid("item_warmup_ml100k", ["rating", "click"], {})
+  assert [(p, n) for p, n, _ in cells] == [(p, n) for p in ("rating", "click") for n in ("metaemb", "mwuf")]
+  for protocol, name, c in cells:
+    assert c.protocol.setting == protocol and c.strategy_name == name and c.seeds == 5
+    assert c.strategy.loss == ("mse" if protocol == "rating" else "bce")
+    assert c.strategy.global_bias == (3.5 if protocol == "rating" else 0.0)
+    if name == "mwuf":
+      assert c.strategy.to_dict() == _load_config(f"mwuf,{protocol}").strategy.to_dict() and "alpha" not in c.strategy
+      assert (c.learner_name, tuple(c.compare_learners), c.num_steps) == ("none", (), 1)
+    else:
+      assert (c.learner_name, tuple(c.compare_learners), c.num_steps) == ("warmup", ("none",), 300)

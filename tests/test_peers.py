@@ -115,3 +115,21 @@ def test_bad_arg_and_duplicate_rows_fail_clearly():
 
   with pytest.raises(ValueError, match="distinct names"):
     table.entries(Duplicated, "dup", "rating")
+
+
+def test_ml1m_table_is_the_ml100k_table_on_ml1m():
+  """configs/peers_ml1m.py: every row and setting of peers_ml100k, only the data, the evaluation batch and the
+  validation interval changed (smoke: only the data and the batch); no reference rows (the peer has none on ML-1M)."""
+  for smoke in (False, True):
+    small = table.grid("peers_ml100k", ["rating", "click"], {"seeds": 2}, smoke=smoke)
+    large = table.grid("peers_ml1m", ["rating", "click"], {"seeds": 2}, smoke=smoke)
+    assert [(p, n) for p, n, _ in large] == [(p, n) for p, n, _ in small]
+    for (_, _, a), (_, _, b) in zip(small, large):
+      assert (a.dataset_name, b.dataset_name, b.eval_batch_size) == ("ml-100k", "ml-1m", 128)
+      assert b.eval_every == (10 if smoke else 25) and a.eval_every == 10
+      changed = {k for k in a.to_dict() if a.to_dict()[k] != b.to_dict()[k]}
+      assert changed == ({"dataset_name", "eval_batch_size"} | (set() if smoke else {"eval_every"}))
+  module, _ = runner.config_module("peers_ml1m")
+  assert table.reference_rows(module, "rating") == [] and module.VERDICT_METRICS["click"][0] == "auc"
+  with pytest.raises(ValueError, match="unknown config arg"):
+    module.get_config("clicks")
