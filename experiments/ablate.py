@@ -244,7 +244,7 @@ def default_metrics(select_metric: str, records: Sequence[Mapping]) -> list[str]
   reported = list(records[0]["results"]["metrics"][scenarios[0]])
   if metric not in reported:
     raise ValueError(f"selection metric {metric!r} is not reported on {scenarios[0]!r}; it has {reported}")
-  ranking = [m for m in reported if "/" not in m and not lower_is_better(m)]
+  ranking = [m for m in reported if "/" not in m and not lower_is_better(m) and m != metric]
   return [metric, *ranking]
 
 

@@ -445,3 +445,28 @@ def test_reproduce_writes_the_paper_table_beside_the_run(produced, tmp_path):
     reproduce.paper_rows(bad, results)
   with pytest.raises(ValueError, match=r"scenarios \['new items, new users'\] have no entry"):
     reproduce.paper_rows({**bad, "scenarios": dict(list(MELU_SCENARIOS.items())[:3])}, results)
+
+
+def test_default_selection_metrics_follow_the_config_and_the_protocol():
+  """No --select_metrics: the config's select metric, then the ranking metrics the runs report (genre_split's
+  nDCG@5 and AUC, not the melu protocol's nDCG@3 that genre_split does not have)."""
+  run = lambda metrics: {"results": {"metrics": {"valid": {}, "cold_target": dict.fromkeys(metrics, {})}}}
+  genre = [run(["mae", "rmse", "ndcg@5", "auc", "auc/tasks"])]
+  assert ablate.default_metrics("valid/mae", genre) == ["mae", "ndcg@5", "auc"]
+  assert ablate.default_metrics("valid/ndcg@5", genre) == ["ndcg@5", "auc"]  # listed once
+  melu = [run(["mae", "rmse", "ndcg@1", "ndcg@3"])]
+  assert ablate.default_metrics("valid/mae", melu) == ["mae", "ndcg@1", "ndcg@3"]
+  with pytest.raises(ValueError, match="'recall@5' is not reported"):
+    ablate.default_metrics("valid/recall@5", melu)
+  with pytest.raises(ValueError, match="no test scenario"):
+    ablate.default_metrics("valid/mae", [{"results": {"metrics": {"valid": {}}}}])
+
+
+def test_config_specs_split_on_commas_only_before_a_config_name():
+  assert ablate.split_specs("melu_ml100k,item_cold_ml100k") == ["melu_ml100k", "item_cold_ml100k"]
+  assert ablate.split_specs("cross_domain_ml100k:beta02,cap200,genre_split_ml100k:smoke") == [
+    "cross_domain_ml100k:beta02,cap200",
+    "genre_split_ml100k:smoke",
+  ]
+  assert ablate.split_specs("cross_domain_ml100k:beta05,ptupcdr,smoke") == ["cross_domain_ml100k:beta05,ptupcdr,smoke"]
+  assert ablate.split_specs("no_such_config") == ["no_such_config"]  # left for config_module to refuse by name
