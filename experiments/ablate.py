@@ -425,20 +425,23 @@ def compare_rows(records: Sequence[Mapping], references: Sequence[str], metrics:
       raise ValueError(
         f"run {r['label']!r}: references {missing} are not baselines of it; it has {list(res['baselines'])}"
       )
-    methods = {**trained_methods(res), **{b: v for b, v in res["baselines"].items() if b not in references}}
+    trained = trained_methods(res)
+    methods = {**trained, **{b: v for b, v in res["baselines"].items() if b not in references}}
     for method, sets in methods.items():
       for scenario in res["baselines"][references[0]]:
         for m in metrics:
-          if m not in sets[scenario]:
+          if m not in sets[scenario] and method in trained:
             raise ValueError(f"metric {m!r} is not reported; run {r['label']!r} has {sorted(sets[scenario])}")
-        values = {m: list(sets[scenario][m]["per_seed"]) for m in metrics}
+        # a ranking baseline ('popularity') reports no MAE/RMSE: its row leaves those cells empty
+        present = [m for m in metrics if m in sets[scenario]]
+        values = {m: list(sets[scenario][m]["per_seed"]) for m in present}
         vs = {
           ref: {
-            m: paired(values[m], res["baselines"][ref][scenario][m]["per_seed"], lower_is_better(m)) for m in metrics
+            m: paired(values[m], res["baselines"][ref][scenario][m]["per_seed"], lower_is_better(m)) for m in present
           }
           for ref in references
         }
-        beats = all(vs[ref][metrics[0]]["wins"] for ref in references)
+        beats = metrics[0] in present and all(vs[ref][metrics[0]]["wins"] for ref in references)
         rows.append(
           {"label": r["label"], "method": method, "scenario": scenario, "values": values, "vs": vs, "beats_all": beats}
         )
@@ -461,16 +464,15 @@ def compare_markdown(rows: Sequence[Mapping], references: Sequence[str], metrics
       "|---|---|---|---:|" + "---:|" * len(metrics),
     ]
     for row in rows:
-      v = row["values"][metrics[0]]
+      v = row["values"].get(metrics[0])
       cells = [
         f"{row['vs'][ref][m]['mean']:+.4f} ± {row['vs'][ref][m]['se']:.4f} ({row['vs'][ref][m]['z']:+.1f})"
+        if m in row["vs"][ref]
+        else "—"
         for m in metrics
       ]
-      lines.append(
-        f"| {row['label']} | {row['method']} | {row['scenario']} | {np.mean(v):.4f} ± {np.std(v):.4f} | "
-        + " | ".join(cells)
-        + " |"
-      )
+      own = f"{np.mean(v):.4f} ± {np.std(v):.4f}" if v is not None else "—"
+      lines.append(f"| {row['label']} | {row['method']} | {row['scenario']} | {own} | " + " | ".join(cells) + " |")
   lines += ["", f"## Verdict: methods beating every reference ({', '.join(references)}) by > 2 SE on {metrics[0]}", ""]
   for key in dict.fromkeys((row["label"], row["scenario"]) for row in rows):
     winners = [row["method"] for row in rows if (row["label"], row["scenario"]) == key and row["beats_all"]]
