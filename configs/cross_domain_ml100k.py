@@ -23,9 +23,23 @@ steps (lr 0.05) of per-user adaptation on the support. `arg` ',smoke' shrinks ev
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
+
 import ml_collections
 
 from transfer_meta.train import default_config
+
+
+def _genre_split():
+  """configs/genre_split_ml100k.py, the benchmark this table extends (its source-only model row)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "genre_split_ml100k.py")
+  spec = importlib.util.spec_from_file_location("cfg_genre_split_ml100k", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
 
 MF = dict(dim=32, batch_size=512, learning_rate=2e-3, inner_steps=2, inner_lr=0.05)
 ALIGN = dict(emb_dim=16, hidden=(64, 32), steps=600, batch_size=512, learning_rate=2e-3, inner_steps=2, inner_lr=0.05)
@@ -40,6 +54,9 @@ STRATEGY_KWARGS = {
   "meta_source": dict(
     learner_name="melu", learner=dict(inner_steps=2, inner_lr=0.05, adapt_regex=r"decision_|output"), source_steps=150
   ),
+  # the source-only MODEL: the network pretrained on the source rows only, fine-tuned on each support
+  # (genre_split_ml100k.SOURCE_ONLY; the other fields it sets are this config's already)
+  "pretrain_finetune": dict(_genre_split().SOURCE_ONLY["strategy"]),
 }
 SMOKE = {
   "emcdr": dict(mf_steps=10, map_steps=10),
@@ -50,8 +67,11 @@ SMOKE = {
   "mmd": dict(steps=10),
   "coral": dict(steps=10),
   "meta_source": dict(source_steps=10),
+  "pretrain_finetune": dict(pretrain_steps=10),
 }
 BETAS = {"beta02": 0.2, "beta05": 0.5, "beta08": 0.8}
+DATASETS = {"ml1m": "ml-1m"}  # arg -> dataset (default ml-100k)
+CAP = re.compile(r"cap([1-9][0-9]*)$")  # 'cap200': protocol max_query=200
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -59,7 +79,9 @@ def _base() -> ml_collections.ConfigDict:
   c = default_config()
   c.dataset_name, c.dataset = "ml-100k", ml_collections.ConfigDict()
   c.protocol_name = "genre_split"
-  c.protocol = ml_collections.ConfigDict(dict(beta=0.5, n_support=5, min_query=10, n_query=10, valid_fraction=0.1))
+  c.protocol = ml_collections.ConfigDict(
+    dict(beta=0.5, n_support=5, min_query=10, n_query=10, valid_fraction=0.1, max_query=None)
+  )
   c.model_name = "melu"
   c.model = ml_collections.ConfigDict(dict(emb_dim=32, hidden=(64, 64), use_user_ids=False, use_item_ids=True))
   c.baselines = (*default_config().baselines, "source_item_user_offset", "item_mean_source_offset")
@@ -70,18 +92,23 @@ def _base() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: '[beta02|beta05|beta08][,<strategy>][,smoke]' (default beta05, emcdr, full size)."""
+  """`arg`: '[beta02|beta05|beta08][,cap<N>][,ml1m][,<strategy>][,smoke]' (default beta05, no cap, ML-100K, emcdr,
+  full size). 'cap<N>' caps every held-out user's query (valid and cold) at N random target ratings (protocol
+  `max_query`; the rest are in no set); 'ml1m' runs the same benchmark on MovieLens-1M."""
   parts = [p for p in (arg or "").split(",") if p]
-  unknown = [p for p in parts if p not in (*BETAS, *STRATEGY_KWARGS, "smoke")]
+  unknown = [p for p in parts if p not in (*BETAS, *STRATEGY_KWARGS, *DATASETS, "smoke") and not CAP.match(p)]
   if unknown:
     raise ValueError(
-      f"unknown config arg {arg!r}; valid: '[{'|'.join(BETAS)}][,<one of {list(STRATEGY_KWARGS)}>][,smoke]'"
+      f"unknown config arg {arg!r} ({unknown}); valid: '[{'|'.join(BETAS)}][,cap<N>][,{'|'.join(DATASETS)}]"
+      f"[,<one of {list(STRATEGY_KWARGS)}>][,smoke]'"
     )
   name = next((p for p in parts if p in STRATEGY_KWARGS), "emcdr")
   beta = next((BETAS[p] for p in parts if p in BETAS), 0.5)
+  cap = next((int(CAP.match(p).group(1)) for p in parts if CAP.match(p)), None)
   smoke = "smoke" in parts
   c = _base()
-  c.protocol.beta = beta
+  c.protocol.beta, c.protocol.max_query = beta, cap
+  c.dataset_name = next((DATASETS[p] for p in parts if p in DATASETS), c.dataset_name)
   c.residual, c.resample_train = "", False
   c.learner_name, c.learner = "none", ml_collections.ConfigDict()
   c.compare_learners, c.compare_kwargs = (), ml_collections.ConfigDict()

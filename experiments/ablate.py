@@ -226,6 +226,28 @@ def lower_is_better(metric: str) -> bool:
   return metric.split("@")[0].split(":")[0] in LOWER_IS_BETTER
 
 
+def default_metrics(select_metric: str, records: Sequence[Mapping]) -> list[str]:
+  """The test metrics of the selection and compare tables when `--select_metrics` is not given: the metric the
+  config selects on ('valid/mae' -> 'mae'), then every ranking metric the runs' first test scenario reports
+  (nDCG@5 and AUC on `genre_split`, nDCG@1/@3 on `melu`), in the protocol's order.
+
+  Args:
+    select_metric: the config's `select_metric`, 'valid/<metric>'.
+    records: the runs of a sweep (`ablate(...)["runs"]`).
+  Returns:
+    Metric names, the selection metric first.
+  """
+  metric = select_metric.partition("/")[2]
+  scenarios = [s for s in records[0]["results"]["metrics"] if s != "valid"] if records else []
+  if not scenarios:
+    raise ValueError("the sweep's runs report no test scenario: no metric to tabulate")
+  reported = list(records[0]["results"]["metrics"][scenarios[0]])
+  if metric not in reported:
+    raise ValueError(f"selection metric {metric!r} is not reported on {scenarios[0]!r}; it has {reported}")
+  ranking = [m for m in reported if "/" not in m and not lower_is_better(m) and m != metric]
+  return [metric, *ranking]
+
+
 def trained_methods(results: Mapping) -> dict:
   """{method: {set: {metric: {...}}}} of the learner and its comparisons (never the baselines)."""
   return {results["learner"]: results["metrics"], **results.get("comparisons", {})}
@@ -403,20 +425,23 @@ def compare_rows(records: Sequence[Mapping], references: Sequence[str], metrics:
       raise ValueError(
         f"run {r['label']!r}: references {missing} are not baselines of it; it has {list(res['baselines'])}"
       )
-    methods = {**trained_methods(res), **{b: v for b, v in res["baselines"].items() if b not in references}}
+    trained = trained_methods(res)
+    methods = {**trained, **{b: v for b, v in res["baselines"].items() if b not in references}}
     for method, sets in methods.items():
       for scenario in res["baselines"][references[0]]:
         for m in metrics:
-          if m not in sets[scenario]:
+          if m not in sets[scenario] and method in trained:
             raise ValueError(f"metric {m!r} is not reported; run {r['label']!r} has {sorted(sets[scenario])}")
-        values = {m: list(sets[scenario][m]["per_seed"]) for m in metrics}
+        # a ranking baseline ('popularity') reports no MAE/RMSE: its row leaves those cells empty
+        present = [m for m in metrics if m in sets[scenario]]
+        values = {m: list(sets[scenario][m]["per_seed"]) for m in present}
         vs = {
           ref: {
-            m: paired(values[m], res["baselines"][ref][scenario][m]["per_seed"], lower_is_better(m)) for m in metrics
+            m: paired(values[m], res["baselines"][ref][scenario][m]["per_seed"], lower_is_better(m)) for m in present
           }
           for ref in references
         }
-        beats = all(vs[ref][metrics[0]]["wins"] for ref in references)
+        beats = metrics[0] in present and all(vs[ref][metrics[0]]["wins"] for ref in references)
         rows.append(
           {"label": r["label"], "method": method, "scenario": scenario, "values": values, "vs": vs, "beats_all": beats}
         )
@@ -439,16 +464,15 @@ def compare_markdown(rows: Sequence[Mapping], references: Sequence[str], metrics
       "|---|---|---|---:|" + "---:|" * len(metrics),
     ]
     for row in rows:
-      v = row["values"][metrics[0]]
+      v = row["values"].get(metrics[0])
       cells = [
         f"{row['vs'][ref][m]['mean']:+.4f} ± {row['vs'][ref][m]['se']:.4f} ({row['vs'][ref][m]['z']:+.1f})"
+        if m in row["vs"][ref]
+        else "—"
         for m in metrics
       ]
-      lines.append(
-        f"| {row['label']} | {row['method']} | {row['scenario']} | {np.mean(v):.4f} ± {np.std(v):.4f} | "
-        + " | ".join(cells)
-        + " |"
-      )
+      own = f"{np.mean(v):.4f} ± {np.std(v):.4f}" if v is not None else "—"
+      lines.append(f"| {row['label']} | {row['method']} | {row['scenario']} | {own} | " + " | ".join(cells) + " |")
   lines += ["", f"## Verdict: methods beating every reference ({', '.join(references)}) by > 2 SE on {metrics[0]}", ""]
   for key in dict.fromkeys((row["label"], row["scenario"]) for row in rows):
     winners = [row["method"] for row in rows if (row["label"], row["scenario"]) == key and row["beats_all"]]
@@ -482,6 +506,19 @@ def write_compare(
   return f"{stem}.md", f"{stem}.json"
 
 
+def split_specs(text: str) -> list[str]:
+  """--config 'a,b:x,y' -> config specs ['a', 'b:x,y']: a comma starts a new spec only where a config file of that
+  name follows, so a config's own comma-separated arg ('cross_domain_ml100k:beta02,cap200') stays whole."""
+  specs: list[str] = []
+  for piece in (p for p in text.split(",") if p):
+    name = piece.partition(":")[0]
+    if specs and ":" in specs[-1] and not os.path.exists(runner.config_path(name)):
+      specs[-1] += f",{piece}"
+    else:
+      specs.append(piece)
+  return specs
+
+
 def _baselines(flag: str) -> bool | list[str]:
   """--baselines: 'all' -> True, 'none' or '' -> False, 'a,b' -> ['a', 'b']."""
   if flag == "all":
@@ -499,14 +536,19 @@ def main(argv: list[str] | None = None) -> int:
   )
   parser.add_argument("--select", action="store_true", help="select on valid and write the _selection tables")
   parser.add_argument("--reference", default="item_user_offset", help="baseline the selected setting is paired with")
-  parser.add_argument("--select_metrics", default="mae,ndcg@3", help="test metrics of the selection table")
+  parser.add_argument(
+    "--select_metrics",
+    default="",
+    help="test metrics of the selection table (default: the config's select_metric, then its protocol's ranking "
+    "metrics, e.g. mae,ndcg@5,auc on genre_split)",
+  )
   parser.add_argument("--compare", default="", help="baselines to pair every method with (writes the _compare tables)")
   parser.add_argument(
     "--compare_metrics", default="", help="metrics of the _compare tables (default: --select_metrics)"
   )
   runner.add_run_args(parser, "RUNS/ablate/<config>/<run>")
   args = runner.parse_run_args(parser, argv)
-  specs = [c for c in args.config.split(",") if c]
+  specs = split_specs(args.config)
   if len(specs) > 1:  # several benchmarks: one command, each config with its own sweep of this name
     given = list(argv if argv is not None else sys.argv[1:])
     rest = [a for i, a in enumerate(given) if not a.startswith("--config") and (i == 0 or given[i - 1] != "--config")]
@@ -525,16 +567,17 @@ def main(argv: list[str] | None = None) -> int:
     os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
   )
   command = "python -m experiments.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
+  select_metric = runner.load_config(args.config).select_metric
   for name, overrides in chosen.items():
     start = time.time()
     out = ablate(args.config, name, overrides, base, args.runs, baselines=_baselines(args.baselines))
     paths = write(args.config, name, out, base, time.time() - start, args.out, command)
+    selected = [m for m in args.select_metrics.split(",") if m] or default_metrics(select_metric, out["runs"])
     if args.select:
-      metrics = [m for m in args.select_metrics.split(",") if m]
-      paths += write_selection(args.config, name, out, args.reference, metrics, args.out, command)
+      paths += write_selection(args.config, name, out, args.reference, selected, args.out, command)
     if args.compare:
       refs = [r for r in args.compare.split(",") if r]
-      metrics = [m for m in (args.compare_metrics or args.select_metrics).split(",") if m]
+      metrics = [m for m in args.compare_metrics.split(",") if m] or selected
       paths += write_compare(args.config, name, out, refs, metrics, args.out, command)
     for path in paths:
       print(f"wrote {path}")

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from experiments import ablate, bench_common, runner
 from transfer_meta import report
 from transfer_meta.data import load_dataset
+from transfer_meta.strategies import check_kwargs
 
 ONLY_STRATEGY = {"learner_name": "none", "learner": {}, "compare_learners": (), "compare_kwargs": {}}
 ONLY_LEARNER = {"compare_learners": (), "compare_kwargs": {}}
@@ -63,9 +64,13 @@ def entries(module, spec: str, protocol: str) -> list[tuple[str, dict]]:
   return out
 
 
+SMOKE_STEPS = 20
+
+
 def _smoke_steps(kwargs: dict) -> dict:
-  """Every stage-length keyword (`*steps` but the per-task `inner_steps`) set to 20."""
-  return {k: 20 if k.endswith("steps") and k != "inner_steps" else v for k, v in kwargs.items()}
+  """The strategy's own stage-length keywords (`*steps` but the per-task `inner_steps`: `mf_steps`, `source_steps`,
+  ...) capped at SMOKE_STEPS; no keyword is added, so every builder accepts the result."""
+  return {k: min(v, SMOKE_STEPS) if k.endswith("steps") and k != "inner_steps" else v for k, v in kwargs.items()}
 
 
 def grid(spec: str, protocols: Sequence[str], base: dict, smoke: bool = False) -> list[tuple[str, str, object]]:
@@ -79,7 +84,10 @@ def grid(spec: str, protocols: Sequence[str], base: dict, smoke: bool = False) -
       extra = {} if i == 0 else (ONLY_STRATEGY if is_strategy else ONLY_LEARNER)
       if smoke and is_strategy:
         extra = {**extra, "strategy": _smoke_steps(overrides.get("strategy", {}))}
-      out.append((protocol, name, runner.apply_overrides(config, base | overrides | extra)))
+      cell = runner.apply_overrides(config, base | overrides | extra)
+      if cell.strategy_name:  # a keyword its builder does not take fails here, before any run
+        check_kwargs(cell.strategy_name, cell.strategy.to_dict())
+      out.append((protocol, name, cell))
   return out
 
 

@@ -378,6 +378,35 @@ def test_compare_rows_pair_every_method_with_each_reference_and_say_when_none_wi
     ablate.compare_rows([{"label": "x", "results": results}], ["nope"], ["mae"])
 
 
+def test_compare_rows_leave_a_rankers_error_cells_empty_but_refuse_a_trained_method_without_the_metric():
+  """'popularity' reports nDCG but no MAE (a count on the rating scale means nothing): its MAE cells read '—' and it
+  never wins; a trained method without the metric still fails."""
+  from experiments import ablate  # noqa: PLC0415
+
+  def entry(mae, ndcg):
+    out = {"ndcg@5": {"per_seed": ndcg}}
+    return {"cold_target": {**out, **({"mae": {"per_seed": mae}} if mae else {})}}
+
+  results = {
+    "learner": "cmf",
+    "metrics": entry([0.70, 0.71], [0.70, 0.72]),
+    "baselines": {
+      "target": entry([0.80, 0.82], [0.60, 0.61]),
+      "source": entry([0.90, 0.91], [0.50, 0.52]),
+      "popularity": entry(None, [0.65, 0.66]),
+    },
+  }
+  rows = ablate.compare_rows([{"label": "b", "results": results}], ["target", "source"], ["mae", "ndcg@5"])
+  pop = next(r for r in rows if r["method"] == "popularity")
+  assert set(pop["values"]) == {"ndcg@5"} and not pop["beats_all"]
+  assert pop["vs"]["target"]["ndcg@5"]["mean"] == pytest.approx(0.05)  # 0.655 - 0.605
+  md = ablate.compare_markdown(rows, ["target", "source"], ["mae", "ndcg@5"], "")
+  assert "| b | popularity | cold_target | — | — | +0.0500 ± 0.0000" in md and "- b, cold_target: `cmf`" in md
+  results["metrics"] = entry(None, [0.7, 0.7])
+  with pytest.raises(ValueError, match="'mae' is not reported"):
+    ablate.compare_rows([{"label": "b", "results": results}], ["target", "source"], ["mae"])
+
+
 def test_item_overlap_protocol_on_a_hand_fixture_with_data_domains(hand):
   """Users 0-8 in domain 'a' (source), 9-17 in 'b' (target): user-disjoint; items rated in both are shared."""
   data = domains.with_domains(hand, (hand.user >= 9).astype(np.int8), ("a", "b"))

@@ -24,7 +24,7 @@ from transfer_meta.data.streams import training_rows
 from transfer_meta.domain_adapt import coral, dann_lambda, mmd2
 from transfer_meta.losses import bce
 from transfer_meta.models.mf import mf
-from transfer_meta.strategies import get_strategy
+from transfer_meta.strategies import CROSS_DOMAIN, check_kwargs, get_strategy
 from transfer_meta.strategies.align import Discriminator, FeatureNet, align_model, align_objective
 from transfer_meta.strategies.emcdr import MFVectors, cmf_objective, emcdr_model, mapping_objective
 from transfer_meta.strategies.ptupcdr import Bridge, ptupcdr_model
@@ -320,3 +320,65 @@ def test_cold_users_target_ratings_never_reach_a_stage(name):
 def test_ptupcdr_needs_the_experiment(exp):
   with pytest.raises(ValueError, match="needs the experiment"):
     get_strategy("ptupcdr", exp.model, exp.config, exp.spec)
+
+
+def _ml100k_module():
+  path = os.path.join(ROOT, "configs", "cross_domain_ml100k.py")
+  spec = importlib.util.spec_from_file_location("cfg_cross_domain_ml100k", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_smoke_shrinks_each_cross_domain_strategys_own_steps_and_injects_no_keyword():
+  """experiments.strategies --smoke on the ML-100K methods table: every row keeps exactly its keywords, its stage
+  lengths capped at SMOKE_STEPS (per-task inner steps kept), and its builder takes them; a keyword the builder does
+  not take (pretrain_steps to emcdr) fails before any model is built, naming it and the valid ones."""
+  import sys
+
+  sys.path.insert(0, ROOT)
+  from experiments import strategies as table
+
+  module = _ml100k_module()
+  cells = table.grid("cross_domain_ml100k", ["beta05"], {"seeds": 1}, smoke=True)
+  assert [r for _, r, _ in cells] == list(module.STRATEGY_KWARGS)
+  assert set(CROSS_DOMAIN) <= set(module.STRATEGY_KWARGS)
+  for _, row, c in cells:
+    full, got = module.STRATEGY_KWARGS[row], c.strategy.to_dict()
+    assert c.strategy_name == row and set(got) == set(full), row
+    stage = [k for k in full if k.endswith("steps") and k != "inner_steps"]
+    assert stage and all(got[k] == min(full[k], table.SMOKE_STEPS) < full[k] for k in stage), (row, got)
+    assert got.get("inner_steps") == full.get("inner_steps")
+    check_kwargs(row, got)
+    small = module.get_config(f"{row},smoke").strategy.to_dict()  # the config's own smoke variant
+    check_kwargs(row, small)
+    assert all(small[k] < full[k] for k in stage), (row, small)
+  with pytest.raises(ValueError, match=r"'emcdr' takes no keyword\(s\) \['pretrain_steps'\].*'mf_steps'"):
+    check_kwargs("emcdr", {"pretrain_steps": 20, "mf_steps": 20})
+  with pytest.raises(ValueError, match="pretrain_steps"):
+    get_strategy("cmf", None, None, None, pretrain_steps=20)
+  with pytest.raises(ValueError, match="valid"):
+    check_kwargs("no_such_strategy", {})
+
+
+def test_ml100k_config_args_cap_the_held_out_queries_and_pick_the_dataset():
+  module = _ml100k_module()
+  c = module.get_config("beta08,cap200,ml1m,cmf")
+  assert (c.protocol.beta, c.protocol.max_query, c.dataset_name, c.strategy_name) == (0.8, 200, "ml-1m", "cmf")
+  plain = module.get_config()
+  assert (plain.protocol.beta, plain.protocol.max_query, plain.dataset_name) == (0.5, None, "ml-100k")
+  for bad in ("cap0", "capx", "cap-3", "beta05,ml20m"):
+    with pytest.raises(ValueError, match="unknown config arg"):
+      module.get_config(bad)
+  # the config's protocol fields are the protocol's keywords: the cap reaches every held-out query, users unchanged
+  from transfer_meta.data import load_dataset
+  from transfer_meta.data.protocols import make_protocol
+
+  data = load_dataset("ml-100k")
+  capped = make_protocol("genre_split", data, seed=0, **module.get_config("beta08,cap200").protocol.to_dict())
+  full = make_protocol("genre_split", data, seed=0, **module.get_config("beta08").protocol.to_dict())
+  for name in ("valid", "cold_target"):
+    a, b = capped.tasks[name], full.tasks[name]
+    np.testing.assert_array_equal(a.task_ids, b.task_ids)
+    np.testing.assert_array_equal(a.query_sizes(), np.minimum(b.query_sizes(), 200))
+  assert full.tasks["cold_target"].query_sizes().max() > 200  # the cap binds on this split

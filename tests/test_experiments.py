@@ -445,3 +445,64 @@ def test_reproduce_writes_the_paper_table_beside_the_run(produced, tmp_path):
     reproduce.paper_rows(bad, results)
   with pytest.raises(ValueError, match=r"scenarios \['new items, new users'\] have no entry"):
     reproduce.paper_rows({**bad, "scenarios": dict(list(MELU_SCENARIOS.items())[:3])}, results)
+
+
+def test_default_selection_metrics_follow_the_config_and_the_protocol():
+  """No --select_metrics: the config's select metric, then the ranking metrics the runs report (genre_split's
+  nDCG@5 and AUC, not the melu protocol's nDCG@3 that genre_split does not have)."""
+  run = lambda metrics: {"results": {"metrics": {"valid": {}, "cold_target": dict.fromkeys(metrics, {})}}}
+  genre = [run(["mae", "rmse", "ndcg@5", "auc", "auc/tasks"])]
+  assert ablate.default_metrics("valid/mae", genre) == ["mae", "ndcg@5", "auc"]
+  assert ablate.default_metrics("valid/ndcg@5", genre) == ["ndcg@5", "auc"]  # listed once
+  melu = [run(["mae", "rmse", "ndcg@1", "ndcg@3"])]
+  assert ablate.default_metrics("valid/mae", melu) == ["mae", "ndcg@1", "ndcg@3"]
+  with pytest.raises(ValueError, match="'recall@5' is not reported"):
+    ablate.default_metrics("valid/recall@5", melu)
+  with pytest.raises(ValueError, match="no test scenario"):
+    ablate.default_metrics("valid/mae", [{"results": {"metrics": {"valid": {}}}}])
+
+
+def test_config_specs_split_on_commas_only_before_a_config_name():
+  assert ablate.split_specs("melu_ml100k,item_cold_ml100k") == ["melu_ml100k", "item_cold_ml100k"]
+  assert ablate.split_specs("cross_domain_ml100k:beta02,cap200,genre_split_ml100k:smoke") == [
+    "cross_domain_ml100k:beta02,cap200",
+    "genre_split_ml100k:smoke",
+  ]
+  assert ablate.split_specs("cross_domain_ml100k:beta05,ptupcdr,smoke") == ["cross_domain_ml100k:beta05,ptupcdr,smoke"]
+  assert ablate.split_specs("no_such_config") == ["no_such_config"]  # left for config_module to refuse by name
+
+
+def test_cross_domain_summary_rows_pair_each_method_with_each_reference_by_seed():
+  from experiments import cross_domain_summary as cds
+
+  sets = lambda valid, test: {  # noqa: E731
+    "valid": {"mae": {"per_seed": valid}},
+    "cold_target": {"mae": {"per_seed": test}, "ndcg@5": {"per_seed": [0.6, 0.7]}},
+  }
+  base = {r: sets([0, 0], [0.80, 0.84]) for r in (*cds.REFERENCES, *cds.OTHER_BASELINES)}
+  base["source_item_user_offset"] = sets([0, 0], [0.90, 0.92])
+  run = lambda name, test: {  # noqa: E731
+    "label": name,
+    "wall": "1.0 s",
+    "results": {
+      "strategy": {"name": name},
+      "learner": "none",
+      "metrics": sets([0.9, 0.9], [0.85, 0.85]),
+      "comparisons": {name: sets([0.8, 0.82], test)},
+      "baselines": base,
+      "train": {"stage_seconds": {"fit": 2.0}},
+    },
+  }
+  methods, baselines, walls = cds.collect([run("cmf", [0.78, 0.80]), run("emcdr", [0.79, 0.85])])
+  assert list(methods) == ["cmf", "none", "emcdr"] and walls[0] == "cmf: 1.0 s; stages fit 2 s"
+  lines = cds.table(methods, baselines)
+  rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+  # cmf - item_user_offset per seed: -0.02, -0.04 -> mean -0.03, SE 0.01 (3 SE); - source-only: -0.12 twice
+  assert "| 0.810 ± 0.010 | 0.790 ± 0.010 | 0.650 ± 0.050 | -0.0300 ± 0.0100 ** | -0.1200 ± 0.0000 ** |" in rows["cmf"]
+  # emcdr: -0.01, +0.01 -> mean 0, SE 0.01: no win
+  assert "| +0.0000 ± 0.0100 | " in rows["emcdr"] and rows["emcdr"].count("**") == 1
+  assert lines[2].startswith("| cmf |") and rows["global_mean"].startswith("| global_mean | | 0.820 ± 0.020 |")
+  with pytest.raises(ValueError, match="trained no strategy"):
+    cds.collect([{"label": "x", "results": {}}])
+  with pytest.raises(ValueError, match=r"baselines \['item_mean'\]"):
+    cds.table(methods, {k: v for k, v in baselines.items() if k != "item_mean"})

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -68,6 +68,22 @@ CROSS_DOMAIN = (
 )  # need a cross-domain split
 
 
+def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+  """Fails before any model is built when `kwargs` (a config's `strategy`) holds a keyword the builder of strategy
+  `name` does not take (e.g. `pretrain_steps` given to `emcdr`), naming the keyword and the builder's keywords.
+
+  Args:
+    name: a key of `STRATEGIES` (unknown names raise ValueError listing the valid ones).
+    kwargs: the builder's keywords, without model, config, spec and exp.
+  """
+  params = inspect.signature(lookup(STRATEGIES, name, "strategy")).parameters
+  fixed = ("model", "config", "spec", "exp")
+  unknown = sorted(k for k in kwargs if k not in params or k in fixed)
+  if unknown:
+    valid = [p for p in params if p not in fixed]
+    raise ValueError(f"strategy {name!r} takes no keyword(s) {unknown} (config.strategy); its keywords: {valid}")
+
+
 def get_strategy(
   name: str, model: Model, config: ml_collections.ConfigDict, spec: FeatureSpec, exp=None, **kwargs
 ) -> Strategy:
@@ -84,7 +100,8 @@ def get_strategy(
   Returns:
     A `stages.Strategy` named `name`.
   """
-  builder = lookup(STRATEGIES, name, "strategy")
+  check_kwargs(name, kwargs)
+  builder = STRATEGIES[name]
   if "exp" in inspect.signature(builder).parameters:
     kwargs["exp"] = exp
   strategy = builder(model, config, spec, **kwargs)
@@ -119,4 +136,4 @@ def run(exp: train_lib.Experiment, workdir: str, mlog: runlog.MetricsLog) -> Str
   return StrategyRun(trained, train_lib.evaluate_trained(exp, trained), info, seconds)
 
 
-__all__ = ["CROSS_DOMAIN", "STRATEGIES", "Strategy", "StrategyRun", "get_strategy", "run"]
+__all__ = ["CROSS_DOMAIN", "STRATEGIES", "Strategy", "StrategyRun", "check_kwargs", "get_strategy", "run"]
