@@ -1,13 +1,17 @@
 """Cross-domain methods (issue 10) and item text (issue 11) on `ml1m_to_ml100k`: item overlap, users disjoint.
 
-The table (every row of `sweep('methods')`, β = 0.5, 5 seeds; wall time and figures in experiments/README.md
-"Cross-domain: ml1m_to_ml100k (issues 10, 11)"), and the same with MiniLM title embeddings:
+The table (every row of `sweep('methods')`, with and without MiniLM title embeddings, β = 0.5, 5 seeds; wall
+time and figures in experiments/README.md "Cross-domain: ml1m_to_ml100k (issues 10, 11)"):
 
     python -m experiments.ablate --config=cross_domain_ml1m_to_ml100k --sweep=methods \
-      --compare=item_user_offset,source_item_user_offset --select_metrics=mae,ndcg@5
-    python -m experiments.ablate --config=cross_domain_ml1m_to_ml100k --sweep=methods_text \
-      --compare=item_user_offset,source_item_user_offset --select_metrics=mae,ndcg@5
-    python -m experiments.cross_domain_text --config=cross_domain_ml1m_to_ml100k   # paired Δ (with - without)
+      --compare=item_user_offset,source_item_user_offset --compare_metrics=mae,rmse,ndcg@5
+    python -m experiments.text_pairs \
+      --ablate=experiments/results/ablate_cross_domain_ml1m_to_ml100k_methods.json   # paired Δ, with - without text
+
+One run (the base: CMF beside the learner `none`, 5 seeds; one sweep row is this plus its overrides; on 2 CPU
+cores the wall and CPU seconds of every row are in the README section):
+
+    python -m transfer_meta.main --config=configs/cross_domain_ml1m_to_ml100k.py --workdir=runs/cd_ml1m_cmf
 
 Data `ml-1m+ml-100k` and protocol `ml1m_to_ml100k` (`configs/ml1m_to_ml100k.py`): source ML-1M, target ML-100K,
 1,539 items shared by exact title, no user shared; β of the ML-100K users cold (K = 5 target support ratings, the
