@@ -8,8 +8,8 @@ time and figures in experiments/README.md "Cross-domain: ml1m_to_ml100k (issues 
     python -m experiments.text_pairs \
       --ablate=experiments/results/ablate_cross_domain_ml1m_to_ml100k_methods.json   # paired Δ, with - without text
 
-One run (the base: CMF beside the learner `none`, 5 seeds; one sweep row is this plus its overrides; on 2 CPU
-cores the wall and CPU seconds of every row are in the README section):
+One run (the base: CMF beside the learner `none`, 5 seeds; one sweep row is this plus its overrides; wall and
+CPU seconds of every row on 2 CPU cores: the README section):
 
     python -m transfer_meta.main --config=configs/cross_domain_ml1m_to_ml100k.py --workdir=runs/cd_ml1m_cmf
 
