@@ -47,8 +47,9 @@ NOT_APPLICABLE = {
   name: "maps user vectors learned on users with ratings in both domains; ml1m_to_ml100k shares no user"
   for name in ("emcdr", "emcdr_mlp", "ptupcdr")
 }
-# Every row, in run order; '<row>_text' is <row> with `dataset.text_features=True` (MiniLM title embeddings).
-ROWS = ("learners", "cmf", "meta_source", "coral", "learners_text", "meta_source_text", "dann", "mmd")
+# Every row, in run order (issue 10's methods first, the costly text run of the learners last); '<row>_text' is
+# <row> with `dataset.text_features=True` (MiniLM title embeddings).
+ROWS = ("learners", "cmf", "meta_source", "coral", "dann", "meta_source_text", "mmd", "learners_text")
 # The 'learners' row over the base: configs/ml1m_to_ml100k.py's learner MAML-MeLU (residual, 300 steps, Adam 5e-4)
 # with `none` as the only comparison learner.
 LEARNERS = {
@@ -114,8 +115,8 @@ def _row(name: str, smoke: bool) -> dict:
 
 
 def sweep(name: str | None = None) -> list[dict]:
-  """Runs for `experiments.ablate`: 'methods' (the default: every row of `ROWS`, in that order, the cheap and
-  the text rows first so a slow machine finishes them first), 'methods_smoke' (the same at 10 steps per stage and
+  """Runs for `experiments.ablate`: 'methods' (the default: every row of `ROWS`, in that order),
+  'methods_smoke' (the same at 10 steps per stage and
   learner), or '+'-joined names of `ROWS` (a run's label, hence its directory, is that of 'methods' when
   'learners' and a strategy row are among the names: e.g. to tabulate the finished runs)."""
   smoke = name == "methods_smoke"
