@@ -115,10 +115,10 @@ def _row(name: str, smoke: bool) -> dict:
 
 
 def sweep(name: str | None = None) -> list[dict]:
-  """Runs for `experiments.ablate`: 'methods' (the default: every row of `ROWS`, in that order),
-  'methods_smoke' (the same at 10 steps per stage and
-  learner), or '+'-joined names of `ROWS` (a run's label, hence its directory, is that of 'methods' when
-  'learners' and a strategy row are among the names: e.g. to tabulate the finished runs)."""
+  """Runs for `experiments.ablate`: 'methods' (the default: every row of `ROWS`, in that order), 'methods_smoke'
+  (the same at 10 steps per stage and learner), or '+'-joined names of `ROWS` (a run's label, hence its
+  directory, is that of 'methods' when 'learners' and a strategy row are among the names: e.g. to tabulate the
+  finished runs)."""
   smoke = name == "methods_smoke"
   picked = ROWS if name in (None, "methods", "methods_smoke") else tuple(p for p in name.split("+") if p)
   bad = [p for p in picked if p not in ROWS]
