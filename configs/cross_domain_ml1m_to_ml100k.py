@@ -75,7 +75,7 @@ def _load(name: str):
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The strategy rows' base, which `sweep()` turns into every row: `configs/ml1m_to_ml100k.py` (data, protocol,
   network, baselines) with `configs/cross_domain_ml100k.py`'s strategy setting (the learner `none` alone,
-  100 steps, no residual: the source streams carry no reference prior; Adam 2e-3; selection every 50 steps),
+  100 steps, no residual: the source streams carry no reference prior; Adam 2e-3; selection every 100 steps),
   strategy 'cmf', and the text switch `dataset.text_features` (off). `arg` None/'' or 'smoke' (10 steps, 1 seed)."""
   if arg not in (None, "", "smoke"):
     raise ValueError(f"unknown config arg {arg!r}; valid: None, 'smoke'")
@@ -86,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.residual, c.learner_name, c.learner = "", "none", ml_collections.ConfigDict()
     c.compare_learners, c.compare_kwargs = (), ml_collections.ConfigDict()
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=2e-3))
-    c.num_steps, c.eval_every, c.checkpoint_every = 100, 50, 50
+    c.num_steps, c.eval_every, c.checkpoint_every = 100, 100, 50
     c.strategy_name, c.strategy = "cmf", ml_collections.ConfigDict(strategy_kwargs("cmf", smoke))
     if smoke:
       c.seeds, c.num_steps, c.eval_every, c.checkpoint_every = 1, 10, 5, 10
