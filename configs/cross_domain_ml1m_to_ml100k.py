@@ -47,9 +47,9 @@ NOT_APPLICABLE = {
   name: "maps user vectors learned on users with ratings in both domains; ml1m_to_ml100k shares no user"
   for name in ("emcdr", "emcdr_mlp", "ptupcdr")
 }
-# Every row, in run order (issue 10's methods first, the costly text run of the learners last); '<row>_text' is
+# Every row, in run order (the cheaper rows first, the costly text run of the learners last); '<row>_text' is
 # <row> with `dataset.text_features=True` (MiniLM title embeddings).
-ROWS = ("learners", "cmf", "meta_source", "coral", "dann", "meta_source_text", "mmd", "learners_text")
+ROWS = ("learners", "cmf", "meta_source", "meta_source_text", "coral", "dann", "mmd", "learners_text")
 # The 'learners' row over the base: configs/ml1m_to_ml100k.py's learner MAML-MeLU (residual, 300 steps, Adam 5e-4)
 # with `none` as the only comparison learner.
 LEARNERS = {
