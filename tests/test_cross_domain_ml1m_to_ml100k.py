@@ -126,3 +126,17 @@ def test_item_text_on_two_domain_data_is_one_row_per_shared_item(real, tmp_path)
   np.testing.assert_array_equal(out.domain, data.domain)
   alone = minilm.embed_texts(real, ["Toy Story", "Heat", ""], batch_size=1, progress=False)
   np.testing.assert_allclose(emb, alone, atol=1e-5)
+
+
+def test_compare_leaves_out_a_baseline_without_the_metric_but_not_a_trained_method():
+  entry = lambda v: {"cold_target": {"mae": {"per_seed": v}}}  # noqa: E731
+  results = {
+    "learner": "melu",
+    "metrics": entry([0.70, 0.71, 0.69]),
+    "baselines": {"ref": entry([0.80, 0.80, 0.80]), "popularity": {"cold_target": {"auc": {"per_seed": [0.5] * 3}}}},
+  }
+  rows = ablate.compare_rows([{"label": "x", "results": results}], ["ref"], ["mae"])
+  assert [r["method"] for r in rows] == ["melu"] and rows[0]["beats_all"]
+  results["metrics"] = {"cold_target": {"auc": {"per_seed": [0.6] * 3}}}
+  with pytest.raises(ValueError, match="metric 'mae' is not reported"):
+    ablate.compare_rows([{"label": "x", "results": results}], ["ref"], ["mae"])
