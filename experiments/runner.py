@@ -179,11 +179,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, data: Interactions | No
       with open(wall_path) as f:
         wall = json.load(f).get("wall_seconds")
     return RunInfo(results, wall, True)
-  start = time.time()
+  start, cpu, load = time.time(), time.process_time(), os.getloadavg()[0]
   results = train_and_evaluate(config, workdir, data=data)
   wall = time.time() - start
+  # CPU seconds of this process over the run (every thread), and the 1-minute load average at start and end
+  cost = {"cpu_seconds": round(time.process_time() - cpu, 1), "load_avg_1m": [load, os.getloadavg()[0]]}
   with open(wall_path, "w") as f:
-    json.dump({"wall_seconds": round(wall, 3), "machine": machine()}, f)
+    json.dump({"wall_seconds": round(wall, 3), **cost, "machine": machine()}, f)
   return RunInfo(results, wall, False)
 
 

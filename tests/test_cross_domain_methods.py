@@ -17,14 +17,16 @@ import numpy as np
 import pytest
 
 from transfer_meta import runlog, stages, train
-from transfer_meta.data import domain_streams
+from transfer_meta.data import domain_streams, load_dataset
 from transfer_meta.data.cross_domain import SOURCE, TARGET
+from transfer_meta.data.domains import with_domains
 from transfer_meta.data.examples import FeatureSpec, make_examples
+from transfer_meta.data.interactions import DataError
 from transfer_meta.data.streams import training_rows
 from transfer_meta.domain_adapt import coral, dann_lambda, mmd2
 from transfer_meta.losses import bce
 from transfer_meta.models.mf import mf
-from transfer_meta.strategies import CROSS_DOMAIN, check_kwargs, get_strategy
+from transfer_meta.strategies import CROSS_DOMAIN, NEEDS_SHARED_USERS, check_kwargs, get_strategy
 from transfer_meta.strategies.align import Discriminator, FeatureNet, align_model, align_objective
 from transfer_meta.strategies.emcdr import MFVectors, cmf_objective, emcdr_model, mapping_objective
 from transfer_meta.strategies.ptupcdr import Bridge, ptupcdr_model
@@ -382,3 +384,32 @@ def test_ml100k_config_args_cap_the_held_out_queries_and_pick_the_dataset():
     np.testing.assert_array_equal(a.task_ids, b.task_ids)
     np.testing.assert_array_equal(a.query_sizes(), np.minimum(b.query_sizes(), 200))
   assert full.tasks["cold_target"].query_sizes().max() > 200  # the cap binds on this split
+
+
+@pytest.fixture(scope="module")
+def user_disjoint():
+  """The synthetic data as two user-disjoint domains (users < 100: 'a', the rest 'b'; items shared), cut by the
+  item-overlap protocol `ml1m_to_ml100k`."""
+  config = load_config("emcdr,tiny")
+  data = load_dataset("synthetic", **config.dataset)
+  data = with_domains(data, (data.user >= data.n_users // 2).astype(np.int8), ("a", "b"))
+  config.unlock()
+  config.seeds, config.protocol_name = 1, "ml1m_to_ml100k"
+  config.protocol = {"beta": 0.3, "n_support": 3, "min_query": 6, "n_query": 5, "valid_fraction": 0.2}
+  config.protocol.update(source="a", target="b")
+  return config, train.build_experiment(config, data=data)
+
+
+@pytest.mark.parametrize("name", NEEDS_SHARED_USERS)
+def test_user_vector_maps_refuse_user_disjoint_splits_before_any_stage(name, user_disjoint):
+  config, exp = user_disjoint
+  split = exp.seeds[0].split
+  assert split.shared_users.size == 0 and split.roles["train"].size == 0 and split.shared_items.size > 0
+  kwargs = load_config(f"{name},tiny").strategy
+  with pytest.raises(
+    DataError, match=rf"'{name}' maps user vectors .* share 0 users and {split.shared_items.size} items"
+  ):
+    get_strategy(name, exp.model, config, exp.spec, exp=exp, **kwargs)
+  # The methods that transfer through items or side features build on the same experiment.
+  for other in ("cmf", "dann", "meta_source"):
+    assert get_strategy(other, exp.model, config, exp.spec, exp=exp, **load_config(f"{other},tiny").strategy).stages

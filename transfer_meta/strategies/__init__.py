@@ -66,6 +66,28 @@ CROSS_DOMAIN = (
   "coral",
   "meta_source",
 )  # need a cross-domain split
+# Learn a map of USER vectors from the users with ratings in both domains: refused on user-disjoint splits.
+NEEDS_SHARED_USERS = ("emcdr", "emcdr_mlp", "ptupcdr")
+
+
+def check_shared_users(name: str, exp) -> None:
+  """Refuses (DataError) a `NEEDS_SHARED_USERS` strategy on a cross-domain split without overlapping training
+  users (an item-overlap, user-disjoint benchmark such as 'ml1m_to_ml100k'), before any stage runs."""
+  from transfer_meta.data.cross_domain import is_cross_domain  # noqa: PLC0415
+  from transfer_meta.data.interactions import DataError  # noqa: PLC0415
+
+  if name not in NEEDS_SHARED_USERS:
+    return
+  for st in exp.seeds:
+    split = st.split
+    if is_cross_domain(split) and split.roles["train"].size == 0:
+      others = [n for n in CROSS_DOMAIN if n not in NEEDS_SHARED_USERS]
+      raise DataError(
+        f"strategy {name!r} maps user vectors learned on users with ratings in both domains, and protocol "
+        f"{split.protocol!r} (seed {st.seed}) has no such training user: its domains {list(split.domains)} share "
+        f"{split.shared_users.size} users and {split.shared_items.size} items (user-disjoint). Strategies that "
+        f"transfer through shared items or side features: {others}"
+      )
 
 
 def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
@@ -95,13 +117,17 @@ def get_strategy(
     config: the experiment config.
     spec: the dataset's feature sizes (strategies that build other models).
     exp: the `train.Experiment`, passed to builders with an `exp` parameter (data-dependent ones: PTUPCDR's
-      source histories).
+      source histories); with it, `check_shared_users` refuses EMCDR/PTUPCDR on user-disjoint splits.
     **kwargs: the builder's keywords (`config.strategy`).
   Returns:
     A `stages.Strategy` named `name`.
+  Raises:
+    DataError: `name` needs overlapping users and the experiment's split has none (`check_shared_users`).
   """
   check_kwargs(name, kwargs)
   builder = STRATEGIES[name]
+  if exp is not None:
+    check_shared_users(name, exp)
   if "exp" in inspect.signature(builder).parameters:
     kwargs["exp"] = exp
   strategy = builder(model, config, spec, **kwargs)
@@ -136,4 +162,14 @@ def run(exp: train_lib.Experiment, workdir: str, mlog: runlog.MetricsLog) -> Str
   return StrategyRun(trained, train_lib.evaluate_trained(exp, trained), info, seconds)
 
 
-__all__ = ["CROSS_DOMAIN", "STRATEGIES", "Strategy", "StrategyRun", "check_kwargs", "get_strategy", "run"]
+__all__ = [
+  "CROSS_DOMAIN",
+  "NEEDS_SHARED_USERS",
+  "STRATEGIES",
+  "Strategy",
+  "StrategyRun",
+  "check_kwargs",
+  "check_shared_users",
+  "get_strategy",
+  "run",
+]
