@@ -6,6 +6,10 @@ Command (both settings, 5 seeds; wall and CPU time, machine, load and the tables
 
     python -m experiments.strategies --config=peers_ml1m --protocols=rating,click
 
+One run of it (the rating setting, the learner rows of the config; `:click` for the click setting):
+
+    python -m transfer_meta.main --config=configs/peers_ml1m.py --workdir=runs/peers_ml1m_rating
+
 Protocol `recbole_metarec` as in `configs/recbole_metarec_ml1m.py`: the 3,131 ML-1M users with 13..100 ratings are
 tasks, split 8:1:1 by first appearance in the shuffled interactions (2,505 / 313 / 313), 10 query ratings per task,
 the rest support. Rows, training (150 meta-steps of 32 tasks, about two passes over the training users), selection
@@ -14,7 +18,7 @@ not re-tuned on ML-1M. The changes besides the data, both for cost (ML-1M's vali
 ML-100K's): evaluation batches of 128 tasks (as `recbole_metarec_ml1m`) and validation every 25 steps, not 10
 (the selection then picks among steps 25, 50, ..., 150). RecBole-MetaRec publishes no ML-1M figures, and we have
 not run its code on ML-1M: no reference rows.
-Measured, rating setting (5 seeds; 2 shared CPU cores, AMD EPYC, load 12.5-21): 2,861 s wall, at most 707 s of CPU
+Measured, rating setting (5 seeds; 2 CPU cores, shared, AMD EPYC, load 12.5-21): 2,861 s wall, at most 707 s of CPU
 (both settings: 4,354 s wall, 1,243 s CPU, peak RSS 1.9 GB).
 Test nDCG@5 (tie-aware / peer's index rule): item mean + user offset 0.799 / 0.642, NLBA 0.794 / 0.636, MetaEmb
 0.742 / 0.579, MAML-MeLU 0.724 / 0.557, TaNP 0.697 / 0.523, constant 0.666 / 0.620, random 0.660 / 0.496. Nothing
