@@ -325,11 +325,12 @@ def test_ptupcdr_needs_the_experiment(exp):
 
 
 def _ml100k_module():
-  path = os.path.join(ROOT, "configs", "cross_domain_ml100k.py")
-  spec = importlib.util.spec_from_file_location("cfg_cross_domain_ml100k", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  import sys
+
+  sys.path.insert(0, ROOT)
+  from experiments.runner import config_module
+
+  return config_module("cross_domain_ml100k")[0]
 
 
 def test_smoke_shrinks_each_cross_domain_strategys_own_steps_and_injects_no_keyword():

@@ -4,14 +4,13 @@ splits is tested in tests/test_cross_domain_methods.py; the config's smoke varia
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 
 import transfer_meta as tm
-from experiments import ablate, text_pairs
+from experiments import ablate, runner, text_pairs
 from transfer_meta.data.domains import with_domains
 from transfer_meta.data.interactions import UNKNOWN
 from transfer_meta.strategies import CROSS_DOMAIN, NEEDS_SHARED_USERS
@@ -22,11 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def cfg():
-  path = os.path.join(ROOT, "configs", "cross_domain_ml1m_to_ml100k.py")
-  spec = importlib.util.spec_from_file_location("cfg_cross_domain_ml1m_to_ml100k", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return runner.config_module("cross_domain_ml1m_to_ml100k")[0]
 
 
 def test_rows_cover_every_cross_domain_strategy_once(cfg):
