@@ -23,22 +23,17 @@ steps (lr 0.05) of per-user adaptation on the support. `arg` ',smoke' shrinks ev
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 
 import ml_collections
 
+from transfer_meta import config_files
 from transfer_meta.train import default_config
 
 
 def _genre_split():
   """configs/genre_split_ml100k.py, the benchmark this table extends (its source-only model row)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "genre_split_ml100k.py")
-  spec = importlib.util.spec_from_file_location("cfg_genre_split_ml100k", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_files.sibling(__file__, "genre_split_ml100k")
 
 
 MF = dict(dim=32, batch_size=512, learning_rate=2e-3, inner_steps=2, inner_lr=0.05)

@@ -37,10 +37,9 @@ is shared here, and they fail with a DataError saying so).
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
+
+from transfer_meta import config_files
 
 APPLICABLE = ("cmf", "dann", "mmd", "coral", "meta_source")
 NOT_APPLICABLE = {
@@ -65,11 +64,7 @@ LEARNERS = {
 
 
 def _load(name: str):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_files.sibling(__file__, name)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

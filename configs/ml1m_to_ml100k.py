@@ -20,18 +20,13 @@ means, source-only) and the cross-domain methods. `arg` 'smoke' shrinks it to se
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
+
+from transfer_meta import config_files
 
 
 def _genre_split_config(arg: str | None) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "genre_split_ml100k.py")
-  spec = importlib.util.spec_from_file_location("cfg_genre_split_ml100k", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_files.sibling(__file__, "genre_split_ml100k").get_config(arg)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

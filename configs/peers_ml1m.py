@@ -29,18 +29,13 @@ Args: 'rating' or 'click', optionally ',smoke' (seconds of training: 2 seeds, 20
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
+
+from transfer_meta import config_files
 
 
 def _module(name: str):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_files.sibling(__file__, name)
 
 
 ML100K = _module("peers_ml100k")  # the rows, their settings and the verdict metrics

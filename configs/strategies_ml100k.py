@@ -32,10 +32,9 @@ Args: '' / 'melu' / 'item_cold', optionally ',smoke' (seconds: 2 seeds, 20 steps
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
+
+from transfer_meta import config_files
 
 MELU_ADAPT = r"decision_|output"
 PRETRAIN = dict(pretrain_steps=500, batch_size=512, learning_rate=2e-3)
@@ -77,11 +76,7 @@ PROTOCOL_CONFIGS = {"melu": "melu_ml100k", "item_cold": "item_cold_ml100k"}
 
 
 def _base(name: str, arg: str | None) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_files.sibling(__file__, name).get_config(arg)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

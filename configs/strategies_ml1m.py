@@ -16,20 +16,15 @@ Args: '' / 'melu', optionally ',smoke' (seconds: 2 seeds, 10 meta-steps, 20 step
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
+
+from transfer_meta import config_files
 
 PROTOCOL_CONFIGS = {"melu": "melu_ml1m"}
 
 
 def _module(name: str):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_files.sibling(__file__, name)
 
 
 ROWS = _module("strategies_ml100k")  # the rows and their settings

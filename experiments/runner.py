@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
-import importlib.util
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
+from transfer_meta import config_files
 from transfer_meta.data.interactions import Interactions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,10 +43,7 @@ def config_module(spec: str) -> tuple[ModuleType, str | None]:
   if not os.path.isfile(path):
     known = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and not f.startswith("_"))
     raise ValueError(f"config {spec!r}: no file {path}; configs in {CONFIG_DIR}: {known}")
-  module_spec = importlib.util.spec_from_file_location(f"config_{config_name(spec)}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module, (arg or None)
+  return config_files.load_module(path, f"config_{config_name(spec)}"), (arg or None)
 
 
 def config_path(spec: str) -> str:

@@ -4,7 +4,6 @@ resolves (dataset, protocol, metrics, model, learners and adapt sets) without tr
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from transfer_meta import train
+from transfer_meta import config_files, train
 from transfer_meta.learners import get_learner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,10 +26,7 @@ SMALL = {"smoke_synthetic": "tiny"}  # the seconds-long variant of each config (
 
 
 def _module(name: str):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_files.load_module(os.path.join(ROOT, "configs", f"{name}.py"), f"cfg_{name}")
 
 
 def _apply(config: ml_collections.ConfigDict, overrides: dict) -> None:
@@ -108,3 +104,14 @@ def test_command_line_typo_fails_before_training(tmp_path):
   )
   assert done.returncode != 0 and "inner_stepz" in done.stderr
   assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_sibling_loads_a_config_next_to_the_caller_and_names_a_missing_one():
+  anchor = os.path.join(ROOT, "configs", "peers_ml1m.py")
+  module = config_files.sibling(anchor, "peers_ml100k")
+  assert module.get_config("smoke").seeds == _module("peers_ml100k").get_config("smoke").seeds
+  assert callable(module.table_rows)
+  with pytest.raises(FileNotFoundError, match=r"config 'no_such_config'.*configs in .*'peers_ml100k'"):
+    config_files.sibling(anchor, "no_such_config")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    config_files.load_module(os.path.join(ROOT, "configs", "nope.py"), "cfg_nope")
