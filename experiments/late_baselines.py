@@ -35,16 +35,26 @@ def _check(config: ml_collections.ConfigDict, names: Sequence[str], label: str) 
     )
 
 
-def late_values(config: ml_collections.ConfigDict, names: Sequence[str], hashes: Sequence[str], data, label: str):
+def late_values(
+  config: ml_collections.ConfigDict,
+  names: Sequence[str],
+  hashes: Sequence[str],
+  data,
+  label: str,
+  cache: MutableMapping | None = None,
+):
   """{name: {scenario: {metric: {'mean', 'std', 'per_seed'}}}} of baselines `names` on a run's seeds.
 
   Args:
     config: the run's config; names: keys of `baselines.BASELINES`; hashes: the run's `manifest_hashes`, one
-      per seed of `config.seeds`; data: the run's interactions (before `config.ordinal_features`).
+      per seed of `config.seeds`; data: the run's interactions (before `config.ordinal_features`); label: the
+      run's name in errors.
+    cache: {(manifest hash, seed, support cap, names): one seed's values}, shared by runs on the same splits.
   Raises:
     ValueError when a rebuilt split's manifest hash differs from the run's (the run used other splits).
   """
   _check(config, names, label)
+  cache = {} if cache is None else cache
   seeds = seed_list(config)
   if len(hashes) != len(seeds):
     raise ValueError(f"run {label!r}: {len(hashes)} manifest hashes for seeds {list(seeds)}")
@@ -52,13 +62,16 @@ def late_values(config: ml_collections.ConfigDict, names: Sequence[str], hashes:
     data = categorical.ordinal_as_dense(data, tuple(config.ordinal_features))
   per_seed = []
   for seed, want in zip(seeds, hashes):
-    split = seed_split(config, data, seed)
-    if split.manifest["hash"] != want:
-      raise ValueError(
-        f"run {label!r}, seed {seed}: the rebuilt split's manifest hash {split.manifest['hash']} is not the run's "
-        f"{want}; the data or the protocol changed since the run, so a late baseline would score other users"
-      )
-    per_seed.append(baselines.evaluate_baselines(data, split, names, seed=seed))
+    key = (want, seed, int(config.support_cap), tuple(names))  # the manifest is made before the support cap
+    if key not in cache:
+      split = seed_split(config, data, seed)
+      if split.manifest["hash"] != want:
+        raise ValueError(
+          f"run {label!r}, seed {seed}: the rebuilt split's manifest hash {split.manifest['hash']} is not the "
+          f"run's {want}; the data or the protocol changed since the run, so a late baseline would score other users"
+        )
+      cache[key] = baselines.evaluate_baselines(data, split, names, seed=seed)
+    per_seed.append(cache[key])
   return {n: evaluate.summarize([r[n] for r in per_seed]) for n in names}
 
 
@@ -81,6 +94,7 @@ def add_late_baselines(
     data_cache: {`data_key`: interactions} already loaded (filled in as datasets are loaded).
   """
   cache = {} if data_cache is None else data_cache
+  values: dict = {}  # runs on the same splits (equal manifest hashes) share one evaluation
   for record, config in zip(records, configs, strict=True):
     res = record["results"]
     missing = [n for n in names if n not in res.get("baselines", {})]
@@ -90,6 +104,6 @@ def add_late_baselines(
     key = data_key(config)
     if key not in cache:
       cache[key] = load_dataset(config.dataset_name, **config.dataset.to_dict())
-    added = late_values(config, missing, res["manifest_hashes"], cache[key], record["label"])
+    added = late_values(config, missing, res["manifest_hashes"], cache[key], record["label"], values)
     res.setdefault("baselines", {}).update(added)
     record["late_baselines"] = missing
