@@ -29,6 +29,13 @@ Rows (`sweep`):
   Every run also evaluates the reference scorers: target-only (global/item mean, item mean + user offset, fit
   on target training rows and the support) and source-only `source_item_user_offset` (on this benchmark: the
   ML-1M item means, shrunk, since a cold user has no source rating; the ML-1M global mean for a target-only item).
+  `source_item_support_offset` (the ML-1M item means + the cold user's offset on their K support ratings against
+  them) came after the runs: the table scores it on each run's own splits with `--late_baselines` (not in
+  `baselines`, so the finished runs stay reusable):
+
+    python -m experiments.ablate --config=cross_domain_ml1m_to_ml100k --sweep=learners+cmf+meta_source+coral+dann+mmd \
+      --late_baselines=source_item_support_offset --compare=item_user_offset,source_item_user_offset \
+      --compare_metrics=mae,rmse,ndcg@5 --set progress=False
 Not rows: `NOT_APPLICABLE` (EMCDR, EMCDR-MLP, PTUPCDR map USER vectors learned on overlapping users; no user
 is shared here, and they fail with a DataError saying so).
 

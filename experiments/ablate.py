@@ -46,7 +46,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from experiments import runner
+from experiments import late_baselines, runner
 from transfer_meta import report
 from transfer_meta.data import load_dataset
 
@@ -147,7 +147,13 @@ def scenario_tables(values: Mapping) -> dict[str, list[report.Row]]:
 
 
 def ablate(
-  spec: str, sweep: str, overrides: Sequence[dict], base: dict, runs: str, baselines: bool | Sequence[str] = True
+  spec: str,
+  sweep: str,
+  overrides: Sequence[dict],
+  base: dict,
+  runs: str,
+  baselines: bool | Sequence[str] = True,
+  late: Sequence[str] = (),
 ) -> dict:
   """Runs (or reuses) every run of one sweep.
 
@@ -156,6 +162,7 @@ def ablate(
     base: overrides applied before each run's own (seeds, budget).
     runs: runs root; run workdirs are RUNS/ablate/<config name>/<run label>/.
     baselines: the reference baselines kept in the table values: True all, False none, or their names.
+    late: baselines to score on the finished runs' splits where a run lacks them (`experiments.late_baselines`).
   Returns:
     {"labels": [...], "values": {label: method values}, "runs": [per-run record for the .json]}.
   """
@@ -164,15 +171,14 @@ def ablate(
   configs = [runner.apply_overrides(config, base | o) for o in overrides]  # every typo fails before any run
   root = os.path.join(runs, "ablate", runner.config_name(spec))
   data_cache: dict = {}
-  values, records = {}, []
+  records = []
   for label, o, c in zip(names, overrides, configs):
-    data_key = (c.dataset_name, json.dumps(c.dataset.to_dict(), sort_keys=True, default=str))
+    data_key = late_baselines.data_key(c)
     if data_key not in data_cache:
       data_cache[data_key] = load_dataset(c.dataset_name, **c.dataset.to_dict())
     workdir = os.path.join(root, run_dir(label))
     print(f"== {sweep}: {label} -> {workdir}", flush=True)
     info = runner.run(c, workdir, data=data_cache[data_key])
-    values[label] = runner.method_values(info.results, baselines)
     records.append(
       {
         "label": label,
@@ -184,6 +190,9 @@ def ablate(
         "results": info.results,
       }
     )
+  if late:
+    late_baselines.add_late_baselines(records, configs, late, data_cache)
+  values = {r["label"]: runner.method_values(r["results"], baselines) for r in records}
   return {"labels": names, "values": values, "runs": records}
 
 
@@ -542,6 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     help="test metrics of the selection table (default: the config's select_metric, then its protocol's ranking "
     "metrics, e.g. mae,ndcg@5,auc on genre_split)",
   )
+  parser.add_argument(
+    "--late_baselines",
+    default="",
+    help="baselines to score on the finished runs' own splits where a run lacks them (experiments/late_baselines.py)",
+  )
   parser.add_argument("--compare", default="", help="baselines to pair every method with (writes the _compare tables)")
   parser.add_argument(
     "--compare_metrics", default="", help="metrics of the _compare tables (default: --select_metrics)"
@@ -570,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
   select_metric = runner.load_config(args.config).select_metric
   for name, overrides in chosen.items():
     start = time.time()
-    out = ablate(args.config, name, overrides, base, args.runs, baselines=_baselines(args.baselines))
+    late = [b for b in args.late_baselines.split(",") if b]
+    out = ablate(args.config, name, overrides, base, args.runs, baselines=_baselines(args.baselines), late=late)
     paths = write(args.config, name, out, base, time.time() - start, args.out, command)
     selected = [m for m in args.select_metrics.split(",") if m] or default_metrics(select_metric, out["runs"])
     if args.select:

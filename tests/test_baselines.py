@@ -131,6 +131,23 @@ def test_evaluate_baselines_by_hand():
   assert const["auc"] == pytest.approx(0.5)
 
 
+def test_evaluate_baselines_in_task_chunks_equals_one_call():
+  """Scoring a scenario's tasks in chunks (each real task in its own chunk, or chunks of 3 with a short last one)
+  gives the values of the whole-scenario call, AUC's defined-task count included; a bad chunk is refused."""
+  split = _split("user", USER_TRAIN, USER_TEST, metrics=("mae", "rmse", "ndcg@1", "auc"))
+  names = ["constant", "item_mean", "item_user_offset", "popularity"]
+  whole = B.evaluate_baselines(_data(), split, names, lam=LAM, task_chunk=None)
+  assert whole["item_user_offset"]["test"]["mae"] != whole["item_mean"]["test"]["mae"]  # the scorers differ
+  for chunk in (1, 3):
+    got = B.evaluate_baselines(_data(), split, names, lam=LAM, task_chunk=chunk)
+    assert got.keys() == whole.keys()
+    for name in names:
+      assert got[name]["test"] == pytest.approx(whole[name]["test"], rel=1e-6), (name, chunk)
+  for bad in (0, -2, 1.5, True):
+    with pytest.raises(ValueError, match="task_chunk"):
+      B.evaluate_baselines(_data(), split, names, task_chunk=bad)
+
+
 def test_rankers_report_ranking_metrics_only():
   """popularity's scores are counts on the rating scale: its MAE/RMSE are left out, its ranking metrics kept."""
   split = _split("user", USER_TRAIN, USER_TEST, metrics=("mae", "rmse", "ndcg@1", "auc"))

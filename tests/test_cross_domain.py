@@ -308,6 +308,32 @@ def test_source_baselines_equal_a_loop_and_their_catalogue_scores(hand):
     baselines.baseline_scores("item_mean_source_offset", None, melu, melu.tasks["test"])
 
 
+def test_source_item_support_offset_equals_a_hand_loop_on_item_overlap(hand):
+  """Item overlap (users 0-8 source, 9-17 target): source item means (loop) + the cold user's support residual
+  against them, shrunk by (support size + lam); the catalogue scores agree at the query items."""
+  lam = 2.0
+  data = domains.with_domains(hand, (hand.user >= 9).astype(np.int8), ("a", "b"))
+  kw = dict(beta=0.5, valid_fraction=0.25, n_support=3, min_query=6, n_query=2, source="a", target="b", min_tasks=0)
+  split = make_protocol("ml1m_to_ml100k", data, seed=0, **kw)
+  ts = split.tasks[COLD]
+  item_means, _ = _loop_source_scores(data, split, lam)
+  want, offsets = [], []
+  for t in range(len(ts)):
+    support = ts.support_rows[ts.support_ptr[t] : ts.support_ptr[t + 1]]
+    offset = sum(float(data.rating[r]) - item_means[int(data.item[r])] for r in support) / (len(support) + lam)
+    offsets.append(offset)
+    want += [item_means[int(data.item[r])] + offset for r in ts.query_rows[ts.query_ptr[t] : ts.query_ptr[t + 1]]]
+  got = baselines.baseline_scores("source_item_support_offset", data, split, ts, lam=lam)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert np.ptp(offsets) > 0.1 and np.ptp([item_means[int(i)] for i in data.item[ts.query_rows]]) > 0.1
+  # Without the support offset it is the source-only scorer (a cold user has no source row: its offset is 0).
+  plain = baselines.baseline_scores("source_item_user_offset", data, split, ts, lam=lam)
+  np.testing.assert_allclose(got - plain, np.repeat(offsets, ts.query_sizes()), rtol=1e-5, atol=1e-6)
+  positions = np.arange(len(ts))
+  cat = baselines.catalogue_scores("source_item_support_offset", data, split, ts, positions, lam=lam)
+  np.testing.assert_allclose(cat[np.repeat(positions, ts.query_sizes()), data.item[ts.query_rows]], got, rtol=1e-6)
+
+
 def _tiny_config():
   import importlib.util  # noqa: PLC0415
   import os  # noqa: PLC0415

@@ -151,6 +151,28 @@ def test_ablate_rerun_reuses_finished_runs(produced, tmp_path):
     runner.method_values(first["support_cap=5"]["results"], ["nope"])
 
 
+def test_ablate_late_baselines_score_a_reference_the_finished_runs_lack(produced, tmp_path):
+  """--late_baselines=item_mean (not among tiny's baselines): every reused run's table gets item_mean rows equal to
+  what the trainer reports for it on that run's splits (build_experiment + run_baselines, nothing trained)."""
+  from transfer_meta import results as results_lib  # noqa: PLC0415
+  from transfer_meta import train  # noqa: PLC0415
+
+  args = [a for a in produced.common if not a.startswith("--out=")]
+  _cli("ablate", f"--config={SPEC}", "--sweep=support_cap", "--late_baselines=item_mean", f"--out={tmp_path}", *args)
+  with open(tmp_path / f"ablate_{NAME}_support_cap.json") as f:
+    runs = {r["label"]: r for r in json.load(f)["runs"]}
+  assert all(r["reused"] and r["late_baselines"] == ["item_mean"] for r in runs.values())
+  csv_rows = _csv(str(tmp_path / f"ablate_{NAME}_support_cap.csv"))
+  rows = {r["method"]: r for r in csv_rows if r["scenario"] == "new_user" and r["metric"] == "mae"}
+  for k, override in zip(K_LABELS, ({"support_cap": 1}, {"support_cap": 5}, {"support_cap": 0})):
+    assert "item_mean" not in _results(os.path.join(produced.runs, "ablate", NAME, k))["baselines"]  # not written
+    config = runner.apply_overrides(runner.load_config(SPEC), {"num_steps": 2, **override, "baselines": ("item_mean",)})
+    want = results_lib.run_baselines(train.build_experiment(config))["item_mean"]
+    mae = [seed["new_user"]["mae"] for seed in want]
+    assert runs[k]["results"]["baselines"]["item_mean"]["new_user"]["mae"]["per_seed"] == pytest.approx(mae, rel=1e-6)
+    assert float(rows[f"item_mean @ {k}"]["mean"]) == pytest.approx(np.mean(mae), abs=1e-6)
+
+
 def test_ablate_select_chooses_on_valid_only_and_pairs_by_seed(produced, tmp_path):
   args = [a for a in produced.common if not a.startswith("--out=")]
   _cli("ablate", f"--config={SPEC}", "--sweep=support_cap", "--select", f"--out={tmp_path}", *args)

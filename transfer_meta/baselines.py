@@ -24,6 +24,11 @@ source residuals from the source item means / (their count + lam); 0 for a user 
                             genre split, where items are in one domain, it is the user's shrunk source mean.
   item_mean_source_offset   target item_mean + source user offset: the reference scorer with the user's offset
                             measured in the source domain instead of on the support (works zero-shot).
+  source_item_support_offset  source item mean + the task user's SUPPORT offset against the source item means
+                            (the sum of (target - source item mean) over the support / (support size + lam)):
+                            `item_user_offset` with the item means read from the source. For item overlap
+                            (`ml1m_to_ml100k`: a cold user has no source row, so the source user offset above is
+                            0); on a genre split, where a target item has no source row, it is mu_s + offset.
 
 `catalogue_scores` gives the same scorers for EVERY catalogue entry of a task (full-catalogue ranking,
 `transfer_meta.ranking_eval`); at a task's query entries they equal `baseline_scores`, except 'random', which
@@ -104,9 +109,14 @@ def _popularity_scores(data: Interactions, split: ColdStartSplit) -> np.ndarray:
   return (low + (high - low) * counts / max(counts.max(), 1.0)).astype(np.float32)
 
 
-def _task_offsets(data: Interactions, split: ColdStartSplit, taskset: TaskSet, lam: float) -> np.ndarray:
-  """f32 [T]: each task's support residual over the entity means, shrunk: sum(residual) / (support size + lam)."""
-  residual = split.target[taskset.support_rows] - _entity_mean_rows(data, split, taskset.support_rows, lam)
+def _task_offsets(
+  data: Interactions, split: ColdStartSplit, taskset: TaskSet, lam: float, means: np.ndarray | None = None
+) -> np.ndarray:
+  """f32 [T]: each task's support residual over the entity means, shrunk: sum(residual) / (support size + lam).
+  `means` f32 [n] replaces the target training means of the query-side entities (the source item means)."""
+  rows = taskset.support_rows
+  prior = _entity_mean_rows(data, split, rows, lam) if means is None else means[_query_side(data, split)[rows]]
+  residual = split.target[rows] - prior
   sizes = taskset.support_sizes()
   task_of_row = np.repeat(np.arange(len(taskset)), sizes)
   return np.bincount(task_of_row, weights=residual, minlength=len(taskset)) / (sizes + lam)
@@ -169,6 +179,12 @@ def _item_mean_source_offset(data, split, taskset, seed, lam):
   return (_item_mean(data, split, taskset, seed, lam) + offsets).astype(np.float32)
 
 
+def _source_item_support_offset(data, split, taskset, seed, lam):
+  items, _ = _source_parts(data, split, lam)
+  offset = _task_offsets(data, split, taskset, lam, means=items)
+  return (items[data.item[taskset.query_rows]] + np.repeat(offset, taskset.query_sizes())).astype(np.float32)
+
+
 def reference_prior(kind: str, data: Interactions, split: ColdStartSplit, lam: float = 5.0) -> np.ndarray:
   """f32 [N]: per interaction row, the reference score a residual model starts from (`models/residual.py`).
 
@@ -214,6 +230,7 @@ BASELINES: dict[str, Callable] = {
   "popularity": _popularity,
   "source_item_user_offset": _source_item_user_offset,  # cross-domain splits only
   "item_mean_source_offset": _item_mean_source_offset,  # cross-domain splits only
+  "source_item_support_offset": _source_item_support_offset,  # cross-domain splits only
 }
 
 
@@ -238,6 +255,12 @@ def _catalogue_offset(data, split, taskset, positions, seed, lam):
 RANKERS: tuple[str, ...] = ("popularity",)
 
 
+def _catalogue_source_support(data, split, taskset, positions, seed, lam):
+  items, _ = _source_parts(data, split, lam)
+  offsets = _task_offsets(data, split, taskset, lam, means=items)[np.asarray(positions)]
+  return (items[None, :] + offsets[:, None]).astype(np.float32)
+
+
 def _catalogue_source(target_items: bool):
   def fn(data, split, taskset, positions, seed, lam):
     items, offsets = _source_parts(data, split, lam)
@@ -247,7 +270,8 @@ def _catalogue_source(target_items: bool):
   return fn
 
 
-CROSS_DOMAIN = ("source_item_user_offset", "item_mean_source_offset")  # need a cross-domain split
+# need a cross-domain split
+CROSS_DOMAIN = ("source_item_user_offset", "item_mean_source_offset", "source_item_support_offset")
 
 
 def applicable(split: ColdStartSplit) -> list[str]:
@@ -268,6 +292,7 @@ CATALOGUE: dict[str, Callable] = {
   "popularity": _catalogue_full(lambda d, s, seed, lam: _popularity_scores(d, s)),
   "source_item_user_offset": _catalogue_source(target_items=False),
   "item_mean_source_offset": _catalogue_source(target_items=True),
+  "source_item_support_offset": _catalogue_source_support,
 }
 
 
@@ -323,12 +348,16 @@ def pad_queries(taskset: TaskSet, values: np.ndarray, width: int, n_tasks: int) 
   return out, mask
 
 
+TASK_CHUNK = 128  # tasks per metric call: a call holds [chunk, Q, Q] pairwise AUC terms, not [T, Q, Q]
+
+
 def evaluate_baselines(
   data: Interactions,
   split: ColdStartSplit,
   names: Sequence[str] | None = None,
   seed: int | None = None,
   lam: float = 5.0,
+  task_chunk: int | None = TASK_CHUNK,
 ) -> dict:
   """Every baseline on every scenario of `split`, scored with the split's metrics and relevance.
 
@@ -337,12 +366,16 @@ def evaluate_baselines(
     names: baselines to run (default: every one of `BASELINES` that applies to the split, `applicable`).
     seed: seeds 'random' (default: the split's seed).
     lam: shrinkage strength.
+    task_chunk: tasks scored per metric call (>= 1), so memory is bounded by the chunk, not the scenario; None:
+      the whole scenario in one call. The values do not depend on it (per-task metrics; tested).
   Returns:
     {baseline: {scenario: {metric: mean over the scenario's tasks}}} (AUC adds '<metric>/tasks'); the `RANKERS`
     carry no pointwise metrics (MAE/RMSE of a count mapped onto the rating scale would mean nothing).
   """
   names = applicable(split) if names is None else list(names)
   seed = split.seed if seed is None else seed
+  if task_chunk is not None and (isinstance(task_chunk, bool) or not isinstance(task_chunk, int) or task_chunk < 1):
+    raise ValueError(f"task_chunk={task_chunk!r} must be a positive int or None")
   out = {name: {} for name in names}
   train_rows = split.tasks["train"].all_rows()
   for scenario in split.scenarios:
@@ -360,12 +393,19 @@ def evaluate_baselines(
     scores = [
       pad_queries(taskset, baseline_scores(n, data, split, taskset, seed, lam), width, n_tasks)[0] for n in names
     ]
-    # One call per baseline (same shapes: one compile): stacking them all along the task axis held every
-    # baseline's pairwise AUC terms [T, Q, Q] at once (13 GB for 8 baselines on genre_split's long cold queries).
+    # One call per baseline and task chunk (same shapes: one compile): stacking the baselines along the task axis
+    # held every baseline's pairwise AUC terms [T, Q, Q] at once (13 GB for 8 baselines on genre_split's long
+    # cold queries), and one call per whole scenario still holds [T, Q, Q] (uncapped beta = 0.8: [640, 600, 600]).
     task_mask = np.arange(n_tasks) < len(taskset)
+    step = n_tasks if task_chunk is None else task_chunk
     for name, s in zip(names, scores):
-      per_task = metrics_lib.evaluate_batch(split.metrics, s, target, mask, split.params.get("relevance"))
-      chunk = {m: np.asarray(v) for m, v in per_task.items()}
+      parts = [
+        metrics_lib.evaluate_batch(
+          split.metrics, s[i : i + step], target[i : i + step], mask[i : i + step], split.params.get("relevance")
+        )
+        for i in range(0, n_tasks, step)
+      ]
+      chunk = {m: np.concatenate([np.asarray(p[m]) for p in parts]) for m in parts[0]}
       if name in RANKERS:
         chunk = {m: v for m, v in chunk.items() if metrics_lib.parse_metric(m).base not in metrics_lib.POINTWISE}
       out[name][scenario] = metrics_lib.aggregate(chunk, task_mask)

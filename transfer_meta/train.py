@@ -176,6 +176,12 @@ def _cap(split: ColdStartSplit, k: int) -> ColdStartSplit:
   return dataclasses.replace(split, tasks={n: ts.cap_support(k) for n, ts in split.tasks.items()})
 
 
+def seed_split(config: ml_collections.ConfigDict, data: Interactions, seed: int) -> ColdStartSplit:
+  """Seed `seed`'s split of `data` as a run of `config` makes it: the protocol, then `config.support_cap`."""
+  split = make_protocol(config.protocol_name, data, seed=seed, min_tasks=config.min_tasks, **config.protocol.to_dict())
+  return _cap(split, config.support_cap)
+
+
 def build_experiment(config: ml_collections.ConfigDict, data: Interactions | None = None) -> Experiment:
   """Loads the dataset, makes each seed's split and task sets, builds the model and the mesh."""
   data = load_dataset(config.dataset_name, **config.dataset.to_dict()) if data is None else data
@@ -188,10 +194,7 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
   buckets = tuple(config.buckets)
   seeds = []
   for s in seed_list(config):
-    split = _cap(
-      make_protocol(config.protocol_name, data, seed=s, min_tasks=config.min_tasks, **config.protocol.to_dict()),
-      config.support_cap,
-    )
+    split = seed_split(config, data, s)
     names = ("train", "valid", *split.scenarios)
     sf = categorical.with_oov(feats, data, split, config.oov_min_count) if config.oov_min_count else feats
     prior = baselines.reference_prior(config.residual, data, split, config.residual_lam) if config.residual else None
