@@ -419,14 +419,16 @@ def test_load_dataset_text_features_flag(real, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------- serving and table
 
 
-@pytest.fixture(scope="module", params=["plain", "residual_oov"])
+@pytest.fixture(scope="module", params=["plain", "residual_oov", "tail"])
 def text_run(request, real, tmp_path_factory):
   """A 2-step MAML-MeLU run on ML-100K with item text features (1 seed, no comparisons or baselines): 'plain'
-  without the main config's residual and OOV rows, 'residual_oov' with them (and its numeric release year)."""
+  without the main config's residual and OOV rows, 'residual_oov' with them (and its numeric release year),
+  'tail' as 'plain' with MiniLM's last layer fine-tuned (`text_finetune_last_layer`)."""
   config = runner.load_config("melu_ml100k:smoke")
   with config.unlocked():
     config.dataset.text_features = True
-    if request.param == "plain":
+    config.dataset.text_finetune_last_layer = request.param == "tail"
+    if request.param in ("plain", "tail"):
       config.residual, config.oov_min_count = "", 0
     config.model.use_item_ids = False  # a brand-new item has no id row
     config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 2, 2, 2
@@ -460,6 +462,12 @@ def test_zero_shot_rows_reproduce_catalogue_items(text_run, real, monkeypatch):
   assert title_only.shape == (3,) and np.isfinite(title_only).all()
   other = serving.score_new_items(bundle, [{"title": "A documentary about bees"}] * 3, rated, ratings)
   assert np.abs(other - title_only).max() > 0  # the text alone moves the score
+  if bundle.config.dataset.text_finetune_last_layer:  # the new items went through the trained layer, not layer 5
+    trained = bundle.meta_params[last_layer.TAIL]
+    moved = jax.tree.map(
+      lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), trained, real.params["layer_5"]
+    )
+    assert max(jax.tree.leaves(moved)) > 1e-5
 
 
 def test_zero_shot_refuses_what_a_new_item_cannot_be(text_run, real, monkeypatch):

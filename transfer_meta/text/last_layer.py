@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 # TAIL: top-level key of the tail's parameters in the wrapped model's params; params[TAIL] = {TABLE: [I, H]} is the
 # tail's output precomputed for the catalogue (`catalogue_tail`: once per meta-step / evaluation batch).
 SHARE_GRAD, SHARE_PARAMS = "share_grad", "share_params"  # model.aux hooks the trainer and evaluation call
+# Optional example fields: the rows' own last-layer inputs f32 [..., L, H] / bool [..., L], read instead of the
+# cached states of x["item"] (`zero_shot.tail_catalogue`: brand-new items at serving time).
+STATES, STATES_MASK = "text_states", "text_states_mask"
 
 
 class TailTable(NamedTuple):
@@ -179,13 +182,17 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
       return x
     if x["item_dense"].shape[-1] < column + H:
       raise ValueError(f"text tail: item_dense has width {x['item_dense'].shape[-1]}, need {column + H}")
-    if TABLE in tail:  # precomputed for the catalogue: a row lookup (an id outside it reads NaN, never a neighbour)
+    if STATES in x:  # each row brings its own layer inputs (zero-shot serving of items outside the catalogue)
+      if TABLE in tail:
+        raise ValueError("text tail: rows with their own text states need the layer's params, not the catalogue table")
+      feat = _tail_remat(tail, table.config, x[STATES], x[STATES_MASK])
+    elif TABLE in tail:  # precomputed for the catalogue: a row lookup (an id outside it reads NaN, never a neighbour)
       feat = jnp.take(tail[TABLE], x["item"], axis=0, mode="fill", fill_value=jnp.nan)
     else:
       feat = _tail_remat(tail, table.config, *gather(table, x["item"]))
     dense = x["item_dense"]
     new = jnp.concatenate([dense[..., :column], feat.astype(dense.dtype), dense[..., column + H :]], axis=-1)
-    return {**x, "item_dense": new}
+    return {**{k: v for k, v in x.items() if k not in (STATES, STATES_MASK)}, "item_dense": new}
 
   def init(key, x, context=None):
     tail = jax.tree.map(jnp.asarray, table.params)
