@@ -206,12 +206,23 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
     inner = {k: v for k, v in params.items() if k != TAIL}
     return model.apply(inner, swap(tail, x), swap(tail, context))
 
-  aux = {
-    **(model.aux or {}),
-    SHARE_GRAD: lambda learner, grad_fn: catalogue_tail.share_grad(learner, catalogue, grad_fn),
-    SHARE_PARAMS: lambda learner, *a: catalogue_tail.share_params(learner, catalogue, *a),
-  }
+  aux = _Hooks(model.aux or {})
+  aux[SHARE_GRAD] = lambda learner, grad_fn: catalogue_tail.share_grad(learner, catalogue, grad_fn)
+  aux[SHARE_PARAMS] = lambda learner, *a: catalogue_tail.share_params(learner, catalogue, *a)
   return model._replace(init=init, apply=apply, aux=aux)
+
+
+class _Hooks(dict):
+  """`model.aux` compared and hashed by identity, as its functions are: a learner over the model stays a valid
+  static argument of `jax.jit` (serving's `_jitted`), which a plain dict is not."""
+
+  __hash__ = object.__hash__
+
+  def __eq__(self, other):
+    return self is other
+
+  def __ne__(self, other):
+    return self is not other
 
 
 def with_dataset_tail(model: Model, data: Interactions | None, template: str, cache_dir=None) -> Model:
