@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -753,8 +754,23 @@ LEARNER_CASES = {  # learner, kwargs, whether its inner loop adapts the tail
   "reptile": ("reptile", dict(inner_steps=2, inner_lr=0.1, adapt_regex=W), False),  # pseudo-gradient
   "none": ("none", {}, False),
   "maml_all": ("maml", dict(inner_steps=1, inner_lr=0.1), True),  # adapt '.*': the tail too -> per-slot path
-  "melu_w": ("melu", dict(inner_steps=1, inner_lr=0.1, adapt_regex="w"), True),  # 'w' names 'ffn_down' too
 }
+
+
+@pytest.mark.parametrize(
+  "name, regex, adapts",
+  [("melu", "w", True), ("melu", W, False), ("maml", r"^params/", False), ("reptile", r"text_tail/ffn_up", True)],
+)
+def test_adapts_tail_reads_the_learners_inner_loop(tiny, name, regex, adapts):
+  """Traced, not run: 'w' also names the tail's 'ffn_down'; '^params/' adapts every model leaf but the tail."""
+  from transfer_meta.learners import get_learner
+
+  table, _, _ = _tiny_table(tiny)
+  model = last_layer.with_text_tail(_probe(2 + TINY.hidden + 1), table, column=2)
+  learner = get_learner(name, model, inner_steps=1, inner_lr=0.1, adapt_regex=regex)
+  support = jax.tree.map(lambda a: a[0], _tail_tasks(table)["support"])
+  meta = learner.init(jax.random.key(1), model.init(jax.random.key(0), support, support))
+  assert catalogue_tail.adapts_tail(learner, meta, support, jax.random.key(2)) is adapts
 
 
 @pytest.mark.parametrize("case", sorted(LEARNER_CASES))
@@ -810,3 +826,12 @@ def test_shared_tail_reads_nan_for_an_id_outside_the_catalogue(tiny):
   on_table = {**params, last_layer.TAIL: {catalogue_tail.TABLE: feats}}
   scores = np.asarray(model.apply(on_table, {**x, "item": np.array([0, 9], np.int32)}))
   assert scores[0] == 0.0 and np.isnan(scores[1])
+
+
+def test_bench_text_tail_cases_are_checked():
+  from experiments import bench_text_tail
+
+  assert bench_text_tail.parse_case("shared:32") == ("shared", 32)
+  for bad in ("shared", "slots:8", "per_slot:0", "per_slot:x"):
+    with pytest.raises(ValueError, match=re.escape(f"case {bad!r}: want <per_slot|shared>")):
+      bench_text_tail.parse_case(bad)
