@@ -122,7 +122,7 @@ def adapts_tail(learner, meta_params: Any, support: dict, key: jax.Array) -> boo
   Args:
     learner: the learner (its `adapt`).
     meta_params: its meta-parameters (arrays or tracers; only shapes are read).
-    support: ONE task's support x[S] (or a batch x[T, S] with `batched` leading axis: see callers).
+    support: ONE task's support x[S] (arrays or ShapeDtypeStructs; only shapes are read).
     key: a task key.
   """
   args = (_abstract(meta_params), support, jax.ShapeDtypeStruct(key.shape, key.dtype))
