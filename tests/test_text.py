@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ from transfer_meta.models import Model, adapt_mask
 from transfer_meta.models.lwa import NLBA_ADAPT_REGEX
 from transfer_meta.models.melu import ADAPT_REGEX as MELU_ADAPT_REGEX
 from transfer_meta.models.melu import HEAD_REGEX as MELU_HEAD_REGEX
-from transfer_meta.text import bert, item_features, last_layer, minilm, zero_shot
+from transfer_meta.text import bert, catalogue_tail, item_features, last_layer, minilm, zero_shot
 
 TINY = bert.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=24, max_positions=12)
 B, L = 3, 7
@@ -419,14 +420,16 @@ def test_load_dataset_text_features_flag(real, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------- serving and table
 
 
-@pytest.fixture(scope="module", params=["plain", "residual_oov"])
+@pytest.fixture(scope="module", params=["plain", "residual_oov", "tail"])
 def text_run(request, real, tmp_path_factory):
   """A 2-step MAML-MeLU run on ML-100K with item text features (1 seed, no comparisons or baselines): 'plain'
-  without the main config's residual and OOV rows, 'residual_oov' with them (and its numeric release year)."""
+  without the main config's residual and OOV rows, 'residual_oov' with them (and its numeric release year),
+  'tail' as 'plain' with MiniLM's last layer fine-tuned (`text_finetune_last_layer`)."""
   config = runner.load_config("melu_ml100k:smoke")
   with config.unlocked():
     config.dataset.text_features = True
-    if request.param == "plain":
+    config.dataset.text_finetune_last_layer = request.param == "tail"
+    if request.param in ("plain", "tail"):
       config.residual, config.oov_min_count = "", 0
     config.model.use_item_ids = False  # a brand-new item has no id row
     config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 2, 2, 2
@@ -460,6 +463,12 @@ def test_zero_shot_rows_reproduce_catalogue_items(text_run, real, monkeypatch):
   assert title_only.shape == (3,) and np.isfinite(title_only).all()
   other = serving.score_new_items(bundle, [{"title": "A documentary about bees"}] * 3, rated, ratings)
   assert np.abs(other - title_only).max() > 0  # the text alone moves the score
+  if bundle.config.dataset.text_finetune_last_layer:  # the new items went through the trained layer, not layer 5
+    trained = bundle.meta_params[last_layer.TAIL]
+    moved = jax.tree.map(
+      lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), trained, real.params["layer_5"]
+    )
+    assert max(jax.tree.leaves(moved)) > 1e-5
 
 
 def test_zero_shot_refuses_what_a_new_item_cannot_be(text_run, real, monkeypatch):
@@ -686,3 +695,143 @@ def test_build_model_with_the_tail_scores_as_the_frozen_model_at_init(real, tmp_
   np.testing.assert_allclose(
     np.asarray(tuned.apply(params, x, x)), np.asarray(frozen.apply(inner, x, x)), rtol=1e-5, atol=1e-5
   )
+
+
+# ------------------------------------------------------ the tail once per step for the catalogue (catalogue_tail)
+
+
+def _tail_tasks(table, T: int = 3, S: int = 4, Q: int = 3, seed: int = 0) -> dict:
+  """A task batch {"support": x[T, S], "query": x[T, Q], "task_mask": bool [T]} over the table's items, items
+  repeated across tasks (what the shared path dedupes) and one padded support slot per task."""
+  rng = np.random.default_rng(seed)
+  I = table.states.shape[0]
+
+  def part(n):
+    items = rng.integers(0, I, size=(T, n))
+    x = jax.tree.map(lambda a: a.reshape(T, n, *a.shape[1:]), _examples(table, items.reshape(-1)))
+    mask = np.ones((T, n), bool)
+    return {**x, "target": rng.normal(size=(T, n)).astype(np.float32), "mask": mask}
+
+  support, query = part(S), part(Q)
+  support["mask"][:, -1] = False
+  return {"support": support, "query": query, "task_mask": np.array([True] * (T - 1) + [False])}
+
+
+def _plain(model: Model) -> Model:
+  """The same model without the shared-tail hooks: every task slot runs the tail (the per-slot path)."""
+  return model._replace(aux=None)
+
+
+def test_length_groups_cover_every_item_once():
+  mask = np.zeros((5, 24), bool)
+  for i, n in enumerate((3, 0, 9, 24, 8)):
+    mask[i, :n] = True
+  groups = catalogue_tail.length_groups(mask)
+  assert [L for _, L in groups] == [8, 16, 24]
+  assert [ids.tolist() for ids, _ in groups] == [[0, 1, 4], [2], [3]]
+  with pytest.raises(ValueError, match=r"mask must be bool \[I, L\]"):
+    catalogue_tail.length_groups(mask.astype(np.float32))
+
+
+def test_catalogue_features_equal_the_per_slot_tail(tiny):
+  table, _, _ = _tiny_table(tiny)
+  # Lengthen the cache (as the real one is padded to its longest title) so the groups trim real padding.
+  I, L, H = table.states.shape
+  states = np.concatenate([table.states, np.ones((I, 16, H), np.float32)], axis=1)
+  mask = np.concatenate([table.mask, np.zeros((I, 16), bool)], axis=1)
+  groups = catalogue_tail.length_groups(mask)
+  assert max(g for _, g in groups) == L < states.shape[1]
+  fn = lambda p, s, m: last_layer.tail_feature(p, TINY, s, m)  # noqa: E731
+  got = jax.jit(lambda p: catalogue_tail.catalogue_features(fn, p, states, mask, groups))(table.params)
+  want = last_layer.tail_feature(table.params, TINY, table.states, table.mask)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+
+
+W = r"^params/w"  # the probe's own weights ('w' alone would also name the tail's 'ffn_down')
+LEARNER_CASES = {  # learner, kwargs, whether its inner loop adapts the tail
+  "melu": ("melu", dict(inner_steps=2, inner_lr=0.1, adapt_regex=W), False),  # second order
+  "meta_sgd": ("meta_sgd", dict(inner_steps=2, inner_lr=0.1, adapt_regex=W), False),  # nested meta_params
+  "reptile": ("reptile", dict(inner_steps=2, inner_lr=0.1, adapt_regex=W), False),  # pseudo-gradient
+  "none": ("none", {}, False),
+  "maml_all": ("maml", dict(inner_steps=1, inner_lr=0.1), True),  # adapt '.*': the tail too -> per-slot path
+}
+
+
+@pytest.mark.parametrize(
+  "name, regex, adapts",
+  [("melu", "w", True), ("melu", W, False), ("maml", r"^params/", False), ("reptile", r"text_tail/ffn_up", True)],
+)
+def test_adapts_tail_reads_the_learners_inner_loop(tiny, name, regex, adapts):
+  """Traced, not run: 'w' also names the tail's 'ffn_down'; '^params/' adapts every model leaf but the tail."""
+  from transfer_meta.learners import get_learner
+
+  table, _, _ = _tiny_table(tiny)
+  model = last_layer.with_text_tail(_probe(2 + TINY.hidden + 1), table, column=2)
+  learner = get_learner(name, model, inner_steps=1, inner_lr=0.1, adapt_regex=regex)
+  support = jax.tree.map(lambda a: a[0], _tail_tasks(table)["support"])
+  meta = learner.init(jax.random.key(1), model.init(jax.random.key(0), support, support))
+  assert catalogue_tail.adapts_tail(learner, meta, support, jax.random.key(2)) is adapts
+
+
+@pytest.mark.parametrize("case", sorted(LEARNER_CASES))
+def test_shared_tail_grads_and_eval_equal_the_per_slot_path(tiny, case):
+  """The meta-step's gradient (tail included) and the evaluation metrics with the tail run once per batch
+  equal the per-slot computation to 1e-5, for learners that do and do not adapt the tail."""
+  from transfer_meta import evaluate, step
+  from transfer_meta.learners import get_learner
+
+  name, kwargs, adapts = LEARNER_CASES[case]
+  table, _, _ = _tiny_table(tiny)
+  model = last_layer.with_text_tail(_probe(2 + TINY.hidden + 1), table, column=2)
+  shared, plain = get_learner(name, model, **kwargs), get_learner(name, _plain(model), **kwargs)
+  batch = _tail_tasks(table)
+  one = jax.tree.map(lambda a: a[0], {"support": batch["support"], "query": batch["query"]})
+  params = model.init(jax.random.key(0), one["query"], one["support"])
+  params = {**params, last_layer.TAIL: jax.tree.map(lambda a: a * 1.1, params[last_layer.TAIL])}  # off init
+  meta = shared.init(jax.random.key(1), params)
+  key = jax.random.key(2)
+  assert catalogue_tail.adapts_tail(shared, meta, one["support"], key) is adapts
+
+  grad_fn = step.task_batch_grad_fn(shared)
+  g_shared, m_shared = jax.jit(model.aux[last_layer.SHARE_GRAD](shared, grad_fn))(meta, batch, key)
+  g_plain, m_plain = jax.jit(step.task_batch_grad_fn(plain))(meta, batch, key)
+  chex.assert_trees_all_close(g_shared, g_plain, atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(m_shared, m_plain, atol=1e-5, rtol=1e-5)
+  tail_paths = catalogue_tail.tail_paths(g_shared)
+  assert len(tail_paths) == 1
+  tail_g = catalogue_tail.get_path(g_shared, tail_paths[0])
+  assert set(tail_g) == set(table.params)  # the layer's gradient, not the table's
+  largest = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(tail_g))
+  if name == "reptile":  # Reptile's pseudo-gradient of a leaf its inner loop does not adapt is 0, both ways
+    assert largest == 0.0
+  else:
+    assert largest > 1e-4
+
+  swapped = model.aux[last_layer.SHARE_PARAMS](shared, meta, batch["support"], key)
+  on_table = catalogue_tail.TABLE in catalogue_tail.get_path(swapped, catalogue_tail.tail_paths(swapped)[0])
+  assert on_table is not adapts
+  ev = {"support": batch["support"], "query": batch["query"], "task_mask": batch["task_mask"]}
+  ev["task_id"] = np.arange(3, dtype=np.int32)
+  got = evaluate.make_eval_step(shared, ("mae", "rmse"), None)(meta, ev, key)
+  want = evaluate.make_eval_step(plain, ("mae", "rmse"), None)(meta, ev, key)
+  chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_tail_reads_nan_for_an_id_outside_the_catalogue(tiny):
+  table, _, _ = _tiny_table(tiny)
+  model = last_layer.with_text_tail(_probe(TINY.hidden), table, column=0)
+  x = _examples(table, [0, 1], column=0, extra=0)
+  params = model.init(jax.random.key(0), x)
+  feats = jnp.zeros((table.states.shape[0], TINY.hidden))
+  on_table = {**params, last_layer.TAIL: {catalogue_tail.TABLE: feats}}
+  scores = np.asarray(model.apply(on_table, {**x, "item": np.array([0, 9], np.int32)}))
+  assert scores[0] == 0.0 and np.isnan(scores[1])
+
+
+def test_bench_text_tail_cases_are_checked():
+  from experiments import bench_text_tail
+
+  assert bench_text_tail.parse_case("shared:32") == ("shared", 32)
+  for bad in ("shared", "slots:8", "per_slot:0", "per_slot:x"):
+    with pytest.raises(ValueError, match=re.escape(f"case {bad!r}: want <per_slot|shared>")):
+      bench_text_tail.parse_case(bad)

@@ -45,12 +45,15 @@ def make_eval_step(
     "task_mask": bool[T], "task_id": int32[T]}; per-task metrics f32 [T] (padded tasks included).
   """
   names = tuple(metric_names)
+  share = (learner.model.aux or {}).get("share_params")  # e.g. the text tail, once per batch (text.catalogue_tail)
 
   def one_task(meta_params, support, query, key):
     scores = score_task(learner, meta_params, support, query, key)
     return metrics_lib.evaluate_task(names, scores, query["target"], query["mask"], relevance)
 
   def eval_step(meta_params, batch, key):
+    if share is not None:
+      meta_params = share(learner, meta_params, batch["support"], key)
     keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(batch["task_id"])
     return jax.vmap(one_task, in_axes=(None, 0, 0, 0))(meta_params, batch["support"], batch["query"], keys)
 

@@ -308,7 +308,8 @@ def score_new_items(
 
   The run must have been trained with item text features (`config.dataset.text_features=True`); each new item
   is embedded with the same MiniLM model and text template (`transfer_meta.text.zero_shot`), then scored by the
-  meta-initialisation adapted to the user's ratings (none given: the meta-initialisation itself).
+  meta-initialisation adapted to the user's ratings (none given: the meta-initialisation itself). A run that
+  fine-tuned the encoder's last layer (`text_finetune_last_layer`) scores them through that trained layer.
 
   Args:
     bundle: from `load_meta_params`, or a run's workdir.
@@ -324,15 +325,19 @@ def score_new_items(
   model_kw = bundle.config.model
   if model_kw.get("use_item_ids") or model_kw.get("use_ids"):  # a new item has no trained id row
     raise ValueError("zero-shot scoring of new items needs a model without item ids (config.model.use_item_ids=False)")
-  if bundle.config.dataset.get("text_finetune_last_layer", False):  # its text states exist for catalogue ids only
-    raise ValueError("zero-shot scoring of new items is not implemented for text_finetune_last_layer=True runs")
   template = bundle.config.dataset.get("text_template", "{title}")
   rows = new_item_rows(bundle.data, new_items, template)
+  extra = {}  # a fine-tuned last text layer reads every row's own layer inputs, the new items' included
+  if bundle.config.dataset.get("text_finetune_last_layer", False):
+    from transfer_meta.text.zero_shot import tail_catalogue
+
+    extra = tail_catalogue(bundle.data, new_items, template, bundle.config.dataset.get("cache_dir"))
   if bundle.item_maps is not None:  # codes unseen or rare in training read the trained OOV row, as in evaluation
     rows["item_cat"] = categorical.remap(rows["item_cat"], bundle.item_maps)
   if bundle.new_item_prior is not None:
     rows[PRIOR] = np.full(len(new_items), bundle.new_item_prior, np.float32)
   # The new items join the catalogue for one call: `adapt` scores every catalogue row, the last n are theirs.
   catalogue = {k: jnp.concatenate([bundle.catalogue[k], jnp.asarray(rows[k])]) for k in bundle.catalogue}
+  catalogue |= {k: jnp.asarray(v) for k, v in extra.items()}
   out = adapt(dataclasses.replace(bundle, catalogue=catalogue), items, ratings, user, user_features, dense_ids, key)
   return out.scores[-len(new_items) :]

@@ -100,7 +100,9 @@ def meta_step_fn(
   """
   if has_extensions(learner):
     return learner_state.meta_step_fn(learner, tx, chunk_size, groups)
-  return step_fn(task_batch_grad_fn(learner, chunk_size, groups), tx)
+  grad_fn = task_batch_grad_fn(learner, chunk_size, groups)
+  share = (learner.model.aux or {}).get("share_grad")  # e.g. the text tail, once per step (text.catalogue_tail)
+  return step_fn(share(learner, grad_fn) if share else grad_fn, tx)
 
 
 def task_batch_grad_fn(learner: Learner, chunk_size: int | None = None, groups: int = 1) -> Callable:

@@ -34,12 +34,18 @@ import numpy as np
 from transfer_meta.data import wheel_files
 from transfer_meta.data.interactions import DataError, Interactions
 from transfer_meta.models.base import Model
-from transfer_meta.text import item_features
+from transfer_meta.text import catalogue_tail, item_features
 from transfer_meta.text.bert import BertConfig, Layer, mean_pool, states_before
+from transfer_meta.text.catalogue_tail import TABLE, TAIL
 
 log = logging.getLogger(__name__)
 
-TAIL = "text_tail"  # top-level key of the tail's parameters in the wrapped model's params
+# TAIL: top-level key of the tail's parameters in the wrapped model's params; params[TAIL] = {TABLE: [I, H]} is the
+# tail's output precomputed for the catalogue (`catalogue_tail`: once per meta-step / evaluation batch).
+SHARE_GRAD, SHARE_PARAMS = "share_grad", "share_params"  # model.aux hooks the trainer and evaluation call
+# Optional example fields: the rows' own last-layer inputs f32 [..., L, H] / bool [..., L], read instead of the
+# cached states of x["item"] (`zero_shot.tail_catalogue`: brand-new items at serving time).
+STATES, STATES_MASK = "text_states", "text_states_mask"
 
 
 class TailTable(NamedTuple):
@@ -159,19 +165,34 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
     table: `item_tail_table`'s states and pretrained layer.
     column: where the text feature starts in `item_dense` (`text_column`).
   Returns:
-    A `Model` with params {**model's, TAIL: the layer's params}; same name, adapt and head regexes.
+    A `Model` with params {**model's, TAIL: the layer's params}; same name, adapt and head regexes. Its `aux`
+    adds SHARE_GRAD / SHARE_PARAMS (`catalogue_tail.share_grad` / `share_params` bound to the table): the
+    trainer and evaluation call them to run the tail once per meta-step / evaluation batch for the whole
+    catalogue when the learner does not adapt it; `apply` then reads rows of params[TAIL][TABLE].
   """
   H = table.config.hidden
+  groups = catalogue_tail.length_groups(table.mask)
+  tail_fn = lambda p, s, m: _tail_remat(p, table.config, s, m)  # noqa: E731
+
+  def catalogue(tail):
+    return catalogue_tail.catalogue_features(tail_fn, tail, table.states, table.mask, groups)
 
   def swap(tail, x: Mapping | None):
     if x is None or "item_dense" not in x:
       return x
     if x["item_dense"].shape[-1] < column + H:
       raise ValueError(f"text tail: item_dense has width {x['item_dense'].shape[-1]}, need {column + H}")
-    feat = _tail_remat(tail, table.config, *gather(table, x["item"]))
+    if STATES in x:  # each row brings its own layer inputs (zero-shot serving of items outside the catalogue)
+      if TABLE in tail:
+        raise ValueError("text tail: rows with their own text states need the layer's params, not the catalogue table")
+      feat = _tail_remat(tail, table.config, x[STATES], x[STATES_MASK])
+    elif TABLE in tail:  # precomputed for the catalogue: a row lookup (an id outside it reads NaN, never a neighbour)
+      feat = jnp.take(tail[TABLE], x["item"], axis=0, mode="fill", fill_value=jnp.nan)
+    else:
+      feat = _tail_remat(tail, table.config, *gather(table, x["item"]))
     dense = x["item_dense"]
     new = jnp.concatenate([dense[..., :column], feat.astype(dense.dtype), dense[..., column + H :]], axis=-1)
-    return {**x, "item_dense": new}
+    return {**{k: v for k, v in x.items() if k not in (STATES, STATES_MASK)}, "item_dense": new}
 
   def init(key, x, context=None):
     tail = jax.tree.map(jnp.asarray, table.params)
@@ -185,7 +206,23 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
     inner = {k: v for k, v in params.items() if k != TAIL}
     return model.apply(inner, swap(tail, x), swap(tail, context))
 
-  return model._replace(init=init, apply=apply)
+  aux = _Hooks(model.aux or {})
+  aux[SHARE_GRAD] = lambda learner, grad_fn: catalogue_tail.share_grad(learner, catalogue, grad_fn)
+  aux[SHARE_PARAMS] = lambda learner, *a: catalogue_tail.share_params(learner, catalogue, *a)
+  return model._replace(init=init, apply=apply, aux=aux)
+
+
+class _Hooks(dict):
+  """`model.aux` compared and hashed by identity, as its functions are: a learner over the model stays a valid
+  static argument of `jax.jit` (serving's `_jitted`), which a plain dict is not."""
+
+  __hash__ = object.__hash__
+
+  def __eq__(self, other):
+    return self is other
+
+  def __ne__(self, other):
+    return self is not other
 
 
 def with_dataset_tail(model: Model, data: Interactions | None, template: str, cache_dir=None) -> Model:

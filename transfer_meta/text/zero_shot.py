@@ -8,6 +8,10 @@ Anything not given is unknown (categorical id 0, empty multi-hot set, empty text
 same MiniLM embedding of the same `template` the model was trained with, so a model trained with text
 features scores an item that has no ratings, no id and nothing but a title. The item id is 0 (models that
 embed item ids see row 0's id vector: serve new items with models built with `use_ids=False`, the default).
+
+A run that fine-tuned MiniLM's last layer (`text_finetune_last_layer`) scores a new item through its trained
+layer: `tail_catalogue` gives every catalogue row and every new item its own layer inputs (the frozen first
+layers' token states), which the model's tail reads instead of the cached states of the row's item id.
 """
 
 from __future__ import annotations
@@ -101,4 +105,37 @@ def new_item_rows(
     "item_cat": table.cat_matrix(),
     "item_multi": table.multi_matrix(),
     "item_dense": np.concatenate(columns, axis=1).astype(np.float32),
+  }
+
+
+def tail_catalogue(
+  data: Interactions,
+  new_items: Sequence[Mapping],
+  template: str,
+  cache_dir=None,
+  encoder: minilm.TextEncoder | None = None,
+) -> dict:
+  """Per-row last-layer inputs of the catalogue followed by the new items, for a `text_finetune_last_layer` run.
+
+  Args:
+    data: the training dataset (its cached layer inputs, `last_layer.item_tail_table`, are reused).
+    new_items: one dict of field values per new item (module docstring), as given to `new_item_rows`.
+    template: the text template the run was trained with.
+    cache_dir: the run's text cache directory (`config.dataset.cache_dir`; None: the default).
+    encoder: the MiniLM encoder (loaded once per process when None).
+  Returns:
+    {last_layer.STATES: f32 [I + n, L, H], last_layer.STATES_MASK: bool [I + n, L]}: rows in catalogue order, then
+    the new items; L the longer of the two paddings (padding never changes the layer's pooled output).
+  """
+  from transfer_meta.text import last_layer
+
+  encoder = encoder or _encoder(cache_dir)
+  cached = last_layer.item_tail_table(data, template, cache_dir, encoder)
+  texts = item_features.render_table(new_item_table(data, new_items), template, f"{data.name} (new items)")
+  states, mask = last_layer.layer_inputs(encoder, texts, batch_size=min(64, len(texts)))
+  L = max(states.shape[1], cached.states.shape[1])
+  pad = lambda a, n: np.pad(a, [(0, 0), (0, n - a.shape[1])] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
+  return {
+    last_layer.STATES: np.concatenate([pad(cached.states, L), pad(states, L)]),
+    last_layer.STATES_MASK: np.concatenate([pad(cached.mask, L), pad(mask.astype(bool), L)]),
   }
