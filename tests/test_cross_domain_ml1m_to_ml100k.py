@@ -119,12 +119,14 @@ def test_text_pairs_main_writes_the_paired_table_and_the_verdicts(tmp_path):
   on = _run("a+t", {"strategy_name": "", "dataset.text_features": True}, [0.79, 0.91], [1.0, 1.1])
   for run in (off, on):
     run["results"] |= {"dataset": "toy", "protocol": "p", "protocol_version": "1", "seeds": [0, 1]}
+    run["results"]["baselines"]["popularity"] = {"cold_target": {"auc": {"per_seed": [0.6, 0.7]}}}  # a ranker: no MAE
   path = tmp_path / "ablate_toy_methods.json"
   path.write_text(json.dumps({"config": "toy", "sweep": "methods", "runs": [off, on]}))
   assert text_pairs.main([f"--ablate={path}", f"--out={tmp_path}", "--metrics=mae"]) == 0
   md = (tmp_path / "text_ablate_toy_methods.md").read_text()
   assert "| cold_target | melu | 0.850 ± 0.050 | 0.850 ± 0.060 | 0.000 ± 0.010 |" in md  # Δ: population std
   assert "| a | melu | cold_target | +0.0000 ± 0.0100 (+0.0) | no difference |" in md  # SE: sd(ddof=1)/sqrt(2)
+  assert "| cold_target | popularity | - | - | - |" in md  # its MAE cells empty, not an error
   (effect,) = json.loads((tmp_path / "text_ablate_toy_methods.json").read_text())["effects"]
   assert effect["verdict"] == "no difference" and effect["improvement"]["mae"]["se"] == pytest.approx(0.01)
 
