@@ -89,7 +89,7 @@ def paired_rows(
   Args:
     off, on: {method: {scenario: {metric: [per seed]}}} without and with text (same seeds).
     scenarios, metrics: what to tabulate.
-    baselines: reference methods: one cell per metric (they read no features).
+    baselines: reference methods: one cell per metric they report (they read no features).
   Returns:
     Rows in scenario, then method order.
   """
@@ -102,6 +102,8 @@ def paired_rows(
         continue
       cells = {}
       for m in metrics:
+        if method in baselines and m not in a:
+          continue  # a ranking baseline ('popularity') reports no MAE/RMSE: its cell is left empty
         cells[m] = report.stat(a[m])
         if method in baselines:
           continue

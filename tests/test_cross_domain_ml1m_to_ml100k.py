@@ -4,6 +4,7 @@ splits is tested in tests/test_cross_domain_methods.py; the config's smoke varia
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -87,6 +88,47 @@ def test_text_pairs_pair_runs_by_their_other_overrides_and_difference_per_seed()
   moved = _run("a+t", {"strategy_name": "", "dataset.text_features": True}, [0.78, 0.95], [1.0, 1.2])
   with pytest.raises(ValueError, match="baseline 'item_mean' differs with text"):
     text_pairs.pair_tables(text_pairs.text_pairs([a, moved]), ["cold_target"], ["mae"])
+
+
+def test_text_effects_pair_by_seed_with_the_standard_error_of_the_differences():
+  """MAE improvements without - with per seed: [0.02, 0.03, 0.01] -> mean 0.02, SE = sd(ddof=1)/sqrt(3) = 0.01/sqrt(3)
+  (z = 2*sqrt(3) > 2: helps); nDCG (higher is better) with - without; a method worse with text on every seed hurts."""
+  off = _run("a", {"strategy_name": ""}, [0.80, 0.90, 0.85], [1.0, 1.1, 1.0])
+  on = _run("a+t", {"strategy_name": "", "dataset.text_features": True}, [0.78, 0.87, 0.84], [1.0, 1.1, 1.0])
+  for run, ndcg in ((off, [0.60, 0.70, 0.65]), (on, [0.58, 0.70, 0.66])):
+    run["results"]["metrics"]["cold_target"]["ndcg@5"] = {"per_seed": ndcg}
+    run["results"]["seeds"] = [0, 1, 2]
+  (row,) = text_pairs.text_effects(text_pairs.text_pairs([off, on]), ["cold_target"], ["mae", "ndcg@5"])
+  assert (row["label"], row["method"], row["verdict"]) == ("a", "melu", "helps")  # the baseline is not a row
+  mae, ndcg = row["improvement"]["mae"], row["improvement"]["ndcg@5"]
+  np.testing.assert_allclose([mae["mean"], mae["se"], mae["z"]], [0.02, 0.01 / np.sqrt(3), 2 * np.sqrt(3)], rtol=1e-9)
+  d = np.array([-0.02, 0.0, 0.01])  # with - without
+  np.testing.assert_allclose([ndcg["mean"], ndcg["se"]], [d.mean(), d.std(ddof=1) / np.sqrt(3)], rtol=1e-9)
+  worse = _run("a+t", {"strategy_name": "", "dataset.text_features": True}, [0.81, 0.92, 0.86], [1.0, 1.1, 1.0])
+  worse["results"]["seeds"] = [0, 1, 2]
+  (row,) = text_pairs.text_effects(text_pairs.text_pairs([off, worse]), ["cold_target"], ["mae"])
+  assert row["verdict"] == "hurts" and row["improvement"]["mae"]["mean"] < 0
+  assert "| a | melu | cold_target | -0.0133 ± 0.0033 (-4.0) | hurts |" in text_pairs.effects_markdown([row], ["mae"])
+  worse["results"]["seeds"] = [3, 4, 5]
+  with pytest.raises(ValueError, match="has seeds \\[3, 4, 5\\], its partner without text \\[0, 1, 2\\]"):
+    text_pairs.text_pairs([off, worse])
+
+
+def test_text_pairs_main_writes_the_paired_table_and_the_verdicts(tmp_path):
+  off = _run("a", {"strategy_name": ""}, [0.80, 0.90], [1.0, 1.1])
+  on = _run("a+t", {"strategy_name": "", "dataset.text_features": True}, [0.79, 0.91], [1.0, 1.1])
+  for run in (off, on):
+    run["results"] |= {"dataset": "toy", "protocol": "p", "protocol_version": "1", "seeds": [0, 1]}
+    run["results"]["baselines"]["popularity"] = {"cold_target": {"auc": {"per_seed": [0.6, 0.7]}}}  # a ranker: no MAE
+  path = tmp_path / "ablate_toy_methods.json"
+  path.write_text(json.dumps({"config": "toy", "sweep": "methods", "runs": [off, on]}))
+  assert text_pairs.main([f"--ablate={path}", f"--out={tmp_path}", "--metrics=mae"]) == 0
+  md = (tmp_path / "text_ablate_toy_methods.md").read_text()
+  assert "| cold_target | melu | 0.850 ± 0.050 | 0.850 ± 0.060 | 0.000 ± 0.010 |" in md  # Δ: population std
+  assert "| a | melu | cold_target | +0.0000 ± 0.0100 (+0.0) | no difference |" in md  # SE: sd(ddof=1)/sqrt(2)
+  assert "| cold_target | popularity | - | - | - |" in md  # its MAE cells empty, not an error
+  (effect,) = json.loads((tmp_path / "text_ablate_toy_methods.json").read_text())["effects"]
+  assert effect["verdict"] == "no difference" and effect["improvement"]["mae"]["se"] == pytest.approx(0.01)
 
 
 @pytest.fixture(scope="module")
