@@ -136,9 +136,19 @@ def table_rows(protocol: str = "rating") -> list[tuple[str, dict]]:
     ("nlba+item_bias", amortised_row("nlba", setting, item_bias=True)),
     ("mamo", {"learner_name": "mamo", "learner": dict(INNER, first_order=True, loss=SETTING[setting]["loss"])}),
     ("tanp", tanp_row(setting)),
-    ("metaemb", {"strategy_name": "metaemb", "strategy": {"loss": SETTING[setting]["loss"]}}),
-    ("mwuf", {"strategy_name": "mwuf", "strategy": {"loss": SETTING[setting]["loss"]}}),
+    ("metaemb", warm_start_row("metaemb", setting)),
+    ("mwuf", warm_start_row("mwuf", setting)),
   ]
+
+
+def warm_start_row(strategy: str, setting: str) -> dict:
+  """Overrides: strategy `strategy` (metaemb / mwuf, factory defaults) under `setting`. Its MF's global bias
+  defaults to 3.5, a mean rating: the click setting sets it to the setting's 0.0 (a logit). The rating setting
+  leaves the default, which is its 3.5 (so the finished rating runs' configs stay as they were run);
+  tests/test_peers.py checks the resolved value of every row against `SETTING`."""
+  s = SETTING[setting]
+  kwargs = {"loss": s["loss"]} | ({"global_bias": s["global_bias"]} if setting == "click" else {})
+  return {"strategy_name": strategy, "strategy": kwargs}
 
 
 def tanp_row(setting: str) -> dict:

@@ -3,6 +3,7 @@ throughput column, the peer's reference rows and the 'beats the baseline' notes.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -10,6 +11,9 @@ import pytest
 from experiments import runner
 from experiments import strategies as table
 from transfer_meta import report
+from transfer_meta.learners import LEARNERS
+from transfer_meta.models import MODELS
+from transfer_meta.strategies import STRATEGIES
 
 NAMES = ["maml_family", "lwa", "nlba", "lwa+item_bias", "nlba+item_bias", "mamo", "tanp", "metaemb", "mwuf"]
 AMORTISED = {"lwa", "nlba", "lwa+item_bias", "nlba+item_bias"}
@@ -133,3 +137,73 @@ def test_ml1m_table_is_the_ml100k_table_on_ml1m():
   assert table.reference_rows(module, "rating") == [] and module.VERDICT_METRICS["click"][0] == "auc"
   with pytest.raises(ValueError, match="unknown config arg"):
     module.get_config("clicks")
+
+
+# Per setting, what every trained row of the peers' tables must resolve to: the loss, the initial output bias (a
+# mean rating, or a logit of 0 on clicks), LWA/NLBA's class threshold and the target range a model's
+# (y - rating_center) / rating_scale maps onto [-1, 1].
+EXPECTED = {
+  "rating": dict(loss="mse", global_bias=3.5, positive_threshold=4.0, target_range=(1.0, 5.0)),
+  "click": dict(loss="bce", global_bias=0.0, positive_threshold=0.5, target_range=(0.0, 1.0)),
+}
+
+
+def resolved(factory, given: dict) -> dict:
+  """The keywords `factory` runs with: its signature's defaults, overridden by `given`."""
+  defaults = {k: p.default for k, p in inspect.signature(factory).parameters.items() if p.default is not p.empty}
+  return defaults | dict(given)
+
+
+def setting_mismatches(what: str, kwargs: dict, setting: str) -> list[str]:
+  """The keywords of `kwargs` (a factory's resolved keywords) that contradict `EXPECTED[setting]`."""
+  want, bad = EXPECTED[setting], []
+  for key in ("loss", "global_bias", "positive_threshold"):
+    if key in kwargs and kwargs[key] != want[key]:
+      bad.append(f"{what}: {key}={kwargs[key]!r}, want {want[key]!r}")
+  if "rating_center" in kwargs:
+    lo, hi = want["target_range"]
+    scaled = [(y - kwargs["rating_center"]) / kwargs["rating_scale"] for y in (lo, hi)]
+    if scaled != [-1.0, 1.0]:
+      bad.append(f"{what}: targets {lo}..{hi} enter as {scaled}, want [-1, 1]")
+  return bad
+
+
+def row_mismatches(cell) -> list[str]:
+  """Every factory a row of the table trains (its strategy, or its model, learner and comparisons), resolved."""
+  setting = cell.protocol.setting
+  if cell.strategy_name:  # the run's learner (`none`) is dropped from the table: only the strategy is a row
+    return setting_mismatches(f"strategy {cell.strategy_name}", resolved(STRATEGIES[cell.strategy_name],
+                              cell.strategy.to_dict()), setting)  # fmt: skip
+  bad = setting_mismatches(f"model {cell.model_name}", resolved(MODELS[cell.model_name], cell.model), setting)
+  learners = {cell.learner_name: cell.learner, **{n: cell.compare_kwargs.get(n, {}) for n in cell.compare_learners}}
+  for name, kwargs in learners.items():
+    bad += setting_mismatches(f"learner {name}", resolved(LEARNERS[name], dict(kwargs)), setting)
+  return bad
+
+
+@pytest.mark.parametrize("config", ["peers_ml100k", "peers_ml1m"])
+def test_every_row_resolves_to_its_settings_loss_bias_threshold_and_scale(config):
+  """Fails on the click rows that start MetaEmb's / MWUF's MF at the rating default global_bias=3.5 (a logit of
+  3.5: every click predicted at p = 0.97) or that fit a click with MSE."""
+  cells = table.grid(config, ["rating", "click"], {})
+  bad = {(p, n): row_mismatches(c) for p, n, c in cells}
+  assert {k: v for k, v in bad.items() if v} == {}
+  for p, _, c in cells:
+    assert c.select_metric == ("valid/ndcg_bin@5" if p == "rating" else "valid/auc")
+  strategies = {(p, c.strategy_name): resolved(STRATEGIES[c.strategy_name], c.strategy) for p, _, c in cells if
+                c.strategy_name}  # fmt: skip
+  assert {k: (v["global_bias"], v["loss"]) for k, v in strategies.items()} == {
+    ("rating", "metaemb"): (3.5, "mse"), ("rating", "mwuf"): (3.5, "mse"),
+    ("click", "metaemb"): (0.0, "bce"), ("click", "mwuf"): (0.0, "bce"),
+  }  # fmt: skip
+
+
+def test_setting_check_names_each_mistake():
+  assert setting_mismatches("s", {"loss": "mse", "global_bias": 3.5, "other": 1}, "click") == [
+    "s: loss='mse', want 'bce'",
+    "s: global_bias=3.5, want 0.0",
+  ]
+  assert setting_mismatches("m", {"rating_center": 3.0, "rating_scale": 2.0}, "click") == [
+    "m: targets 0.0..1.0 enter as [-1.5, -1.0], want [-1, 1]"
+  ]
+  assert setting_mismatches("m", {"rating_center": 3.0, "rating_scale": 2.0, "positive_threshold": 4.0}, "rating") == []
