@@ -119,3 +119,33 @@ def test_each_recorded_field_is_compared(field, value, line):
 def test_wall_parsing():
   assert reuse_runs._wall("853.1 s") == 853.1 and reuse_runs._wall("1626.2 s (reused run)") == 1626.2
   assert reuse_runs._wall("reused run") is None
+
+
+def test_row_pairs_compares_a_row_with_every_other_method():
+  from experiments import row_pairs
+
+  def results(learner, per_seed, comparisons=None):
+    cell = lambda v: {"test": {"mae": {"per_seed": v}}}  # noqa: E731
+    return {
+      "learner": learner,
+      "metrics": cell(per_seed),
+      "comparisons": {k: cell(v) for k, v in (comparisons or {}).items()},
+      "baselines": {"item_mean": cell([1.0, 1.1, 0.9])},
+      "train": {"learners": {}},
+    }
+
+  saved = {
+    "runs": [
+      {"strategy": "first", "results": results("warmup", [0.8, 0.9, 0.7], {"none": [0.9, 1.0, 0.8]})},
+      {"strategy": "mwuf", "results": results("none", [0.0, 0.0, 0.0], {"mwuf": [0.85, 0.90, 0.95]})},
+    ]
+  }
+  got = {p["other"]: p for p in row_pairs.row_pairs(saved, ["warmup"], "mae")}
+  assert list(got) == ["none", "mwuf", "item_mean"]  # the later run's `none` is dropped; the row is 'mwuf'
+  # mae: lower is better, so the improvement is other - row: none +0.1 each seed (a win: zero spread), mwuf
+  # (+0.05, 0, +0.25) and item mean +0.2 each seed.
+  assert got["none"]["mean"] == pytest.approx(0.1) and got["none"]["wins"]
+  assert got["mwuf"]["mean"] == pytest.approx(0.1) and got["mwuf"]["se"] == pytest.approx(0.0763763, rel=1e-5)
+  assert not got["mwuf"]["wins"] and got["item_mean"]["wins"]
+  with pytest.raises(ValueError, match="rows \\['nope'\\] have no test/mae"):
+    row_pairs.row_pairs(saved, ["nope"], "mae")
