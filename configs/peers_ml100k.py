@@ -24,7 +24,8 @@ Protocol `recbole_metarec` (see `configs/recbole_metarec_ml100k.py`): 'rating' f
 Selection: every method's meta-parameters are taken at the validation step (every 10 of 150) with the best
 valid nDCG@5 (rating) or valid AUC (click); no test figure is read to choose. Hyper-parameters are fixed (those
 of `recbole_metarec_ml100k`, and the LWA/NLBA defaults), not tuned: the sweep of settings is not run here.
-MAMO, TaNP, MetaEmb and MWUF are one line each in `table_rows` (factory defaults, not tuned).
+MAMO, TaNP, MetaEmb and MWUF are one line each in `table_rows` (factory defaults, not tuned; MetaEmb / MWUF's MF
+starts at the setting's global bias, `warm_start_row`).
 Measured (5 seeds, 2 shared CPU cores at load 16-31): rating 40 min wall, click 33 min. Test nDCG@5 (tie-aware):
 NLBA 0.761, item mean 0.761, MAML-MeLU 0.722; click AUC: item mean 0.639, NLBA 0.625, MAML-MeLU 0.571 — nothing
 beats item mean + user offset (experiments/README.md, "Peers' methods").
