@@ -262,20 +262,28 @@ def trained_methods(results: Mapping) -> dict:
   return {results["learner"]: results["metrics"], **results.get("comparisons", {})}
 
 
-def select_on_valid(records: Sequence[Mapping], metric: str, mode: str) -> dict:
+def select_on_valid(records: Sequence[Mapping], metric: str, mode: str, methods: Sequence[str] | None = None) -> dict:
   """Every (setting, trained method) by its validation `metric`, and the best one; no test scenario is read.
 
   Args:
     records: the runs of a sweep (`ablate(...)["runs"]`: label and results each).
     metric: a metric inside the 'valid' set ('mae'); mode: 'min' or 'max'.
+    methods: choose among these trained methods only (e.g. one method's setting, `--select_methods`); None: all.
   Returns:
     {"metric", "mode", "rows": [{"label", "method", "mean", "per_seed"}] in sweep order, "selected": the best row}.
   """
   if mode not in ("min", "max"):
     raise ValueError(f"selection mode {mode!r}: want 'min' or 'max'")
+  if methods is not None:
+    known = sorted({m for r in records for m in trained_methods(r["results"])})
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+      raise ValueError(f"select_methods {list(methods)}: not trained in the sweep {unknown}; its methods: {known}")
   rows = []
   for r in records:
     for method, sets in trained_methods(r["results"]).items():
+      if methods is not None and method not in methods:
+        continue
       if "valid" not in sets or metric not in sets["valid"]:
         raise ValueError(f"run {r['label']!r}, method {method!r} has no valid/{metric}: cannot select on it")
       per_seed = list(sets["valid"][metric]["per_seed"])
@@ -387,15 +395,24 @@ def selection_markdown(selection: Mapping, report_: Mapping, header: str, eviden
 
 
 def write_selection(
-  spec: str, sweep: str, out: dict, reference: str, metrics: Sequence[str], out_dir: str, command: str
+  spec: str,
+  sweep: str,
+  out: dict,
+  reference: str,
+  metrics: Sequence[str],
+  out_dir: str,
+  command: str,
+  methods: Sequence[str] | None = None,
 ) -> tuple[str, str]:
-  """Selects on valid (the config's select_metric) and writes ablate_<config>_<sweep>_selection.{md,json}."""
+  """Selects on valid (the config's select_metric; among `methods` when given) and writes
+  ablate_<config>_<sweep>_selection[_<methods>].{md,json}."""
   config = runner.load_config(spec)
   set_name, _, metric = config.select_metric.partition("/")
-  selection = select_on_valid(out["runs"], metric, config.select_mode)
+  selection = select_on_valid(out["runs"], metric, config.select_mode, methods)
   rep = selection_report(selection, out["runs"], reference, metrics)
   first = out["runs"][0]["results"]
-  stem = os.path.join(out_dir, f"ablate_{runner.config_name(spec)}_{sweep}_selection")
+  suffix = "_" + "+".join(methods) if methods else ""
+  stem = os.path.join(out_dir, f"ablate_{runner.config_name(spec)}_{sweep}_selection{suffix}")
   header = "\n".join(
     [
       f"# Selection on the validation set: sweep `{sweep}` of {runner.config_name(spec)} ({first['dataset']})",
@@ -546,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--select", action="store_true", help="select on valid and write the _selection tables")
   parser.add_argument("--reference", default="item_user_offset", help="baseline the selected setting is paired with")
   parser.add_argument(
+    "--select_methods", default="", help="select among these trained methods only (comma-separated; default all)"
+  )
+  parser.add_argument(
     "--select_metrics",
     default="",
     help="test metrics of the selection table (default: the config's select_metric, then its protocol's ranking "
@@ -589,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = write(args.config, name, out, base, time.time() - start, args.out, command)
     selected = [m for m in args.select_metrics.split(",") if m] or default_metrics(select_metric, out["runs"])
     if args.select:
-      paths += write_selection(args.config, name, out, args.reference, selected, args.out, command)
+      methods = [m for m in args.select_methods.split(",") if m] or None
+      paths += write_selection(args.config, name, out, args.reference, selected, args.out, command, methods)
     if args.compare:
       refs = [r for r in args.compare.split(",") if r]
       metrics = [m for m in args.compare_metrics.split(",") if m] or selected

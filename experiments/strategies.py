@@ -17,11 +17,12 @@ Rows that are not strategies: a config may define `table_rows(protocol) -> [(row
 the first entry's run is the config's learners (as above), each later entry that sets no `strategy_name` trains the
 config's learner with its overrides (e.g. another model: `model_name='lwa', learner_name='none'`) and no
 comparisons, and that learner's row is kept under the entry's name (the peers' table, `configs/peers_ml100k.py`).
-Every row also gets its training throughput (`train tasks/s`: tasks of all seeds per second of that learner's
-training, from results.json); a config may declare `REFERENCE_ROWS` ({protocol: {scenario: {method: {metric:
-(mean, std)}}}}: published or measured figures, shown as given) and the notes say which trained rows beat the
-`item_user_offset`, `constant` and `random` baselines by more than 2 SE, paired by seed, on the selection metric
-(and its ':index' variant), or on the config's `VERDICT_METRICS[protocol]` when it declares them.
+Every row also gets its training throughput (`train tasks/s`: tasks of all seeds per second of that method's whole
+training, from results.json; a strategy's tasks are those of its task-batch stages, `throughput`); a config may
+declare `REFERENCE_ROWS` ({protocol: {scenario: {method: {metric: (mean, std)}}}}: published or measured figures,
+shown as given) and the notes say which trained rows beat the `item_user_offset`, `constant` and `random` baselines
+by more than 2 SE, paired by seed, on the selection metric (and its ':index' variant), or on the config's
+`VERDICT_METRICS[protocol]` when it declares them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from collections.abc import Sequence
 
 from experiments import ablate, bench_common, runner
 from transfer_meta import report
+from transfer_meta import results as results_lib
 from transfer_meta.data import load_dataset
 from transfer_meta.strategies import check_kwargs
 
@@ -112,28 +114,42 @@ def table_values(runs: Sequence[tuple[str, dict]]) -> dict:
   return {m: {sc: {k: v for k, v in per.items() if "/" not in k} for sc, per in ps.items()} for m, ps in values.items()}
 
 
-def throughput(runs: Sequence[tuple[str, dict]]) -> dict[str, float]:
-  """{row: training tasks/s}: every learner of the first run, then each later run's row (its strategy or learner)."""
-  out = {n: v["tasks_per_second"] for n, v in runs[0][1]["train"]["learners"].items()}
+def _speeds(results: dict) -> dict[str, float | None]:
+  """{method: training tasks/s} of one run. A strategy's figure is recounted from the stages results.json records
+  (`results.stage_tasks`: its task-batch stages' tasks over all its stages' seconds), so runs written before the
+  count was per stage (when a strategy's tasks were the config's `num_steps x batch_size`, whatever its stages
+  ran) get the same figure as new ones."""
+  out = {n: v["tasks_per_second"] for n, v in results["train"]["learners"].items()}
+  if "strategy" in results:
+    name = results["strategy"]["name"]
+    tasks = results_lib.stage_tasks(results["strategy"]["stages"], len(results["seeds"]))
+    out[name] = results_lib.tasks_per_second(tasks, results["train"]["learners"][name]["seconds"])
+  return out
+
+
+def throughput(runs: Sequence[tuple[str, dict]]) -> dict[str, float | None]:
+  """{row: training tasks/s (None: trained on no task)}: every learner of the first run, then each later run's row
+  (its strategy or learner); every figure is tasks of training per second of that method's training (`_speeds`)."""
+  out = _speeds(runs[0][1])
   first_strategy = _strategy_name(runs[0][0], runs[0][1])
   if "strategy" in runs[0][1] and first_strategy in out and first_strategy != runs[0][0]:
     out[runs[0][0]] = out.pop(first_strategy)  # the first run's strategy row, under its row label
   for name, results in runs[1:]:
-    learners = results["train"]["learners"]
+    speeds = _speeds(results)
     key = _strategy_name(name, results) if "strategy" in results else name
-    out[name] = learners[key if key in learners else results["learner"]]["tasks_per_second"]
+    out[name] = speeds[key if key in speeds else results["learner"]]
   return out
 
 
-def with_throughput(rows: Sequence[report.Row], tasks_per_second: dict[str, float]) -> list[report.Row]:
-  """Rows with a `train tasks/s` cell (a single value, no spread) where the method was trained."""
+def with_throughput(rows: Sequence[report.Row], tasks_per_second: dict[str, float | None]) -> list[report.Row]:
+  """Rows with a `train tasks/s` cell (a single value, no spread) where the method was trained on tasks."""
   nan = float("nan")
   return [
     dataclasses.replace(
       row,
       cells={**row.cells, THROUGHPUT: report.Stat(tasks_per_second[row.method], nan, (tasks_per_second[row.method],))},
     )
-    if row.method in tasks_per_second
+    if tasks_per_second.get(row.method) is not None
     else row
     for row in rows
   ]
@@ -241,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
       m for m in (metric, f"{metric}:index") if m in first["metrics"]["valid"]
     ]
     notes = [
-      "Mean ± std over seeds (population std, ddof=0); 'train tasks/s' is one figure per run (every seed's "
-      "tasks, trained together, per second of that learner's training), on the machine above.",
+      "Mean ± std over seeds (population std, ddof=0); 'train tasks/s' is one figure per method: the tasks it "
+      "trained on (a learner's meta-steps x task batch; a strategy's task-batch stages' steps x batch, its "
+      "interaction-minibatch stages counting none), every seed's together, per second of that method's whole "
+      "training (every stage; the first step's compilation and the validation passes included), on the machine "
+      "above; '-' where a method trained on no task batch.",
       *verdicts(values, list(speeds), metrics),
     ]
     for path in report.write_tables(tables, stem, header=header, notes=notes):

@@ -528,3 +528,22 @@ def test_cross_domain_summary_rows_pair_each_method_with_each_reference_by_seed(
     cds.collect([{"label": "x", "results": {}}])
   with pytest.raises(ValueError, match=r"baselines \['item_mean'\]"):
     cds.table(methods, {k: v for k, v in baselines.items() if k != "item_mean"})
+
+
+def test_select_on_valid_among_chosen_methods_only():
+  """`--select_methods`: one method's best setting on valid, even where another method's valid is better."""
+
+  def run(label, learner_mae, strategy_mae):
+    sets = lambda v: {"valid": {"mae": {"per_seed": [v, v]}}}  # noqa: E731
+    return {"label": label, "results": {"learner": "warmup", "metrics": sets(learner_mae),
+                                        "comparisons": {"metaemb": sets(strategy_mae)}}}  # fmt: skip
+
+  records = [run("alpha=0", 0.80, 0.86), run("alpha=0.5", 0.81, 0.84)]
+  assert ablate.select_on_valid(records, "mae", "min")["selected"] == {
+    "label": "alpha=0", "method": "warmup", "mean": 0.80, "per_seed": [0.80, 0.80]
+  }  # fmt: skip
+  chosen = ablate.select_on_valid(records, "mae", "min", ["metaemb"])
+  assert [(r["label"], r["method"]) for r in chosen["rows"]] == [("alpha=0", "metaemb"), ("alpha=0.5", "metaemb")]
+  assert (chosen["selected"]["label"], chosen["selected"]["mean"]) == ("alpha=0.5", 0.84)
+  with pytest.raises(ValueError, match=r"not trained in the sweep \['mwuf'\]; its methods: \['metaemb', 'warmup'\]"):
+    ablate.select_on_valid(records, "mae", "min", ["mwuf"])

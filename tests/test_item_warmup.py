@@ -115,8 +115,12 @@ def _load_config(arg):
 @pytest.mark.parametrize("arg", ["smoke", "mwuf_smoke"])
 def test_poisoned_cold_ratings_never_reach_training(arg, tmp_path):
   """Every cold and validation item's ratings set to 1e4: training losses stay on the rating scale (had one such
-  rating reached a training step, its squared error would be ~1e8), while evaluation sees them."""
+  rating reached a training step, its squared error would be ~1e8), while evaluation sees them. Also the
+  throughput count: the learner's tasks are its meta-steps', the strategy's its task stage's (not the config's
+  num_steps, which here differs from meta_steps)."""
   config = _load_config(arg)
+  with config.unlocked():
+    config.num_steps = 2  # the learner's 2 meta-steps; the strategy's meta stage runs its own meta_steps (4)
   exp = train.build_experiment(config)
   split = exp.seeds[0].split
   cold_items = np.concatenate([split.tasks[n].task_ids for n in ("valid", "cold")])
@@ -136,6 +140,11 @@ def test_poisoned_cold_ratings_never_reach_training(arg, tmp_path):
   name = config.strategy_name
   assert set(results["comparisons"][name]) == {"valid", "cold", "warm_a", "warm_b", "warm_c"}
   assert results["comparisons"][name]["warm_c"]["mae"]["mean"] > 1e3  # the poisoned test ratings are scored
+  speed = results["train"]["learners"]
+  assert speed[config.learner_name]["tasks"] == 2 * config.batch_size * config.seeds
+  assert speed[name]["tasks"] == config.strategy.meta_steps * config.batch_size * config.seeds == 4 * 8
+  for v in speed.values():
+    assert v["tasks_per_second"] == pytest.approx(v["tasks"] / v["seconds"], rel=1e-2)
 
 
 def test_round_masks():

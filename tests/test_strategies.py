@@ -77,6 +77,11 @@ def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
   assert [s["name"] for s in results["strategy"]["stages"]] == [s.name for s in strategy.stages]
   fitted = {"fit"} if strategy.fit is not None else set()
   assert set(results["train"]["stage_seconds"]) == {s.name for s in strategy.stages} | fitted
+  # Throughput: the tasks of its task-batch stages (none for interaction-only strategies) over all its seconds.
+  speed = results["train"]["learners"][name]
+  tasks = sum(s.steps * s.batch_size for s in strategy.stages if s.stream in ("tasks", "source_tasks"))  # 1 seed
+  assert speed["tasks"] == tasks and speed["seconds"] == pytest.approx(sum(results["train"]["stage_seconds"].values()))
+  assert speed["tasks_per_second"] == (round(tasks / speed["seconds"], 2) if tasks else None)
   if strategy.describe is not None:  # e.g. distill's parameter counts, fusion's fitted coefficients
     assert isinstance(results["strategy"]["describe"], dict) and results["strategy"]["describe"]
   row = results["comparisons"][name]

@@ -25,18 +25,61 @@ def run_baselines(exp: Experiment) -> dict:
   return {name: [r[name] for r in per_seed] for name in names}
 
 
-def build_results(exp: Experiment, main: dict, comparisons: dict, base: dict, trained: dict) -> dict:
+# Stage streams whose batches are tasks (support/query), as the learners' meta-steps (`stages.STREAMS`).
+TASK_STREAMS = ("tasks", "source_tasks")
+
+
+def stage_tasks(stages: list[dict], n_seeds: int) -> int:
+  """Tasks a strategy trained on, every seed together: steps x batch size of its task-batch stages.
+
+  Args:
+    stages: results.json "strategy" "stages" (`stages.stage_info`): name, stream, steps, batch_size per stage.
+    n_seeds: seeds trained together (each stage step draws `batch_size` tasks per seed).
+  Returns:
+    The count; interaction-minibatch stages (pretraining) add none, though their time counts in the seconds.
+  """
+  if n_seeds < 1 or any(s["steps"] < 0 or s["batch_size"] < 1 for s in stages):
+    raise ValueError(f"want n_seeds >= 1, steps >= 0 and batch_size >= 1 per stage, got {n_seeds}, {stages}")
+  return sum(s["steps"] * s["batch_size"] for s in stages if s["stream"] in TASK_STREAMS) * n_seeds
+
+
+def tasks_per_second(tasks: int, seconds: float) -> float | None:
+  """`tasks` / `seconds` (2 decimals); None when the method trained on no task (a '-' in the tables)."""
+  return round(tasks / max(seconds, 1e-9), 2) if tasks else None
+
+
+def throughput(config, n_seeds: int, trained: dict, strategy_stages: dict | None = None) -> dict:
+  """results.json "train" "learners": {method: {seconds, tasks, tasks_per_second}}, the same figure for every
+  method: tasks of training (a learner's num_steps x batch_size; a strategy's `stage_tasks`), every seed, per
+  second of that method's whole training (`Trained.seconds`: every stage, the first step's compilation and the
+  validation passes inside the timed loop, as for the learners).
+
+  Args:
+    config: the experiment config (num_steps, batch_size of the learners' meta-steps).
+    n_seeds: seeds trained together.
+    trained: {method: `train.Trained`}.
+    strategy_stages: {strategy name: its `stages.stage_info`} for the methods that are strategies.
+  """
+  stages = strategy_stages or {}
+  out = {}
+  for n, t in trained.items():
+    tasks = stage_tasks(stages[n], n_seeds) if n in stages else config.num_steps * config.batch_size * n_seeds
+    out[n] = {"seconds": round(t.seconds, 3), "tasks": tasks, "tasks_per_second": tasks_per_second(tasks, t.seconds)}
+  return out
+
+
+def build_results(
+  exp: Experiment, main: dict, comparisons: dict, base: dict, trained: dict, strategy_stages: dict | None = None
+) -> dict:
+  """The results.json dict (DESIGN.md); `strategy_stages` as `throughput`'s."""
   config, split = exp.config, exp.seeds[0].split
   name = config.learner_name
-  tasks = config.num_steps * config.batch_size * len(exp.seeds)
+  learners = throughput(config, len(exp.seeds), trained, strategy_stages)
   train = {
     "steps": config.num_steps,
     "seconds": round(trained[name].seconds, 3),
-    "tasks_per_second": round(tasks / max(trained[name].seconds, 1e-9), 2),
-    "learners": {
-      n: {"seconds": round(t.seconds, 3), "tasks_per_second": round(tasks / max(t.seconds, 1e-9), 2)}
-      for n, t in trained.items()
-    },
+    "tasks_per_second": learners[name]["tasks_per_second"],
+    "learners": learners,
   }
   return {
     "dataset": config.dataset_name,

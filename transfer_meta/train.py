@@ -488,7 +488,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: I
   mlog.canonicalize()
   base = results_lib.run_baselines(exp)
   comparisons = {n: evaluated[n] for n in order[1:]}
-  results = results_lib.build_results(exp, evaluated[config.learner_name], comparisons, base, trained)
+  stages_run = {config.strategy_name: strategy_run.info["stages"]} if config.strategy_name else None
+  results = results_lib.build_results(exp, evaluated[config.learner_name], comparisons, base, trained, stages_run)
   if config.strategy_name:
     results["strategy"] = strategy_run.info
     results["train"]["stage_seconds"] = strategy_run.seconds
