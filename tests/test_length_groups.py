@@ -72,8 +72,9 @@ def _run(fn, learner, tx, example, batches):
   return jax.device_get(state["meta_params"]), history
 
 
-@pytest.mark.parametrize("name", sorted(KW))
-@pytest.mark.parametrize("n_groups,chunk", [(2, None), (2, 2)])
+@pytest.mark.parametrize(
+  "name,n_groups,chunk", [("maml", 2, None), ("maml", 2, 2), ("fomaml", 2, None), ("reptile", 2, 2)]
+)
 def test_grouped_step_equals_the_ungrouped_step(setup, name, n_groups, chunk):
   model, batch, example = setup
   learner, tx = get_learner(name, model, **KW[name]), optax.adam(1e-2)
@@ -224,24 +225,28 @@ def test_compiles_once_per_group_width_signature(setup):
   chex.clear_trace_counter()
 
 
-def test_train_and_evaluate_with_length_groups_equals_without(tmp_path):
-  """End to end on the tiny smoke config: the same training curve and results with 2 length groups."""
+def test_train_and_evaluate_with_length_groups_equals_without(tmp_path, monkeypatch):
+  """End to end on the tiny smoke config: the same results with 2 length groups, which really were built."""
   from experiments.runner import config_module
 
-  runs = {}
+  calls, group_batch = [], length_groups.group_batch
+  monkeypatch.setattr(length_groups, "group_batch", lambda *a: calls.append(1) or group_batch(*a))
+  runs, built = {}, {}
   for n_groups in (0, 2):
-    c = config_module("smoke_synthetic").get_config("tiny")
+    c = config_module("smoke_synthetic")[0].get_config("tiny")
     c.unlock()
     c.seeds, c.num_steps, c.eval_every, c.checkpoint_every, c.compare_learners = 1, 4, 4, 4, ()
     c.length_groups = n_groups
     c.lock()
     runs[n_groups] = tm.train_and_evaluate(c, str(tmp_path / f"g{n_groups}"))
+    built[n_groups] = len(calls)
+  assert built[0] == 0 and built[2] >= 4  # one grouped batch per step (plus the prefetched one)
   a, b = runs[0]["metrics"], runs[2]["metrics"]
   assert set(a) == set(b) and a
   for scenario in a:
     for metric in a[scenario]:
       np.testing.assert_allclose(b[scenario][metric]["per_seed"], a[scenario][metric]["per_seed"], rtol=1e-4, atol=1e-5)
-  bad = config_module("smoke_synthetic").get_config("tiny")
+  bad = config_module("smoke_synthetic")[0].get_config("tiny")
   bad.unlock()
   bad.length_groups = 99
   with pytest.raises(ValueError, match="length_groups=99 > 8"):
