@@ -6,7 +6,9 @@
 
 Model: MeLU at the peer's size (embedding 16, decision MLP 64-64), learner `melu` (decision layers and output
 adapted, inner lr 0.05). Variants: fo1 = first order, 1 inner step; so1 / so5 = second order, 1 / 5 steps.
-A case is variant:batch[:chunk]; each runs in its own process (so peak RSS is the case's own):
+A case is variant:batch[:chunk][:gG]; each runs in its own process (so peak RSS is the case's own). A trailing
+`gG` (e.g. fo1:256:g2, fo1:1024:32:g4) runs the length-grouped step (`transfer_meta.length_groups`: the batch's
+tasks sorted by support length into G fixed-size groups, each padded to its own multiple of 16):
 
   step      the trainer's own jitted step (`train.meta_step_fn` + `train.jit_meta_step`, one seed, a 1-device
             'tasks' mesh), batches already on the device: median over `--reps` repetitions of `--steps` steps,
@@ -153,9 +155,10 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
   """Measures one variant:batch case; returns its figures (and appends the CSV row)."""
   import jax
 
-  from transfer_meta import sharding, train
+  from transfer_meta import length_groups, sharding, train
 
   variant, batch_size, *rest = case.split(":")
+  n_groups = int(rest.pop()[1:]) if rest and rest[-1].startswith("g") else 0
   batch_size, chunk = int(batch_size), int(rest[0]) if rest else args.chunk
   if variant not in VARIANTS:
     raise SystemExit(f"unknown variant {variant!r}; valid: {sorted(VARIANTS)}")
@@ -165,20 +168,31 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
   rng = np.random.default_rng(0)
   n_batches = 4
 
+  sizes = length_groups.group_sizes(batch_size, n_groups, chunk or 1) if n_groups else None
+
+  def grouped(b):  # a seed-stacked [1, T, ...] batch -> its length groups
+    return length_groups.stack_seed_groups([length_groups.group_batch(train.unstack(b, 0), sizes)])
+
   def host_batch():
     idx = rng.choice(len(task_data), batch_size, replace=batch_size > len(task_data))
-    return train.stack_seed_batches([task_data.batch(idx)])
+    b = train.stack_seed_batches([task_data.batch(idx)])
+    return grouped(b) if n_groups else b
 
   t0 = time.perf_counter()
   host = [host_batch() for _ in range(n_batches)]
   build_s = (time.perf_counter() - t0) / n_batches
   placed = [sharding.shard_batch(b, mesh, 1) for b in host]
   jax.block_until_ready(placed)
-  width = {b["support"]["mask"].shape[2] for b in host}
-  host = [b for b in host if b["support"]["mask"].shape[2] == max(width)]  # one shape: one compile
+  parts = lambda b: b["groups"] if n_groups else (b,)  # the batch's (group) pieces, [1, T_g, ...] each
+  widths = lambda b: tuple(g["support"]["mask"].shape[2] for g in parts(b))
+  width = {widths(b)[-1] for b in host}
+  host = [b for b in host if widths(b)[-1] == max(width)]  # ungrouped: one shape, one compile
   placed = [sharding.shard_batch(b, mesh, 1) for b in host]
+  signatures = sorted({widths(b) for b in host})  # grouped: one compile per tuple of group widths
 
-  if chunk:
+  if n_groups:
+    fn, step_source = length_groups.meta_step_fn(learner, tx, chunk or None), f"length_groups.meta_step_fn G={n_groups}"
+  elif chunk:
     fn, step_source = chunked_meta_step_fn(learner, tx, chunk)
   else:
     fn, step_source = train.meta_step_fn(learner, tx), "train.meta_step_fn"
@@ -231,7 +245,7 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
   one_task = {"support": example["support"], "query": example["query"]}
   one_params = jax.tree.map(lambda x: x[0], init(keys)["meta_params"])
   line = bench_flops.TaskFlops.fit(learner.task_grad, one_params, one_task, keys[0])
-  useful, executed = np.mean([line.batch(b) for b in host], axis=0)
+  useful, executed = np.mean([np.sum([line.batch(g) for g in parts(b)], axis=0) for b in host], axis=0)
   peak = float(np.median(peaks))
   figures = {
     "tasks_per_s": batch_size / step_s,
@@ -242,6 +256,9 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     "load_split_s": load_s,
     "first_batch_build_s": build_s,
     "support_width": max(width),
+    "length_groups": n_groups,
+    "group_width_signatures": len(signatures),
+    "mean_group_widths": np.mean([widths(b) for b in host], axis=0).round(1).tolist(),
     "steps_per_rep": steps,
     "cpu_share": cpu_share,
     "peak_gflop_s": peak / 1e9,
@@ -251,7 +268,7 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     "executed_frac_of_peak": executed / step_s / peak,
     "useful_frac_of_executed": useful / executed,
   }
-  if batch_size <= args.loop_max:
+  if batch_size <= args.loop_max and not n_groups:
     params = jax.tree.map(lambda x: x[0], init(keys)["meta_params"])
     loop_s = loop_baseline(
       learner, tx, jax.tree.map(lambda x: x[0], host[0]), params, tx.init(params), max(1, args.reps // 2)
@@ -265,6 +282,7 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     "inner_steps": inner_steps,
     "batch": batch_size,
     "chunk": chunk or None,
+    "length_groups": n_groups,
     "dtype": args.dtype,
     "emb_dim": args.emb_dim,
     "hidden": args.hidden,
@@ -276,13 +294,16 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     f"{case:>10}  {figures['tasks_per_s']:9.0f} tasks/s  {figures['ms_per_step']:8.2f} ms/step  "
     f"e2e {figures['e2e_tasks_per_s']:8.0f} tasks/s  host {figures['host_ms_per_batch']:7.2f} ms/batch  "
     f"loop {figures.get('loop_tasks_per_s', float('nan')):6.0f} tasks/s  compile {compile_s:5.1f} s  "
-    f"peak RSS {figures['peak_rss_mib']:.0f} MiB  cpu share {cpu_share:.2f}  load {bench_common.load_avg()}  "
+    f"groups {n_groups} widths {figures['mean_group_widths']}  peak RSS {figures['peak_rss_mib']:.0f} MiB  "
+    f"cpu share {cpu_share:.2f}  load {bench_common.load_avg()}  "
     f"useful {figures['useful_gflop_s']:.1f} GFLOP/s = {figures['useful_frac_of_peak']:.0%} of the measured "
     f"{figures['peak_gflop_s']:.0f} GFLOP/s matmul peak (executed {figures['executed_frac_of_peak']:.0%})",
     flush=True,
   )
   if not args.no_csv:
-    name = f"{variant}:{batch_size}" + (f" chunk={chunk}" if chunk else "")
+    name = (
+      f"{variant}:{batch_size}" + (f" chunk={chunk}" if chunk else "") + (f" groups={n_groups}" if n_groups else "")
+    )
     name += f" {args.dtype}" if args.dtype != "float32" else ""
     bench_common.append_row("throughput", name, figures["tasks_per_s"], "tasks/s", figures, params)
   return figures
