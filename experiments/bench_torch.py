@@ -355,9 +355,9 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
       "best_torch": best,
       "best_torch_grouped": best_g,
       "grad_max_abs_diff": group_diff[g],
-      "mean_group_widths": np.mean(
-        [[p["support"]["mask"].shape[1] for p in parts] for parts in grouped[g]], axis=0
-      ).tolist(),
+      "mean_group_widths": np.mean([[p["support"]["mask"].shape[1] for p in parts] for parts in grouped[g]], axis=0)
+      .round(1)
+      .tolist(),
       "task_slots": slots,
       "steps_per_rep": steps,
       "load_avg_1m_start": load0,
