@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--loop_max", type=int, default=64, help="largest batch timed with the loop-over-tasks baseline")
   p.add_argument("--emb_dim", type=int, default=16)
   p.add_argument("--hidden", default="64,64")
+  p.add_argument("--devices", type=int, default=1, help="host devices on the 'tasks' mesh axis (fake CPU devices)")
+  p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the case processes (e.g. thread settings)")
   p.add_argument("--no_csv", action="store_true", help="print only, append nothing to bench.csv")
   return p.parse_args(argv)
 
@@ -105,11 +107,11 @@ def setup(args: argparse.Namespace, first_order: bool, inner_steps: int):
   return task_data, learner, optax.adam(1e-3), example, seconds
 
 
-def chunked_meta_step_fn(learner, tx, chunk_size: int):
+def chunked_meta_step_fn(learner, tx, chunk_size: int, groups: int = 1):
   """The trainer's own meta-step with the task mean computed chunk by chunk (`train.meta_step_fn(chunk_size=)`)."""
   from transfer_meta import train
 
-  return train.meta_step_fn(learner, tx, chunk_size=chunk_size), "train.meta_step_fn(chunk_size)"
+  return train.meta_step_fn(learner, tx, chunk_size=chunk_size, groups=groups), "train.meta_step_fn(chunk_size)"
 
 
 def loop_baseline(learner, tx, host_batch: dict, meta_params, opt_state, reps: int) -> float:
@@ -153,6 +155,10 @@ def loop_baseline(learner, tx, host_batch: dict, meta_params, opt_state, reps: i
 
 def run_case(args: argparse.Namespace, case: str) -> dict:
   """Measures one variant:batch case; returns its figures (and appends the CSV row)."""
+  import os
+
+  flags = [args.xla_flags] + ([f"--xla_force_host_platform_device_count={args.devices}"] if args.devices > 1 else [])
+  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()  # before jax's backend
   import jax
 
   from transfer_meta import length_groups, sharding, train
@@ -164,11 +170,14 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     raise SystemExit(f"unknown variant {variant!r}; valid: {sorted(VARIANTS)}")
   first_order, inner_steps = VARIANTS[variant]
   task_data, learner, tx, example, load_s = setup(args, first_order, inner_steps)
-  mesh = sharding.make_mesh(jax.devices()[:1])
+  mesh = sharding.make_mesh(jax.devices()[: args.devices])
+  if len(mesh.devices.ravel()) != args.devices or batch_size % args.devices or (chunk and chunk % args.devices):
+    raise SystemExit(f"--devices={args.devices}: need that many devices dividing the batch and chunk ({case})")
+  partial = args.devices if chunk else 1  # per-device partial sums in a chunked step (`chunking`)
   rng = np.random.default_rng(0)
   n_batches = 4
 
-  sizes = length_groups.group_sizes(batch_size, n_groups, chunk or 1) if n_groups else None
+  sizes = length_groups.group_sizes(batch_size, n_groups, chunk or args.devices) if n_groups else None
 
   def grouped(b):  # a seed-stacked [1, T, ...] batch -> its length groups
     return length_groups.stack_seed_groups([length_groups.group_batch(train.unstack(b, 0), sizes)])
@@ -191,9 +200,10 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
   signatures = sorted({widths(b) for b in host})  # grouped: one compile per tuple of group widths
 
   if n_groups:
-    fn, step_source = length_groups.meta_step_fn(learner, tx, chunk or None), f"length_groups.meta_step_fn G={n_groups}"
+    fn = length_groups.meta_step_fn(learner, tx, chunk or None, partial)
+    step_source = f"length_groups.meta_step_fn G={n_groups}"
   elif chunk:
-    fn, step_source = chunked_meta_step_fn(learner, tx, chunk)
+    fn, step_source = chunked_meta_step_fn(learner, tx, chunk, partial)
   else:
     fn, step_source = train.meta_step_fn(learner, tx), "train.meta_step_fn"
   step = train.jit_meta_step(fn, mesh)
@@ -283,6 +293,8 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     "batch": batch_size,
     "chunk": chunk or None,
     "length_groups": n_groups,
+    "devices": args.devices,
+    "xla_flags": args.xla_flags,
     "dtype": args.dtype,
     "emb_dim": args.emb_dim,
     "hidden": args.hidden,
@@ -305,6 +317,8 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
       f"{variant}:{batch_size}" + (f" chunk={chunk}" if chunk else "") + (f" groups={n_groups}" if n_groups else "")
     )
     name += f" {args.dtype}" if args.dtype != "float32" else ""
+    name += f" devices={args.devices}" if args.devices > 1 else ""
+    name += f" xla_flags={args.xla_flags}" if args.xla_flags else ""
     bench_common.append_row("throughput", name, figures["tasks_per_s"], "tasks/s", figures, params)
   return figures
 
