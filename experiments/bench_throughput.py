@@ -179,13 +179,11 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
 
   sizes = length_groups.group_sizes(batch_size, n_groups, chunk or args.devices) if n_groups else None
 
-  def grouped(b):  # a seed-stacked [1, T, ...] batch -> its length groups
-    return length_groups.stack_seed_groups([length_groups.group_batch(train.unstack(b, 0), sizes)])
-
-  def host_batch():
+  def host_batch():  # what the trainer builds per step: the seed-stacked batch, or its length groups
     idx = rng.choice(len(task_data), batch_size, replace=batch_size > len(task_data))
-    b = train.stack_seed_batches([task_data.batch(idx)])
-    return grouped(b) if n_groups else b
+    if n_groups:
+      return length_groups.stack_seed_groups([length_groups.group_batch(task_data.batch(idx), sizes)])
+    return train.stack_seed_batches([task_data.batch(idx)])
 
   t0 = time.perf_counter()
   host = [host_batch() for _ in range(n_batches)]

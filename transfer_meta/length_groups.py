@@ -135,17 +135,26 @@ def group_batch(batch: dict, sizes: Sequence[int], width_step: int = DEFAULT_STE
   return tuple(groups)
 
 
+def _pad_to(x: np.ndarray, width: int) -> np.ndarray:
+  """[T, L, ...] -> [T, width, ...] with zeros after (False in masks); `x` itself when already that wide."""
+  if x.shape[1] == width:
+    return x
+  return np.pad(x, [(0, 0), (0, width - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+
 def stack_seed_groups(grouped: Sequence[tuple[dict, ...]]) -> dict:
   """Stacks per-seed grouped batches into {"groups": ([N, T_g, ...] per group)}: group g of every seed padded
-  to the longest width among the seeds (`step.stack_seed_batches`)."""
+  to the longest width among the seeds (as `step.stack_seed_batches`, without copying what needs no padding)."""
   n_groups = {len(g) for g in grouped}
   if len(n_groups) != 1:
     raise ValueError(f"every seed needs the same number of length groups, got {sorted(n_groups)}")
   out = []
   for g in range(n_groups.pop()):
     parts = [seed_groups[g] for seed_groups in grouped]
-    stacked = step.stack_seed_batches(parts)
-    stacked["task_index"] = np.stack([p["task_index"] for p in parts])
+    stacked = {k: np.stack([p[k] for p in parts]) for k in ("task_mask", "task_id", "task_index")}
+    for part in ("support", "query"):
+      width = max(p[part]["mask"].shape[1] for p in parts)
+      stacked[part] = {k: np.stack([_pad_to(p[part][k], width) for p in parts]) for k in parts[0][part]}
     out.append(stacked)
   return {"groups": tuple(out)}
 
