@@ -251,3 +251,22 @@ def test_train_and_evaluate_with_length_groups_equals_without(tmp_path, monkeypa
   bad.length_groups = 99
   with pytest.raises(ValueError, match="length_groups=99 > 8"):
     train.build_experiment(bad)
+
+
+def test_stack_seed_groups_pads_each_group_to_the_longest_seed(setup):
+  _, batch, _ = setup
+  short = jax.tree.map(lambda x: x.copy(), batch)
+  short["support"]["mask"] &= np.arange(S)[None, :] < 3  # every support at most 3 long: widths (4, 4)
+  sizes = length_groups.group_sizes(T, 2)
+  seeds = [length_groups.group_batch(b, sizes, W) for b in (batch, short)]
+  assert [g["support"]["mask"].shape[1] for g in seeds[1]] == [4, 4]
+  stacked = length_groups.stack_seed_groups(seeds)["groups"]
+  assert [g["support"]["mask"].shape for g in stacked] == [(2, 4, 4), (2, 4, 12)]
+  for g, (a, b) in enumerate(zip(*seeds)):
+    for k, v in stacked[g]["support"].items():
+      np.testing.assert_array_equal(v[0], a["support"][k])
+      np.testing.assert_array_equal(v[1, :, :4], b["support"][k])
+      assert not np.any(v[1, :, 4:])  # zeros (False in the mask) past the short seed's width
+    np.testing.assert_array_equal(stacked[g]["task_index"], np.stack([a["task_index"], b["task_index"]]))
+  with pytest.raises(ValueError, match="same number of length groups"):
+    length_groups.stack_seed_groups([seeds[0], seeds[1][:1]])
