@@ -35,6 +35,11 @@ KW = {
 
 @pytest.fixture(scope="module")
 def setup():
+  return make_setup()
+
+
+def make_setup():
+  """(model, batch with T slots of ragged supports and garbage in every masked value, one-task example)."""
   data = tm.load_dataset("synthetic", n_users=30, n_items=40, ratings_per_user=(5, 10), seed=0)
   feats, spec = FeatureMatrices.from_interactions(data), FeatureSpec.from_interactions(data)
   model = get_model("melu", spec, emb_dim=4, hidden=(8,))
@@ -270,3 +275,52 @@ def test_stack_seed_groups_pads_each_group_to_the_longest_seed(setup):
     np.testing.assert_array_equal(stacked[g]["task_index"], np.stack([a["task_index"], b["task_index"]]))
   with pytest.raises(ValueError, match="same number of length groups"):
     length_groups.stack_seed_groups([seeds[0], seeds[1][:1]])
+
+
+SHARDED_SCRIPT = r"""
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # before jax is imported
+import sys
+sys.path.insert(0, {root!r})
+import chex, jax, optax
+from tests.test_length_groups import KW, T, W, make_setup
+from transfer_meta import length_groups, sharding, step, train
+from transfer_meta.learners import get_learner
+
+assert len(jax.devices()) == 2
+model, batch, example = make_setup()
+learner, tx = get_learner("fomaml", model, **KW["fomaml"]), optax.adam(1e-2)
+mesh2, mesh1 = sharding.make_mesh(), sharding.make_mesh(jax.devices()[:1])
+grouped = length_groups.stack_seed_groups([length_groups.group_batch(batch, length_groups.group_sizes(T, 2, 2), W)])
+step2 = train.jit_meta_step(length_groups.meta_step_fn(learner, tx, 2, 2), mesh2)  # chunks of 2, 2 partial sums
+step1 = train.jit_meta_step(step.meta_step_fn(learner, tx), mesh1)
+keys = train.seed_keys([0])[0]
+s2 = train.make_init(learner, tx, example, mesh2)[1](keys)
+s1 = train.make_init(learner, tx, example, mesh1)[1](keys)
+for _ in range(2):
+  placed = sharding.shard_batch(grouped, mesh2, 1)
+  assert all(len(g["task_mask"].addressable_shards) == 2 for g in placed["groups"])
+  s2, m2 = step2(s2, placed, keys)
+  s1, m1 = step1(s1, sharding.shard_batch(train.stack_seed_batches([batch]), mesh1, 1), keys)
+  chex.assert_trees_all_close(m2, m1, rtol=1e-5, atol=1e-6)
+chex.assert_trees_all_close(s2["meta_params"], s1["meta_params"], rtol=1e-5, atol=1e-6)
+print("GROUPED_SHARDED_OK")
+"""
+
+
+def test_grouped_chunked_step_on_2_fake_devices_equals_the_ungrouped_step_on_one():
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  done = subprocess.run(
+    [sys.executable, "-c", SHARDED_SCRIPT.format(root=root)],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0 and "GROUPED_SHARDED_OK" in done.stdout, done.stderr[-4000:]
