@@ -6,14 +6,16 @@
 
 Model: MeLU at the peer's size (embedding 16, decision MLP 64-64), learner `melu` (decision layers and output
 adapted, inner lr 0.05). Variants: fo1 = first order, 1 inner step; so1 / so5 = second order, 1 / 5 steps.
-A case is variant:batch[:chunk]; each runs in its own process (so peak RSS is the case's own):
+A case is variant:batch[:chunk][:gG]; each runs in its own process (so peak RSS is the case's own). A trailing
+`gG` (e.g. fo1:256:g2, fo1:1024:32:g4) runs the length-grouped step (`transfer_meta.length_groups`: the batch's
+tasks sorted by support length into G fixed-size groups, each padded to its own multiple of 16):
 
   step      the trainer's own jitted step (`train.meta_step_fn` + `train.jit_meta_step`, one seed, a 1-device
             'tasks' mesh), batches already on the device: median over `--reps` repetitions of `--steps` steps,
             timed to `block_until_ready`, after a compile + warm-up call. The headline tasks/s.
   host      building one batch on the host (`TaskData.batch`: fancy indexing + feature gather,
             `stack_seed_batches`, `shard_batch`): median ms per batch.
-  e2e       host + step in the same loop, no prefetching (what `train_learner` does today).
+  e2e       host + step in the same loop, no prefetching (not for grouped cases: new group widths compile).
   loop      our own loop-over-tasks variant of the same step: a Python loop calling a jitted single-task
             `task_grad`, summing the gradients, then the optimiser update (batches <= --loop_max only).
 
@@ -59,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--loop_max", type=int, default=64, help="largest batch timed with the loop-over-tasks baseline")
   p.add_argument("--emb_dim", type=int, default=16)
   p.add_argument("--hidden", default="64,64")
+  p.add_argument("--devices", type=int, default=1, help="host devices on the 'tasks' mesh axis (fake CPU devices)")
+  p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the case processes (e.g. thread settings)")
   p.add_argument("--no_csv", action="store_true", help="print only, append nothing to bench.csv")
   return p.parse_args(argv)
 
@@ -103,11 +107,11 @@ def setup(args: argparse.Namespace, first_order: bool, inner_steps: int):
   return task_data, learner, optax.adam(1e-3), example, seconds
 
 
-def chunked_meta_step_fn(learner, tx, chunk_size: int):
+def chunked_meta_step_fn(learner, tx, chunk_size: int, groups: int = 1):
   """The trainer's own meta-step with the task mean computed chunk by chunk (`train.meta_step_fn(chunk_size=)`)."""
   from transfer_meta import train
 
-  return train.meta_step_fn(learner, tx, chunk_size=chunk_size), "train.meta_step_fn(chunk_size)"
+  return train.meta_step_fn(learner, tx, chunk_size=chunk_size, groups=groups), "train.meta_step_fn(chunk_size)"
 
 
 def loop_baseline(learner, tx, host_batch: dict, meta_params, opt_state, reps: int) -> float:
@@ -151,22 +155,34 @@ def loop_baseline(learner, tx, host_batch: dict, meta_params, opt_state, reps: i
 
 def run_case(args: argparse.Namespace, case: str) -> dict:
   """Measures one variant:batch case; returns its figures (and appends the CSV row)."""
+  import os
+
+  flags = [args.xla_flags] + ([f"--xla_force_host_platform_device_count={args.devices}"] if args.devices > 1 else [])
+  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()  # before jax's backend
   import jax
 
-  from transfer_meta import sharding, train
+  from transfer_meta import length_groups, sharding, train
 
   variant, batch_size, *rest = case.split(":")
+  n_groups = int(rest.pop()[1:]) if rest and rest[-1].startswith("g") else 0
   batch_size, chunk = int(batch_size), int(rest[0]) if rest else args.chunk
   if variant not in VARIANTS:
     raise SystemExit(f"unknown variant {variant!r}; valid: {sorted(VARIANTS)}")
   first_order, inner_steps = VARIANTS[variant]
   task_data, learner, tx, example, load_s = setup(args, first_order, inner_steps)
-  mesh = sharding.make_mesh(jax.devices()[:1])
+  mesh = sharding.make_mesh(jax.devices()[: args.devices])
+  if len(mesh.devices.ravel()) != args.devices or batch_size % args.devices or (chunk and chunk % args.devices):
+    raise SystemExit(f"--devices={args.devices}: need that many devices dividing the batch and chunk ({case})")
+  partial = args.devices if chunk else 1  # per-device partial sums in a chunked step (`chunking`)
   rng = np.random.default_rng(0)
   n_batches = 4
 
-  def host_batch():
+  sizes = length_groups.group_sizes(batch_size, n_groups, chunk or args.devices) if n_groups else None
+
+  def host_batch():  # what the trainer builds per step: the seed-stacked batch, or its length groups
     idx = rng.choice(len(task_data), batch_size, replace=batch_size > len(task_data))
+    if n_groups:
+      return length_groups.stack_seed_groups([length_groups.group_batch(task_data.batch(idx), sizes)])
     return train.stack_seed_batches([task_data.batch(idx)])
 
   t0 = time.perf_counter()
@@ -174,12 +190,18 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
   build_s = (time.perf_counter() - t0) / n_batches
   placed = [sharding.shard_batch(b, mesh, 1) for b in host]
   jax.block_until_ready(placed)
-  width = {b["support"]["mask"].shape[2] for b in host}
-  host = [b for b in host if b["support"]["mask"].shape[2] == max(width)]  # one shape: one compile
+  parts = lambda b: b["groups"] if n_groups else (b,)  # the batch's (group) pieces, [1, T_g, ...] each
+  widths = lambda b: tuple(g["support"]["mask"].shape[2] for g in parts(b))
+  width = {widths(b)[-1] for b in host}
+  host = [b for b in host if widths(b)[-1] == max(width)]  # ungrouped: one shape, one compile
   placed = [sharding.shard_batch(b, mesh, 1) for b in host]
+  signatures = sorted({widths(b) for b in host})  # grouped: one compile per tuple of group widths
 
-  if chunk:
-    fn, step_source = chunked_meta_step_fn(learner, tx, chunk)
+  if n_groups:
+    fn = length_groups.meta_step_fn(learner, tx, chunk or None, partial)
+    step_source = f"length_groups.meta_step_fn G={n_groups}"
+  elif chunk:
+    fn, step_source = chunked_meta_step_fn(learner, tx, chunk, partial)
   else:
     fn, step_source = train.meta_step_fn(learner, tx), "train.meta_step_fn"
   step = train.jit_meta_step(fn, mesh)
@@ -218,7 +240,9 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
       s, _ = step(s, b, keys)
     box["state"] = jax.block_until_ready(s)
 
-  e2e_s = float(np.median(bench_common.time_calls(e2e, max(1, args.reps // 2), warmup=0))) / steps
+  # Grouped: fresh batches bring group-width tuples not yet compiled (each compiles once per run), which a
+  # short e2e loop would time as compiles; the grouped e2e figure is left out (host_ms covers the grouping).
+  e2e_s = np.nan if n_groups else float(np.median(bench_common.time_calls(e2e, max(1, args.reps // 2), 0))) / steps
   host_s = float(
     np.median(
       bench_common.time_calls(lambda: jax.block_until_ready(sharding.shard_batch(host_batch(), mesh, 1)), 5, warmup=1)
@@ -231,7 +255,7 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
   one_task = {"support": example["support"], "query": example["query"]}
   one_params = jax.tree.map(lambda x: x[0], init(keys)["meta_params"])
   line = bench_flops.TaskFlops.fit(learner.task_grad, one_params, one_task, keys[0])
-  useful, executed = np.mean([line.batch(b) for b in host], axis=0)
+  useful, executed = np.mean([np.sum([line.batch(g) for g in parts(b)], axis=0) for b in host], axis=0)
   peak = float(np.median(peaks))
   figures = {
     "tasks_per_s": batch_size / step_s,
@@ -242,6 +266,9 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     "load_split_s": load_s,
     "first_batch_build_s": build_s,
     "support_width": max(width),
+    "length_groups": n_groups,
+    "group_width_signatures": len(signatures),
+    "mean_group_widths": np.mean([widths(b) for b in host], axis=0).round(1).tolist(),
     "steps_per_rep": steps,
     "cpu_share": cpu_share,
     "peak_gflop_s": peak / 1e9,
@@ -251,7 +278,7 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     "executed_frac_of_peak": executed / step_s / peak,
     "useful_frac_of_executed": useful / executed,
   }
-  if batch_size <= args.loop_max:
+  if batch_size <= args.loop_max and not n_groups:
     params = jax.tree.map(lambda x: x[0], init(keys)["meta_params"])
     loop_s = loop_baseline(
       learner, tx, jax.tree.map(lambda x: x[0], host[0]), params, tx.init(params), max(1, args.reps // 2)
@@ -265,6 +292,9 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     "inner_steps": inner_steps,
     "batch": batch_size,
     "chunk": chunk or None,
+    "length_groups": n_groups,
+    "devices": args.devices,
+    "xla_flags": args.xla_flags,
     "dtype": args.dtype,
     "emb_dim": args.emb_dim,
     "hidden": args.hidden,
@@ -276,14 +306,19 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     f"{case:>10}  {figures['tasks_per_s']:9.0f} tasks/s  {figures['ms_per_step']:8.2f} ms/step  "
     f"e2e {figures['e2e_tasks_per_s']:8.0f} tasks/s  host {figures['host_ms_per_batch']:7.2f} ms/batch  "
     f"loop {figures.get('loop_tasks_per_s', float('nan')):6.0f} tasks/s  compile {compile_s:5.1f} s  "
-    f"peak RSS {figures['peak_rss_mib']:.0f} MiB  cpu share {cpu_share:.2f}  load {bench_common.load_avg()}  "
+    f"groups {n_groups} widths {figures['mean_group_widths']}  peak RSS {figures['peak_rss_mib']:.0f} MiB  "
+    f"cpu share {cpu_share:.2f}  load {bench_common.load_avg()}  "
     f"useful {figures['useful_gflop_s']:.1f} GFLOP/s = {figures['useful_frac_of_peak']:.0%} of the measured "
     f"{figures['peak_gflop_s']:.0f} GFLOP/s matmul peak (executed {figures['executed_frac_of_peak']:.0%})",
     flush=True,
   )
   if not args.no_csv:
-    name = f"{variant}:{batch_size}" + (f" chunk={chunk}" if chunk else "")
+    name = (
+      f"{variant}:{batch_size}" + (f" chunk={chunk}" if chunk else "") + (f" groups={n_groups}" if n_groups else "")
+    )
     name += f" {args.dtype}" if args.dtype != "float32" else ""
+    name += f" devices={args.devices}" if args.devices > 1 else ""
+    name += f" xla_flags={args.xla_flags}" if args.xla_flags else ""
     bench_common.append_row("throughput", name, figures["tasks_per_s"], "tasks/s", figures, params)
   return figures
 

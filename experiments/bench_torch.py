@@ -18,6 +18,12 @@ steps, mean-squared error, and one Adam update per step:
           then `torch.optim.Adam`; timed with 1 thread (the issue's table) and optionally more
           (`--torch_threads=1,2`; `torch.set_num_threads`). Our step uses every core (XLA's thread pool).
 
+  grouped `--groups=2` (default; 0 for none) adds our length-grouped step (`transfer_meta.length_groups`: each
+          batch's tasks sorted by support length into G fixed-size groups, each padded to its own multiple of 16)
+          AND torch.func given the same groups (one vmap per group, sums divided once), timed in the same
+          interleaved repetitions; each G appends its own row (case 'fo1:32 groups=2'), with ratios against the
+          issue's ungrouped torch.func and against torch.func grouped alike.
+
 Before timing, the mean meta-gradient of one batch is computed by both and compared leaf by leaf: the case fails
 unless the largest absolute difference is <= --grad_tol (1e-6). The three timings are interleaved repetition by
 repetition, so machine load hits all of them alike; the load average, CPU model and cores are printed and land in
@@ -49,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--torch_threads", default="1", help="comma list of torch thread counts timed, e.g. 1,2 ('all': every core)"
   )
   p.add_argument("--chunk", default="auto", help="our chunk size: 'auto', 0 (plain vmap) or a divisor of the batch")
+  p.add_argument("--groups", default="2", help="comma list of length-group counts G also timed (0: none)")
   p.add_argument("--inner_lr", type=float, default=0.05)
   p.add_argument("--grad_tol", type=float, default=1e-6, help="largest allowed |meta-gradient difference|")
   p.add_argument("--no_csv", action="store_true", help="print only, append nothing to bench.csv")
@@ -129,16 +136,24 @@ def torch_step_fn(model, first_order: bool, inner_steps: int, inner_lr: float):
   def mean_grads(params, support, query):
     return {n: g.mean(0) for n, g in per_task(params, support, query).items()}
 
+  def grouped_mean_grads(params, groups):
+    """The mean over every task of several groups [(support, query)], each vmapped at its own width."""
+    sums = [{n: g.sum(0) for n, g in per_task(params, sup, qry).items()} for sup, qry in groups]
+    count = sum(sup["mask"].shape[0] for sup, _ in groups)
+    return {n: sum(g[n] for g in sums) / count for n in sums[0]}
+
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   named = dict(model.named_parameters())
 
-  def step(support, query):
-    grads = mean_grads({n: p.detach() for n, p in named.items()}, support, query)
+  def step(support, query=None):
+    """One Adam step on a batch (support, query), or on a grouped batch given as a list of them."""
+    params = {n: p.detach() for n, p in named.items()}
+    grads = grouped_mean_grads(params, support) if query is None else mean_grads(params, support, query)
     for n, p in named.items():
       p.grad = grads[n]
     opt.step()
 
-  return mean_grads, step
+  return mean_grads, step, grouped_mean_grads
 
 
 def to_torch(x: dict) -> dict:
@@ -162,7 +177,7 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
   import torch
   from flax import traverse_util
 
-  from transfer_meta import chunking, sharding, train
+  from transfer_meta import chunking, length_groups, sharding, train
   from transfer_meta.learners import get_learner
   from transfer_meta.models import get_model
 
@@ -205,9 +220,22 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
   with torch.no_grad():
     for n, p in tmodel.named_parameters():
       p.copy_(torch.from_numpy(np.array(weights[n])))
-  mean_grads, torch_step = torch_step_fn(tmodel, first_order, inner_steps, args.inner_lr)
+  mean_grads, torch_step, torch_grouped_grads = torch_step_fn(tmodel, first_order, inner_steps, args.inner_lr)
   real = lambda b, part: {k: v[b["task_mask"]] for k, v in b[part].items()}
   tbatches = [(to_torch(real(b, "support")), to_torch(real(b, "query"))) for b in host]
+  group_counts = [int(g) for g in args.groups.split(",") if int(g)]
+  # Length groups of the same batches: ours (every slot, padded ones masked) and torch's (real tasks only).
+  grouped = {
+    g: [length_groups.group_batch(b, length_groups.group_sizes(slots, g, chunk or 1)) for b in host]
+    for g in group_counts
+  }
+  tgrouped = {
+    g: [
+      [(to_torch(real(p, "support")), to_torch(real(p, "query"))) for p in parts if p["task_mask"].any()]
+      for parts in batches
+    ]
+    for g, batches in grouped.items()
+  }
 
   # Meta-gradients of the first batch, both sides, at the same weights.
   b0 = host[0]
@@ -222,6 +250,19 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
   scale = max(float(np.max(np.abs(jflat[n]))) for n in jflat)
   if not diff <= args.grad_tol:
     raise SystemExit(f"{case}: meta-gradients differ by {diff:.3g} > {args.grad_tol} (largest |grad| {scale:.3g})")
+  group_diff = {}
+  for g in group_counts:  # our grouped gradient and torch's grouped one, each against torch's ungrouped
+    ggrads, _ = jax.jit(length_groups.grouped_batch_grad_fn(learner, chunk))(
+      params0, {"groups": grouped[g][0]}, jax.random.fold_in(keys[0], 0)
+    )
+    gflat = jax_to_torch_names(traverse_util.flatten_dict(jax.device_get(ggrads)))
+    tg = torch_grouped_grads({n: p.detach() for n, p in tmodel.named_parameters()}, tgrouped[g][0])
+    group_diff[g] = max(
+      max(float(np.max(np.abs(gflat[n] - tgrads[n].numpy()))), float(np.max(np.abs(tg[n].numpy() - tgrads[n].numpy()))))
+      for n in gflat
+    )
+    if not group_diff[g] <= args.grad_tol:
+      raise SystemExit(f"{case} groups={g}: grouped meta-gradients differ by {group_diff[g]:.3g} > {args.grad_tol}")
 
   # Timed steps, interleaved.
   step = train.jit_meta_step(train.meta_step_fn(learner, tx, chunk), mesh)
@@ -235,17 +276,33 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
       s, _ = step(s, placed[i % len(placed)], keys)
     box["state"] = jax.block_until_ready(s)
 
-  def torch_run(threads):
+  def ours_grouped(g):
+    gstep = train.jit_meta_step(length_groups.meta_step_fn(learner, tx, chunk), mesh)
+    gplaced = [sharding.shard_batch(length_groups.stack_seed_groups([b]), mesh, 1) for b in grouped[g]]
+
+    def run():
+      s = box["state"]
+      for i in range(steps):
+        s, _ = gstep(s, gplaced[i % len(gplaced)], keys)
+      box["state"] = jax.block_until_ready(s)
+
+    return run
+
+  def torch_run(threads, batches):
     def run():
       torch.set_num_threads(threads)
       for i in range(steps):
-        torch_step(*tbatches[i % len(tbatches)])
+        b = batches[i % len(batches)]
+        torch_step(*b) if isinstance(b, tuple) else torch_step(b)
 
     return run
 
   cores = bench_common.cores()
   threads = [cores if t == "all" else int(t) for t in args.torch_threads.split(",")]
-  runners = {"ours": ours, **{f"torch_{t}": torch_run(t) for t in threads}}
+  runners = {"ours": ours, **{f"torch_{t}": torch_run(t, tbatches) for t in threads}}
+  for g in group_counts:
+    runners[f"ours_g{g}"] = ours_grouped(g)
+    runners.update({f"torchg{g}_{t}": torch_run(t, tgrouped[g]) for t in threads})
   for run in runners.values():
     run()  # compile / warm up
   load0 = bench_common.load_avg()
@@ -256,10 +313,10 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
       run()
       times[name].append(time.perf_counter() - t0)
   rate = {name: batch_size * steps / float(np.median(t)) for name, t in times.items()}
-  best = max((k for k in rate if k != "ours"), key=rate.get)
+  best = max((k for k in rate if k.startswith("torch_")), key=rate.get)
   figures = {
     "ours_tasks_per_s": rate["ours"],
-    **{f"{k}_threads_tasks_per_s": v for k, v in rate.items() if k != "ours"},
+    **{f"{k}_threads_tasks_per_s": v for k, v in rate.items() if k.startswith("torch_")},
     "ratio_vs_best_torch": rate["ours"] / rate[best],
     "best_torch": best,
     "grad_max_abs_diff": diff,
@@ -278,7 +335,7 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
     "torch": torch.__version__,
     "data": "ml-100k recbole_metarec train (466 tasks), supports padded to 100",
   }
-  torch_rates = "  ".join(f"{k.split('_')[1]} thr {v:7.0f}" for k, v in rate.items() if k != "ours")
+  torch_rates = "  ".join(f"{k.split('_')[1]} thr {v:7.0f}" for k, v in rate.items() if k.startswith("torch_"))
   print(
     f"{case:>8}  ours {rate['ours']:8.0f} tasks/s  torch.func {torch_rates} tasks/s  ratio vs best torch "
     f"{figures['ratio_vs_best_torch']:5.2f}x  chunk {chunk} of {slots} slots  |dgrad| {diff:.1e} (|grad| <= "
@@ -287,6 +344,35 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
   )
   if not args.no_csv:
     bench_common.append_row("torch", case, figures["ratio_vs_best_torch"], "x torch.func", figures, params)
+  for g in group_counts:
+    best_g = max((k for k in rate if k.startswith(f"torchg{g}_")), key=rate.get)
+    gfig = {
+      "ours_tasks_per_s": rate[f"ours_g{g}"],
+      "ours_ungrouped_tasks_per_s": rate["ours"],
+      **{f"{k}_threads_tasks_per_s": v for k, v in rate.items() if k.startswith(("torch_", f"torchg{g}_"))},
+      "ratio_vs_best_torch": rate[f"ours_g{g}"] / rate[best],
+      "ratio_vs_best_torch_grouped": rate[f"ours_g{g}"] / rate[best_g],
+      "best_torch": best,
+      "best_torch_grouped": best_g,
+      "grad_max_abs_diff": group_diff[g],
+      "mean_group_widths": np.mean([[p["support"]["mask"].shape[1] for p in parts] for parts in grouped[g]], axis=0)
+      .round(1)
+      .tolist(),
+      "task_slots": slots,
+      "steps_per_rep": steps,
+      "load_avg_1m_start": load0,
+    }
+    print(
+      f"{case + f' g{g}':>11}  ours {rate[f'ours_g{g}']:8.0f} tasks/s  vs ungrouped torch.func "
+      f"{gfig['ratio_vs_best_torch']:5.2f}x  vs torch.func grouped alike ({rate[best_g]:7.0f} tasks/s) "
+      f"{gfig['ratio_vs_best_torch_grouped']:5.2f}x  group widths {gfig['mean_group_widths']}  |dgrad| "
+      f"{group_diff[g]:.1e}",
+      flush=True,
+    )
+    if not args.no_csv:
+      bench_common.append_row(
+        "torch", f"{case} groups={g}", gfig["ratio_vs_best_torch"], "x torch.func", gfig, {**params, "groups": g}
+      )
   return figures
 
 

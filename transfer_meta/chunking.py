@@ -148,6 +148,34 @@ def mean_task_grads(
     grads, metrics = per_task(meta_params, task, keys)
     mean = lambda v: masked_task_mean(v, task_mask)
     return jax.tree.map(mean, grads), jax.tree.map(mean, metrics)
+  sums, count = task_grad_sums(task_grad, meta_params, task, keys, task_mask, chunk_size, groups)
+  return jax.tree.map(lambda s: s / count.astype(s.dtype), sums)
+
+
+def task_grad_sums(
+  task_grad: TaskGrad,
+  meta_params,
+  task: dict,
+  keys: jax.Array,
+  task_mask: jax.Array,
+  chunk_size: int | None = None,
+  groups: int = 1,
+) -> tuple:
+  """Sums over real tasks of `task_grad`'s gradients and metrics, and the real-task count (floored at 1).
+
+  The parts of `mean_task_grads`, for callers that add several task sets' sums before dividing once
+  (`transfer_meta.length_groups`). Arguments as `mean_task_grads`; `chunk_size` None or T: one vmap.
+
+  Returns:
+    ((grad sums: tree like `meta_params`, metric sums: {name: f32 []}), count: f32 [] = max(real tasks, 1)).
+  """
+  n_tasks = task_mask.shape[0]
+  check_chunk_size(chunk_size, n_tasks)
+  per_task = jax.vmap(task_grad, in_axes=(None, 0, 0))
+  count = jnp.maximum(jnp.sum(task_mask.astype(jnp.float32)), 1.0)
+  if chunk_size is None or chunk_size == n_tasks:
+    out = per_task(meta_params, task, keys)
+    return jax.tree.map(lambda v: jnp.sum(jnp.where(_expand(task_mask, v.ndim), v, 0.0), axis=0), out), count
   if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or chunk_size % groups:
     raise ValueError(f"groups={groups!r} must be a positive divisor of chunk_size={chunk_size}")
 
@@ -165,6 +193,4 @@ def mean_task_grads(
   shapes = jax.eval_shape(task_grad, meta_params, *one)
   zeros = jax.tree.map(lambda s: jnp.zeros((groups, *s.shape), s.dtype), shapes)
   sums, _ = jax.lax.scan(body, zeros, chunks)
-  count = jnp.maximum(jnp.sum(task_mask.astype(jnp.float32)), 1.0)
-  grads, metrics = jax.tree.map(lambda s: jnp.sum(s, axis=0) / count.astype(s.dtype), sums)
-  return grads, metrics
+  return jax.tree.map(lambda s: jnp.sum(s, axis=0), sums), count

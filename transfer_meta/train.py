@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from transfer_meta import baselines, chunking, evaluate, learner_state, plots, precision, ranking_eval, runlog, sharding
+from transfer_meta import length_groups as length_groups_lib
 from transfer_meta import metrics as metrics_lib
 from transfer_meta import results as results_lib
 from transfer_meta.checkpoint import Checkpointer
@@ -75,7 +76,8 @@ def default_config() -> ml_collections.ConfigDict:
   `select_mode` 'min' or 'max'. `grad_clip_norm` 0 disables clipping. `chunk_size` > 0 computes the task
   mean chunk by chunk (must divide `batch_size`), -1 chooses (`chunking.auto_chunk_size`: the plain vmap up to
   64 tasks, chunks of about 32 beyond, padded with masked tasks if no such chunk divides); `compute_dtype`
-  'bfloat16' computes the model in bf16.
+  'bfloat16' computes the model in bf16. `length_groups` G > 0 sorts each batch's tasks by support length into
+  G fixed-size groups, each padded only to its own width (multiples of `length_group_step`; `length_groups`).
   `eval_ranking` adds 'catalogue' / 'sampled' ranking of every scenario (`ranking_eval`; `ranking` holds its knobs).
   Training protocol (DESIGN.md): `resample_train` draws a fresh support/query split of every training task
   each pass; `outer_support` adds the support to the outer loss; `residual` ('global_mean', 'item_mean',
@@ -119,6 +121,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.support_cap = 0
   c.min_tasks = 20  # warn when a protocol task set has fewer tasks (0: never); the warning says how to fix it
   c.chunk_size = -1  # > 0: tasks per chunk (lax.scan over chunks; bounds memory); 0: plain vmap; -1: automatic
+  c.length_groups = 0  # 0: off; G > 0: G support-length groups per meta-step (same result, less padding)
+  c.length_group_step = 16  # the groups' width grid (multiples of this, capped at the batch width)
   c.compute_dtype = "float32"  # "bfloat16": model compute in bf16, meta-parameters stay float32
   c.buckets = DEFAULT_BUCKETS
   c.progress = True
@@ -201,9 +205,11 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
     tasks = {n: TaskData.from_split(data, split, n, sf, buckets, prior) for n in names}
     seeds.append(SeedTasks(s, split, tasks, prior))
   mesh = sharding.make_mesh()
-  chunk, _ = chunking.resolve_chunk_size(config.chunk_size, config.batch_size, mesh.devices.size)
+  chunk, slots = chunking.resolve_chunk_size(config.chunk_size, config.batch_size, mesh.devices.size)
   if chunk:
     sharding.check_batch_size(chunk, mesh, "config.chunk_size")
+  if length_groups_lib.check_length_groups(config.length_groups, config.length_group_step):
+    length_groups_lib.group_sizes(slots, config.length_groups, chunk or mesh.devices.size)  # fails early if too many
   sharding.check_batch_size(config.batch_size, mesh, "config.batch_size")
   sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
   exp = Experiment(config, data, feats, spec, model, tuple(seeds), mesh)
@@ -381,12 +387,17 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
     log.info("%s: resumed from step %d", name, start)
   mlog.rewind(name, start)
 
-  meta_step = jit_meta_step(meta_step_fn(learner, tx, chunk, mesh.devices.size if chunk else 1), mesh)
+  raw_step, build, bypassed = length_groups_lib.step_parts(
+    learner, tx, chunk, mesh.devices.size, slots, config.length_groups, config.length_group_step
+  )
+  if bypassed:
+    log.warning("%s: config.length_groups=%d not applied (ungrouped step): %s", name, config.length_groups, bypassed)
+  meta_step = jit_meta_step(raw_step, mesh)
   bar = tqdm(
     total=config.num_steps, initial=start, desc=name, unit="step", disable=not (config.progress and runlog.is_writer())
   )
   show, postfix = ("train/outer_loss", "train/grad_norm", config.select_metric), {}
-  next_batch = lambda: sharding.shard_batch(stack_seed_batches([next(it) for it in iterators]), mesh, 1)
+  next_batch = lambda: sharding.shard_batch(build([next(it) for it in iterators]), mesh, 1)
   t0 = time.time()
   batch = next_batch() if start < config.num_steps else None
   for step in range(start, config.num_steps):

@@ -1,0 +1,231 @@
+"""Length grouping inside a meta-step: each group of a batch's tasks is padded only to its own support length.
+
+    sizes = group_sizes(slots, n_groups=2, unit=chunk or devices)
+    batch = stack_seed_groups([group_batch(b, sizes) for b in per_seed_batches])   # host, numpy
+    step = jit_meta_step(meta_step_fn(learner, tx, chunk, devices), mesh)
+    state, metrics = step(state, batch, keys)
+
+A meta-gradient is a mean over tasks, so the tasks of a batch may be summed in any order. `group_batch` sorts
+a batch's T task slots by support length (stable; padded slots count as length 0), cuts the sorted slots into
+G groups of FIXED sizes (`group_sizes`: the same for every batch of a run), and trims each group's support and
+query to the smallest width on a fixed grid (multiples of `width_step`, capped at the batch's own width) that holds
+the group's longest member. Each group keeps its slots' original positions (`task_index`), so slot t keeps the
+key `split(key, T)[t]` it has in the ungrouped step. The gradient sums the groups' per-task gradient and
+metric sums (`chunking.task_grad_sums`, chunked like the ungrouped step) and divides by the real-task count
+once: the ungrouped step's result up to float summation order (tests/test_length_groups.py), computed on
+widths w_1 <= ... <= w_G instead of G times the batch width. ML-100K recbole_metarec training tasks have a
+mean support of 37.5 in a batch padded to 100, so most of the executed FLOPs were padding.
+
+Compiles: a group's support width is one of ceil(S / width_step) grid values for each batch width S, and the widths
+are non-decreasing across groups, so a run compiles at most C(K + G - 1, G) step programs per batch width
+(K grid values); in practice the last group nearly always sits at the batch width and far fewer occur.
+
+Only the plain learner contract qualifies: a learner with state (MAMO's memories) or a loss that couples
+the tasks of a batch (TaNP's clustering term) reads the whole batch's per-task outputs in their positions,
+so `meta_step_fn` refuses it (`unsupported_reason` says why); the trainer then runs the ungrouped step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from transfer_meta import chunking, step
+from transfer_meta.learners.base import Learner, has_extensions
+
+DEFAULT_STEP = 16  # width grid: multiples of 16 up to the batch's padded width
+
+
+def check_length_groups(n_groups, width_step: int = DEFAULT_STEP) -> int:
+  """Validates a `config.length_groups` setting; returns it as an int (0 = off).
+
+  Raises:
+    ValueError: unless `n_groups` is an int >= 0 and `width_step` an int >= 1.
+  """
+  if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or n_groups < 0:
+    raise ValueError(f"length_groups={n_groups!r} must be an int >= 0 (0: off; G >= 1: G length groups per batch)")
+  if isinstance(width_step, bool) or not isinstance(width_step, (int, np.integer)) or width_step < 1:
+    raise ValueError(f"length_group_step={width_step!r} must be an int >= 1 (the width grid's spacing)")
+  return int(n_groups)
+
+
+def unsupported_reason(learner: Learner) -> str | None:
+  """Why `learner` cannot be length-grouped, or None when it can."""
+  if has_extensions(learner):
+    return (
+      f"learner {learner.name!r} has state or a batch-level loss (init_state / task_outputs / batch_loss): its "
+      "outer step reads every task's outputs in their batch positions, so its tasks cannot be summed group by group"
+    )
+  return None
+
+
+def group_sizes(slots: int, n_groups: int, unit: int = 1) -> tuple[int, ...]:
+  """Fixed group sizes for `slots` task slots: `n_groups` near-equal multiples of `unit`, larger ones first.
+
+  Args:
+    slots: task slots per step (T; the chunked step's padded count).
+    n_groups: G >= 1 groups.
+    unit: every size a multiple of this: the chunk size of a chunked step (each group a whole number of
+      chunks), else the device count of the 'tasks' axis (each group splits evenly over the devices).
+  Returns:
+    G sizes summing to `slots`.
+  Raises:
+    ValueError: if `unit` does not divide `slots` or there are fewer than G units.
+  """
+  check_length_groups(n_groups)
+  if n_groups < 1 or unit < 1 or slots < 1 or slots % unit:
+    raise ValueError(f"need n_groups >= 1 and unit={unit} dividing slots={slots}, got n_groups={n_groups}")
+  units = slots // unit
+  if n_groups > units:
+    raise ValueError(
+      f"length_groups={n_groups} > {units}: {slots} task slots make at most {units} groups of {unit} "
+      f"(a chunk, or the device count); use length_groups <= {units}"
+    )
+  return tuple(int(unit * len(part)) for part in np.array_split(np.arange(units), n_groups))
+
+
+def group_width(n: int, width: int, width_step: int = DEFAULT_STEP) -> int:
+  """The padded width of a group whose longest member has `n` entries: the multiple of `width_step` >= max(n, 1),
+  capped at the batch's `width` (>= n)."""
+  if n > width:
+    raise ValueError(f"a group member of length {n} does not fit the batch width {width}")
+  return int(min(width, max(1, math.ceil(n / width_step)) * width_step))
+
+
+def _take(part: dict, index: np.ndarray, width: int) -> dict:
+  return {k: np.asarray(v)[index, :width] for k, v in part.items()}
+
+
+def group_batch(batch: dict, sizes: Sequence[int], width_step: int = DEFAULT_STEP) -> tuple[dict, ...]:
+  """One seed's task batch cut into length groups (host side, numpy).
+
+  Args:
+    batch: {"support": x[T, S], "query": x[T, Q], "task_mask": bool [T], "task_id": int32 [T]} (`TaskData.batch`).
+    sizes: the group sizes (`group_sizes`), summing to T.
+    width_step: the width grid's spacing.
+  Returns:
+    G sub-batches, group g holding the slots ranked sizes[0] + ... + sizes[g-1] onwards by support length:
+    {"support": x[T_g, S_g], "query": x[T_g, Q_g], "task_mask": [T_g], "task_id": [T_g],
+    "task_index": int32 [T_g] (the slots' positions in `batch`)}, S_g / Q_g from `group_width`.
+  """
+  mask = np.asarray(batch["task_mask"], bool)
+  n_slots = mask.shape[0]
+  if sum(sizes) != n_slots or min(sizes) < 1:
+    raise ValueError(f"group sizes {tuple(sizes)} must be positive and sum to the batch's {n_slots} task slots")
+  lengths = {part: np.where(mask, np.asarray(batch[part]["mask"]).sum(axis=1), 0) for part in ("support", "query")}
+  order = np.argsort(lengths["support"], kind="stable")
+  groups, start = [], 0
+  for size in sizes:
+    index = order[start : start + size]
+    start += size
+    group = {
+      "task_mask": mask[index],
+      "task_id": np.asarray(batch["task_id"])[index],
+      "task_index": index.astype(np.int32),
+    }
+    for part in ("support", "query"):
+      width = group_width(int(lengths[part][index].max()), batch[part]["mask"].shape[1], width_step)
+      group[part] = _take(batch[part], index, width)
+    groups.append(group)
+  return tuple(groups)
+
+
+def _pad_to(x: np.ndarray, width: int) -> np.ndarray:
+  """[T, L, ...] -> [T, width, ...] with zeros after (False in masks); `x` itself when already that wide."""
+  if x.shape[1] == width:
+    return x
+  return np.pad(x, [(0, 0), (0, width - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+
+def stack_seed_groups(grouped: Sequence[tuple[dict, ...]]) -> dict:
+  """Stacks per-seed grouped batches into {"groups": ([N, T_g, ...] per group)}: group g of every seed padded
+  to the longest width among the seeds (as `step.stack_seed_batches`, without copying what needs no padding)."""
+  n_groups = {len(g) for g in grouped}
+  if len(n_groups) != 1:
+    raise ValueError(f"every seed needs the same number of length groups, got {sorted(n_groups)}")
+  out = []
+  for g in range(n_groups.pop()):
+    parts = [seed_groups[g] for seed_groups in grouped]
+    stacked = {k: np.stack([p[k] for p in parts]) for k in ("task_mask", "task_id", "task_index")}
+    for part in ("support", "query"):
+      width = max(p[part]["mask"].shape[1] for p in parts)
+      stacked[part] = {k: np.stack([_pad_to(p[part][k], width) for p in parts]) for k in parts[0][part]}
+    out.append(stacked)
+  return {"groups": tuple(out)}
+
+
+def grouped_batch_grad_fn(learner: Learner, chunk_size: int | None = None, partial: int = 1) -> Callable:
+  """The meta-step's gradient over ONE seed's grouped batch: `(meta_params, batch, key) -> (grads, metrics)`.
+
+  batch: {"groups": (group dicts as `group_batch` returns, [T_g, ...] each)}. Slot t (its `task_index`) gets
+  key `split(key, T)[t]`, T = the total slots, as in `step.task_batch_grad_fn`. A group larger than
+  `chunk_size` is scanned in chunks of it (`chunking.task_grad_sums`, `partial` partial sums), else vmapped.
+  Returns the masked means over all real tasks, like the ungrouped step (up to float summation order).
+  """
+  reason = unsupported_reason(learner)
+  if reason is not None:
+    raise ValueError(f"length grouping refused: {reason}")
+
+  def grad_fn(meta_params, batch, key):
+    groups = batch["groups"]
+    task_keys = jax.random.split(key, sum(g["task_mask"].shape[0] for g in groups))
+    total, count = None, 0.0
+    for g in groups:
+      size = g["task_mask"].shape[0]
+      chunk = chunk_size if chunk_size and size > chunk_size and size % chunk_size == 0 else None
+      task = {"support": g["support"], "query": g["query"]}
+      sums, _ = chunking.task_grad_sums(
+        learner.task_grad, meta_params, task, task_keys[g["task_index"]], g["task_mask"], chunk, partial
+      )
+      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+      count = count + jnp.sum(g["task_mask"].astype(jnp.float32))
+    count = jnp.maximum(count, 1.0)
+    return jax.tree.map(lambda s: s / count.astype(s.dtype), total)
+
+  return grad_fn
+
+
+def meta_step_fn(
+  learner: Learner, tx: optax.GradientTransformation, chunk_size: int | None = None, partial: int = 1
+) -> Callable:
+  """The length-grouped meta-step over all seeds: `(state, batch, keys) -> (state, metrics)`, the contract of
+  `step.meta_step_fn` with batch = `stack_seed_groups(...)` (leading seed axis N on every leaf).
+
+  Raises:
+    ValueError: for a learner with state or a batch-level loss (`unsupported_reason`).
+  """
+  return step.step_fn(grouped_batch_grad_fn(learner, chunk_size, partial), tx)
+
+
+def step_parts(
+  learner: Learner,
+  tx: optax.GradientTransformation,
+  chunk_size: int | None,
+  devices: int,
+  slots: int,
+  n_groups: int,
+  width_step: int = DEFAULT_STEP,
+) -> tuple[Callable, Callable, str | None]:
+  """What the trainer needs for `config.length_groups`: (meta-step fn, batch builder, bypass reason).
+
+  Args:
+    learner, tx: the learner and the outer optimiser.
+    chunk_size: the step's chunk size (None: plain vmap); devices: devices on the 'tasks' axis.
+    slots: task slots per step; n_groups: `config.length_groups` (0: off); width_step: the width grid.
+  Returns:
+    (unjitted meta-step, build(per-seed host batches) -> the step's seed-stacked batch, None or the reason
+    grouping was bypassed for this learner, in which case the first two are the ungrouped step's).
+  """
+  n_groups = check_length_groups(n_groups, width_step)
+  partial = devices if chunk_size else 1
+  reason = unsupported_reason(learner) if n_groups else None
+  if not n_groups or reason is not None:
+    return step.meta_step_fn(learner, tx, chunk_size, partial), step.stack_seed_batches, reason
+  sizes = group_sizes(slots, n_groups, chunk_size or devices)
+  build = lambda batches: stack_seed_groups([group_batch(b, sizes, width_step) for b in batches])
+  return meta_step_fn(learner, tx, chunk_size, partial), build, None
