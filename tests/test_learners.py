@@ -31,7 +31,8 @@ INNER_KEYS = ("outer_loss", "inner_loss_before", "inner_loss_after")
 # The smoke checks compile ~50 learner x model graphs: XLA's backend optimizations would double the
 # file's runtime and change no assertion here (finiteness, exact zeros, shapes, trace counts). XLA's older
 # elemental emitters for loop fusions (instead of its MLIR fusion emitters) compile these programs faster, the
-# same maths: on the melu backbone's program 8.2 -> 5.3 CPU-s, mf 20.7 -> 16.5, transformer 23.6 -> 23.1.
+# same maths (`python -m experiments.compile_cost --model=melu`: 9.4 -> 6.4 CPU-s to compile melu's program; this
+# file 226 -> 189 CPU-s, README "Where the suite's CPU goes").
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 # Feature matrices of a tiny dataset: 2 user categorical features; items: 1 categorical, 3 genres, 2 dense.
