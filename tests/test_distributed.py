@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from xla_flags import xla_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -29,7 +30,7 @@ def free_port() -> int:
 
 def test_two_process_run_matches_single_process(tmp_path):
   port = free_port()
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per process
+  env = {**os.environ, "XLA_FLAGS": xla_flags()}  # one CPU device per process, the suite's compile flags
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   procs = [
     subprocess.Popen(

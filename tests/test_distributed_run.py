@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from xla_flags import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
@@ -34,7 +35,7 @@ def _port() -> int:
 
 
 def _env() -> dict:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per process
+  env = {**os.environ, "XLA_FLAGS": xla_flags()}  # one CPU device per process, the suite's compile flags
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return env
 

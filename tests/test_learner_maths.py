@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from test_learners import LEARNER_MODELS, S, make_task, tiny_model
+from test_learners import FAST_COMPILE, LEARNER_MODELS, S, make_task, tiny_model
 
 from transfer_meta.learners import LEARNERS, get_learner
 
@@ -23,6 +23,9 @@ LR = 0.05
 ALL, DECISION, HEAD = ("body", "head", "context", "item_emb"), ("body", "head"), ("head",)
 REGEX = {ALL: ".*", DECISION: "body|head", HEAD: "head"}
 MODEL = tiny_model()
+# Every program here is compiled with test_learners' fast options (its elemental fusion emitters compile faster and
+# compute the same maths; the float64 tolerances below are orders of magnitude above any rounding difference).
+jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +75,7 @@ def hand_sgd(params, loss_fn, lr, steps, adapted, stop=False):
 
 
 def phi_by_hand(params, loss_fn, steps, adapted):
-  return jax.jit(lambda p: hand_sgd(p, loss_fn, LR, steps, adapted))(params)
+  return jit(lambda p: hand_sgd(p, loss_fn, LR, steps, adapted))(params)
 
 
 def hand_maml_outer(params, t, steps, adapted, stop=False, loss="mse", lr=LR):
@@ -91,7 +94,7 @@ def hand_joint(params, t):
 def jitted_learner(name, **kw):
   """(learner, jitted task_grad), cached so tests sharing a configuration compile it once."""
   learner = get_learner(name, MODEL, **kw)
-  return learner, jax.jit(learner.task_grad)
+  return learner, jit(learner.task_grad)
 
 
 def task_grad(name, params, t, **kw):
@@ -109,17 +112,18 @@ def task_grad(name, params, t, **kw):
 def test_maml_meta_gradient_equals_forward_mode_of_hand_unrolled_loop(adapted, loss):
   params, t = params0(), task(loss=loss)
   grads, metrics = task_grad("maml", params, t, inner_steps=2, inner_lr=LR, adapt_regex=REGEX[adapted], loss=loss)
-  want = jax.jit(jax.jacfwd(lambda p: hand_maml_outer(p, t, 2, adapted, loss=loss)))(params)
+  want = jit(jax.jacfwd(lambda p: hand_maml_outer(p, t, 2, adapted, loss=loss)))(params)
   chex.assert_trees_all_close(grads, want, rtol=1e-9, atol=1e-12)
   np.testing.assert_allclose(metrics["outer_loss"], hand_maml_outer(params, t, 2, adapted, loss=loss), rtol=1e-12)
 
 
 def test_maml_meta_gradient_equals_central_finite_differences():
   params, t = params0(), task()
-  _, grad_fn = jitted_learner("maml", inner_steps=2, inner_lr=LR)
+  learner, grad_fn = jitted_learner("maml", inner_steps=2, inner_lr=LR)
   grads, _ = grad_fn(params, t, jax.random.key(0))
   flat, unravel = ravel_pytree(params)
-  outer = jax.jit(lambda v: grad_fn(unravel(v), t, jax.random.key(0))[1]["outer_loss"])
+  # The learner's own task_grad inside: a jit with compile options cannot be nested in another jit.
+  outer = jit(lambda v: learner.task_grad(unravel(v), t, jax.random.key(0))[1]["outer_loss"])
   eps = 1e-6
   fd = np.array([(outer(flat.at[i].add(eps)) - outer(flat.at[i].add(-eps))) / (2 * eps) for i in range(flat.size)])
   np.testing.assert_allclose(ravel_pytree(grads)[0], fd, rtol=1e-6, atol=1e-8)
@@ -129,7 +133,7 @@ def test_maml_meta_gradient_equals_central_finite_differences():
 def test_first_order_is_stop_gradient_and_differs_from_second_order(steps):
   params, t = params0(), task()
   fo, _ = task_grad("fomaml", params, t, inner_steps=steps, inner_lr=LR)
-  want = jax.jit(jax.jacfwd(lambda p: hand_maml_outer(p, t, steps, ALL, stop=True)))(params)
+  want = jit(jax.jacfwd(lambda p: hand_maml_outer(p, t, steps, ALL, stop=True)))(params)
   chex.assert_trees_all_close(fo, want, rtol=1e-9, atol=1e-12)
   so, _ = task_grad("maml", params, t, inner_steps=steps, inner_lr=LR)
   gap = np.max(np.abs(ravel_pytree(fo)[0] - ravel_pytree(so)[0]))
@@ -177,7 +181,7 @@ def test_adapt_steps_exactly_the_adapt_set(name, adapted):
   params, t = params0(), task()
   learner = get_learner(name, MODEL, inner_steps=2, inner_lr=LR)
   meta = learner.init(jax.random.key(0), params)
-  phi = jax.jit(learner.adapt)(meta, t["support"], jax.random.key(0))
+  phi = jit(learner.adapt)(meta, t["support"], jax.random.key(0))
   for mod, leaves in params["params"].items():
     for n, v in leaves.items():
       if mod in adapted:
@@ -200,14 +204,14 @@ def test_meta_sgd_learns_per_parameter_rates():
   np.testing.assert_array_equal(meta["inner_lr"]["params"]["body"]["kernel"], np.full((3, 4), LR))
   rng = np.random.default_rng(0)  # distinct rates per entry, so a rate applied to the wrong entry shows
   meta["inner_lr"] = jax.tree.map(lambda r: r * rng.uniform(0.5, 1.5, r.shape), meta["inner_lr"])
-  grads, _ = jax.jit(learner.task_grad)(meta, t, jax.random.key(0))
+  grads, _ = jit(learner.task_grad)(meta, t, jax.random.key(0))
   for leaf in jax.tree.leaves(grads["inner_lr"]):
     assert np.all(leaf != 0), "every adapted entry's rate gets a gradient"
 
   def hand(params, rates):
     return hand_maml_outer(params, t, 2, DECISION, lr=rates["params"])
 
-  want_p, want_lr = jax.jit(jax.jacfwd(hand, argnums=(0, 1)))(params, meta["inner_lr"])
+  want_p, want_lr = jit(jax.jacfwd(hand, argnums=(0, 1)))(params, meta["inner_lr"])
   chex.assert_trees_all_close(grads["params"], want_p, rtol=1e-9, atol=1e-12)
   chex.assert_trees_all_close(grads["inner_lr"], want_lr, rtol=1e-9, atol=1e-12)
 
@@ -316,7 +320,7 @@ def test_inner_clip_is_clipped_sgd_and_its_meta_gradient(adapted):
   norm0 = float(jnp.sqrt(sum(jnp.sum(g0[m][n] ** 2) for m in adapted for n in g0[m])))
   clip = norm0 / 3  # active: the first inner gradient is scaled by 1/3
   grads, metrics = task_grad("maml", params, t, inner_steps=2, inner_lr=LR, adapt_regex=REGEX[adapted], inner_clip=clip)
-  want = jax.jit(jax.jacfwd(lambda p: hand_clipped_outer(p, t, 2, adapted, clip)))(params)
+  want = jit(jax.jacfwd(lambda p: hand_clipped_outer(p, t, 2, adapted, clip)))(params)
   chex.assert_trees_all_close(grads, want, rtol=1e-9, atol=1e-12)
   np.testing.assert_allclose(metrics["outer_loss"], hand_clipped_outer(params, t, 2, adapted, clip), rtol=1e-12)
   unclipped, _ = task_grad("maml", params, t, inner_steps=2, inner_lr=LR, adapt_regex=REGEX[adapted])

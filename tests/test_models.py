@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_learners import FAST_COMPILE
 
 from transfer_meta import losses
 from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
@@ -123,7 +124,7 @@ def test_jit_traces_once_per_shape(case):
   model, params, feats, x, context = built(case, "rich")
   chex.clear_trace_counter()  # the counter is keyed by the function's code, shared across parametrisations
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   @chex.assert_max_traces(n=1)
   def score(p, x, c):
     return model.apply(p, x, c)
@@ -173,7 +174,9 @@ def test_adapt_and_head_regex(case):
 def test_adapt_set_gradients_finite_and_nonzero(case):
   model, params, _, _, context = built(case, "rich")
   support = context
-  grads = jax.jit(jax.grad(lambda p: losses.examples_loss(model.apply, p, support, support)))(params)
+  grads = jax.jit(
+    jax.grad(lambda p: losses.examples_loss(model.apply, p, support, support)), compiler_options=FAST_COMPILE
+  )(params)
   chex.assert_tree_all_finite(grads)
   adapt = leaves_with_paths(adapt_mask(params, model.adapt_regex))
   for path, g in leaves_with_paths(grads).items():
@@ -306,7 +309,7 @@ def test_transformer_empty_context_is_finite_and_equals_none():
   context = make_task(feats, S, seed=8, valid=0)
   np.testing.assert_allclose(model.apply(params, x, context), model.apply(params, x, None), rtol=1e-6, atol=1e-6)
   loss = lambda p: losses.examples_loss(model.apply, p, dict(x, target=x["target"] + 1), context)
-  chex.assert_tree_all_finite(jax.jit(jax.grad(loss))(params))
+  chex.assert_tree_all_finite(jax.jit(jax.grad(loss), compiler_options=FAST_COMPILE)(params))
 
 
 def test_masked_softmax():

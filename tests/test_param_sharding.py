@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
+from xla_flags import subprocess_env
 
 from transfer_meta.param_sharding import param_shardings, spec_for
 
@@ -82,7 +83,6 @@ def test_bad_rules_fail_clearly():
 
 SCRIPT = r"""
 import os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"  # before jax is imported
 import sys
 sys.path.insert(0, {root!r})
 import chex, jax, jax.numpy as jnp, numpy as np, optax
@@ -155,7 +155,7 @@ print("PARAM_SHARDING_OK")
 
 
 def test_sharded_embedding_table_and_chunked_tasks_on_8_fake_devices():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = subprocess_env(devices=8)  # read by jax at import, before the script's first line that needs it
   done = subprocess.run(
     [sys.executable, "-c", SCRIPT.format(root=ROOT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
   )

@@ -17,6 +17,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 from test_resume import _run, _run_and_kill_when
+from xla_flags import subprocess_env
 
 from transfer_meta import stages, step, train
 from transfer_meta.data.streams import InteractionIterator, SampledPairIterator, training_rows
@@ -341,7 +342,6 @@ def test_strategies_table_grid_trains_the_learners_once_per_protocol():
 
 SHARDED_SCRIPT = r"""
 import os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"  # before jax is imported
 import dataclasses, sys, tempfile
 sys.path[:0] = [{root!r}, os.path.join({root!r}, "tests")]
 import chex, jax
@@ -373,7 +373,7 @@ def test_stages_on_8_fake_devices_equal_one_device():
   import subprocess
   import sys
 
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = subprocess_env(devices=8)  # read by jax at import, before the script's first line that needs it
   done = subprocess.run(
     [sys.executable, "-c", SHARDED_SCRIPT.format(root=ROOT)], cwd=ROOT, env=env, capture_output=True, text=True,
     timeout=600,

@@ -14,13 +14,20 @@ import os
 import re
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 STYLES = ("-", "--", ":", "-.")  # line style per learner when colours mark runs
+
+
+def _pyplot():
+  """matplotlib.pyplot on the Agg backend, imported at the first plot: `import transfer_meta` (every CLI call,
+  `--help` and `--dry_run` included) does not pay its ~0.4 CPU-s import."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
 
 
 def run_dirs(paths: Sequence[str]) -> list[str]:
@@ -76,6 +83,7 @@ def plot_curves(paths: Sequence[str], metrics: Sequence[str], out: str) -> str:
   dirs = run_dirs(paths)
   data = {d: read_curves(d) for d in dirs}
   learners = list(dict.fromkeys(name for curves in data.values() for name in curves))
+  plt = _pyplot()
   colours = plt.cm.viridis(np.linspace(0.0, 0.9, len(dirs))) if len(dirs) > 1 else None
   fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
   for ax, metric in zip(axes[0], metrics):
@@ -104,7 +112,7 @@ def save_figure(fig, out: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.tight_layout()
   fig.savefig(out, dpi=120)
-  plt.close(fig)
+  _pyplot().close(fig)
   return out
 
 
@@ -128,6 +136,7 @@ def plot_seed_curves(run_dir: str, metrics: Sequence[str], out: str, seeds: Sequ
   """
   curves = read_seed_curves(run_dir)
   learners = list(curves)
+  plt = _pyplot()
   colours = plt.cm.tab10(np.arange(max(len(learners), 1)) % 10)
   fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
   for ax, metric in zip(axes[0], metrics):
@@ -178,6 +187,7 @@ def plot_scenarios(results: dict, metric: str, out: str) -> str:
   if missing:
     raise ValueError(f"methods {missing} do not report {metric!r} on every scenario {scenarios}")
   width = 0.8 / len(methods)
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * len(scenarios) * len(methods) ** 0.5), 4.2))
   x = np.arange(len(scenarios))
   for i, (method, per) in enumerate(methods.items()):
