@@ -200,6 +200,12 @@ def test_coupled_learners_are_refused_or_bypassed(setup):
   assert length_groups.unsupported_reason(get_learner("maml", model)) is None
   _, build, reason = length_groups.step_parts(get_learner("maml", model), tx, None, 1, T, 0)
   assert reason is None and build is step.stack_seed_batches  # 0: off
+  # A model with a shared per-step table (the text tail's gradient hook) runs the ungrouped step that wraps it.
+  hooked = get_learner("maml", model._replace(aux={"share_grad": lambda learner, grad_fn: grad_fn}))
+  with pytest.raises(ValueError, match="shared per-step table"):
+    length_groups.meta_step_fn(hooked, tx)
+  _, build, reason = length_groups.step_parts(hooked, tx, None, 1, T, 2)
+  assert "text tail" in reason and build is step.stack_seed_batches
 
 
 def test_compiles_once_per_group_width_signature(setup):

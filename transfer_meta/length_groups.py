@@ -61,6 +61,11 @@ def unsupported_reason(learner: Learner) -> str | None:
       f"learner {learner.name!r} has state or a batch-level loss (init_state / task_outputs / batch_loss): its "
       "outer step reads every task's outputs in their batch positions, so its tasks cannot be summed group by group"
     )
+  if (learner.model.aux or {}).get("share_grad") is not None:
+    return (
+      f"model {type(learner.model).__name__!r} computes a shared per-step table (e.g. the text tail, "
+      "text.catalogue_tail) whose gradient hook wraps the ungrouped step; grouping is not wired through it"
+    )
   return None
 
 
