@@ -285,7 +285,6 @@ def test_stack_seed_groups_pads_each_group_to_the_longest_seed(setup):
 
 SHARDED_SCRIPT = r"""
 import os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # before jax is imported
 import sys
 sys.path.insert(0, {root!r})
 import chex, jax, optax
@@ -320,7 +319,9 @@ def test_grouped_chunked_step_on_2_fake_devices_equals_the_ungrouped_step_on_one
   import sys
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  from xla_flags import subprocess_env  # noqa: PLC0415 (its subprocess script imports this module)
+
+  env = subprocess_env(devices=2)  # the suite's compile flags and 2 fake devices, read by jax at import
   done = subprocess.run(
     [sys.executable, "-c", SHARDED_SCRIPT.format(root=root)],
     cwd=root,

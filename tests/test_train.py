@@ -280,7 +280,6 @@ def test_rerun_into_a_finished_workdir_reproduces_results_and_refuses_other_conf
 
 SHARDED_SCRIPT = r"""
 import os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"  # before jax is imported
 import sys
 sys.path.insert(0, {root!r})
 import chex, jax, numpy as np, optax
@@ -344,7 +343,9 @@ def test_sharded_meta_step_on_8_fake_devices_equals_one_device_and_compiles_once
   import subprocess
   import sys
 
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  from xla_flags import subprocess_env  # noqa: PLC0415 (its subprocess script imports this module)
+
+  env = subprocess_env(devices=8)  # the suite's compile flags and 8 fake devices, read by jax at import
   done = subprocess.run(
     [sys.executable, "-c", SHARDED_SCRIPT.format(root=ROOT)],
     cwd=ROOT,
