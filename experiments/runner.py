@@ -25,6 +25,7 @@ import jax
 import ml_collections
 
 from transfer_meta import config_files
+from transfer_meta import results as results_lib
 from transfer_meta.data.interactions import Interactions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,7 +141,7 @@ def _finished(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     with open(config_path) as f:
       old = json.load(f)
     new = config_json(config)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = results_lib.config_diff(old, new)
     if diff:
       raise ValueError(
         f"{workdir} holds a run of a different config (keys {diff}); delete it or write the runs elsewhere (--runs=DIR)"

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `experiments` is a top-level package of the repository, not installed
 
 from experiments import ablate, plots, runner  # noqa: E402
+from transfer_meta import results as results_lib  # noqa: E402
 
 SPEC = "smoke_synthetic:tiny"
 NAME = "smoke_synthetic-tiny"
@@ -227,6 +228,18 @@ def test_a_run_of_another_config_is_refused_not_reused(produced):
   config = runner.apply_overrides(runner.load_config(SPEC), {"num_steps": 3})
   with pytest.raises(ValueError, match=r"different config \(keys \['num_steps'\]\)"):
     runner.run(config, os.path.join(produced.runs, "reproduce", NAME))
+
+
+def test_a_run_made_before_a_trainer_field_existed_is_reused_at_that_fields_default():
+  """Runs recorded before `length_groups` existed match a config that leaves it at its default (0: off), and
+  only then: the field at another value, a field the new config lacks or a changed value are differences."""
+  new = runner.config_json(runner.load_config(SPEC))
+  old = {k: v for k, v in new.items() if k not in ("length_groups", "length_group_step")}
+  assert results_lib.config_diff(old, new) == []
+  assert results_lib.config_diff(old, {**new, "length_groups": 2}) == ["length_groups"]
+  assert results_lib.config_diff({**old, "retired_field": 1}, new) == ["retired_field"]
+  assert results_lib.config_diff(old, {**new, "num_steps": new["num_steps"] + 1}) == ["num_steps"]
+  assert results_lib.config_diff(old, {**new, "not_a_trainer_field": 0}) == ["not_a_trainer_field"]
 
 
 def test_plot_ablation_and_curves(produced, tmp_path):

@@ -118,6 +118,21 @@ def results_table(results: dict) -> str:
   return table + ("\nlearners: " + ", ".join(legend) + "\n" if legend else "")
 
 
+def config_diff(old: dict, new: dict) -> list[str]:
+  """The top-level keys on which a recorded run's `config.json` (`old`) and `new` differ.
+
+  A key `new` has and `old` lacks is not a difference when its value in `new` is the trainer's default
+  (`train.default_config()`): the field was added to the trainer after that run was made, and a new field's
+  default keeps the behaviour it had before (e.g. `length_groups=0`). A key at a non-default value, a key
+  `old` has and `new` lacks, and any changed value are differences.
+  """
+  from transfer_meta.train import default_config
+
+  defaults = json.loads(default_config().to_json())
+  added_at_default = {k for k in set(new) - set(old) if k in defaults and new[k] == defaults[k]}
+  return sorted(k for k in set(old) | set(new) if k not in added_at_default and old.get(k) != new.get(k))
+
+
 def write_run_files(exp: Experiment, workdir: str) -> None:
   """config.json (refusing a workdir that holds a different run) and split_manifest.json."""
   path = os.path.join(workdir, "config.json")
@@ -125,7 +140,7 @@ def write_run_files(exp: Experiment, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    diff = sorted(k for k in set(old) | set(config_json) if old.get(k) != config_json.get(k))
+    diff = config_diff(old, config_json)
     if diff:
       raise ValueError(f"{workdir} holds a run with a different config (keys {diff}); use a fresh --workdir")
   atomic_write(path, json.dumps(config_json, indent=1, sort_keys=True))
