@@ -3,7 +3,10 @@
 Found generically, so a section someone adds is under test with no new test code:
   - every ```python block is executed for real, in a scratch directory holding the repository's configs/ and
     examples/; a `runs/<name>` it reads is first made by the README command that writes it, in smoke form
-    (the config's seconds-long variant, 1 seed, 2 steps);
+    (the config's seconds-long variant, 1 seed, 2 steps, no comparison learners); every `train_and_evaluate` a
+    snippet calls runs its config with those same overrides (`SNIPPET_OVERRIDES`), set by a prelude that wraps the
+    function and then runs the snippet's text unchanged (`runpy`): what is checked is that the code runs as written,
+    not how long it trains;
   - every command line of a ```bash block and every inline `python -m ...` / `make ...` code span goes to the
     handler of its kind: `transfer_meta.main` runs with --dry_run (the real config loading and override
     parsing); other `python -m` modules answer --help and list every flag the command passes; `make T` is
@@ -210,7 +213,29 @@ def _smoke(args: list[str], workdir: str) -> list[str]:
     elif a.startswith("--workdir="):
       a = f"--workdir={workdir}"
     out.append(a)
-  return [*out, "--config.seeds=1", "--config.num_steps=2", "--compilation_cache="]
+  overrides = ["--config.seeds=1", "--config.num_steps=2", "--config.compare_learners=()", "--config.compare_kwargs={}"]
+  return [*out, *overrides, "--compilation_cache="]
+
+
+# The point overrides of every `train_and_evaluate` call in a snippet: the writers' smoke form above.
+SNIPPET_OVERRIDES = {"seeds": 1, "num_steps": 2, "compare_learners": (), "compare_kwargs": {}}
+_PRELUDE = """import runpy, sys
+import transfer_meta
+from transfer_meta import train
+
+_train_and_evaluate = train.train_and_evaluate
+
+def _shrunk(config, workdir, data=None):
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for name, value in OVERRIDES.items():
+      setattr(config, name, value)
+  return _train_and_evaluate(config, workdir, data)
+
+transfer_meta.train_and_evaluate = train.train_and_evaluate = _shrunk
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 @pytest.mark.slow  # each snippet runs for real (a smoke-sized training run or two)
@@ -229,9 +254,10 @@ def test_readme_python_snippet_runs(where, code, why, tmp_path):
     if rel in writers and not os.path.exists(tmp_path / rel):
       done = _run([sys.executable, "-m", *_smoke(writers[rel], str(tmp_path / rel))], cwd=str(tmp_path), timeout=600)
       assert done.returncode == 0, f"{where}: making {rel}: {done.stderr[-3000:]}"
-  script = tmp_path / "snippet.py"
+  script, prelude = tmp_path / "snippet.py", tmp_path / "readme_prelude.py"
   script.write_text(code + "\n")
-  done = _run([sys.executable, str(script)], cwd=str(tmp_path), timeout=600)
+  prelude.write_text(_PRELUDE.replace("OVERRIDES", repr(SNIPPET_OVERRIDES)))
+  done = _run([sys.executable, str(prelude), str(script)], cwd=str(tmp_path), timeout=600)
   assert done.returncode == 0, f"{where} failed as written:\n{code}\n---\n{done.stderr[-3000:]}"
 
 
