@@ -276,7 +276,8 @@ def test_metaemb_meta_gradient_matches_finite_differences():
   learner = warmup(model, round_size=0, inner_lr=lr, objective="meta", alpha=alpha)
   with jax.enable_x64(True):
     p = jax.tree.map(lambda a: a.astype(jnp.float64), _random_params(model, query, support, seed=4))
-    grads, metrics = learner.task_grad(p, {"support": support, "query": query}, jax.random.key(0))
+    # Both sides jitted: one compile each instead of every op compiled on its own (9.7 -> 4.0 CPU-s).
+    grads, metrics = jax.jit(learner.task_grad)(p, {"support": support, "query": query}, jax.random.key(0))
 
     def mse(params, x, ctx):
       w = x["mask"].astype(jnp.float64)
@@ -288,6 +289,8 @@ def test_metaemb_meta_gradient_matches_finite_differences():
       g_d, g_b = jax.grad(la, argnums=(0, 1))(q["item_delta"], q["item_bias_delta"])
       stepped = _with_delta(params, q["item_delta"] - lr * g_d, q["item_bias_delta"] - lr * g_b)
       return alpha * la(q["item_delta"], q["item_bias_delta"]) + (1 - alpha) * mse(stepped, query, support)
+
+    meta_loss = jax.jit(meta_loss)  # the same shapes at every point below: one compile
 
     gen = p["params"]["item_generator"]
     direction = jax.tree.map(lambda a: jax.random.normal(jax.random.key(7), a.shape, jnp.float64), gen)
