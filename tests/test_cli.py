@@ -212,6 +212,8 @@ def test_csv_config_runs_end_to_end(tmp_path):
     f"--workdir={tmp_path}",
     "--config.seeds=1",
     "--config.num_steps=2",
+    "--config.compare_learners=()",  # the learner alone: the comparisons' plumbing is test_train's
+    "--config.compare_kwargs={}",
     "--config.dataset.name=my_data",
     "--config.protocol.year_cutoff=1994",
     "--compilation_cache=",

@@ -12,7 +12,8 @@ Found generically, so a section someone adds is under test with no new test code
     parsing); other `python -m` modules answer --help and list every flag the command passes; `make T` is
     `make -n T`, whose recipe lines are checked the same way; `pip install -r F` / `-e .[extra]` need F / the
     extra to exist; `VAR=value` prefixes and an `srun` launcher are stripped and what they start is checked.
-    A command of any other kind FAILS, naming itself, so nothing is passed over in silence.
+    A command of any other kind FAILS, naming itself, so nothing is passed over in silence. The `python -m` checks
+    (--help, --dry_run) run in forks of one preloaded interpreter (tests/forkrun.py), not fresh ones each.
 A ```python block preceded by `<!-- readme-test: not run: <reason naming the test that covers it> -->` is
 not executed; the test checks that the named test file exists and reads README.md.
 """
@@ -27,6 +28,7 @@ import shlex
 import subprocess
 import sys
 
+import forkrun
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,14 +104,38 @@ def _python_blocks() -> list[tuple[str, str, str | None]]:
   ]
 
 
+def _env() -> dict:
+  return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
 def _run(argv: list[str], cwd: str = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-  env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+  return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+@functools.cache
+def _server() -> forkrun.ForkServer:
+  return forkrun.ForkServer(env=_env(), cwd=ROOT)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_server():
+  """The fork server is waited for at the end of this module, so its CPU is charged to this file's tests."""
+  yield
+  if _server.cache_info().currsize:
+    _server().close()
+    _server.cache_clear()
+
+
+def _module_run(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+  """`python -m args[0] args[1:]` in ROOT, the cheap commands' way: a fork of a preloaded interpreter
+  (tests/forkrun.py; ~0.2 instead of ~1.5 CPU-s each). Training runs (snippets, the runs they read) stay real
+  subprocesses."""
+  return _server().run(args, ROOT, timeout=timeout)
 
 
 @functools.cache
 def _help(module: str) -> str:
-  done = _run([sys.executable, "-m", module, "--help"], timeout=120)
+  done = _module_run([module, "--help"])
   assert done.returncode == 0, f"python -m {module} --help failed:\n{done.stderr[-2000:]}"
   return done.stdout + done.stderr
 
@@ -117,14 +143,14 @@ def _help(module: str) -> str:
 def _check_python_module(args: list[str]) -> None:
   module, rest = args[0], args[1:]
   if "--help" in rest:  # cheap already: run as written
-    done = _run([sys.executable, "-m", module, *rest], timeout=120)
+    done = _module_run([module, *rest])
     assert done.returncode == 0, done.stderr[-2000:]
     return
   if module == "transfer_meta.main" and not any(a.startswith("--config=") for a in rest):
     assert _help(module) and not rest, f"transfer_meta.main without --config: {rest}"
     return
   if module == "transfer_meta.main":
-    done = _run([sys.executable, "-m", module, *rest, *([] if "--dry_run" in rest else ["--dry_run"])], timeout=120)
+    done = _module_run([module, *rest, *([] if "--dry_run" in rest else ["--dry_run"])])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dry run: {" in done.stdout
     return
