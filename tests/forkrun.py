@@ -28,20 +28,32 @@ PRELOAD = ("jax", "numpy", "ml_collections", "transfer_meta")
 
 
 class ForkServer:
-  """One preloaded interpreter serving `run(args)` = `python -m args[0] args[1:]`, each in a fork of it."""
+  """One preloaded interpreter serving `run(args)` = `python -m args[0] args[1:]`, each in a fork of it.
 
-  def __init__(self, env: dict | None = None, cwd: str | None = None):
-    self._proc = subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), "--serve"],
-      stdin=subprocess.PIPE,
-      stdout=subprocess.PIPE,
-      text=True,
-      env=env,
-      cwd=cwd,
-    )
-    ready = self._proc.stdout.readline()
-    if ready.strip() != "ready":
-      raise RuntimeError(f"fork server did not start: {ready!r} (exit status {self._proc.poll()})")
+  Started at the first `run`; `close()` stops it (and a later `run` starts another). A test module holds one
+  and closes it in a module-scoped fixture, so the server's CPU is charged to that module's tests.
+  """
+
+  def __init__(self, root: str, env: dict | None = None):
+    """`root`: the checkout whose library the server preloads (its `sys.path[0]`); `env`: the server's and so
+    every command's environment (default: this process's)."""
+    self._root, self._env = os.path.abspath(root), env
+    self._proc: subprocess.Popen | None = None
+
+  def _start(self) -> subprocess.Popen:
+    proc = subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+      env=self._env, cwd=self._root,
+    )  # fmt: skip
+    ready = proc.stdout.readline().split(" ", 1)
+    if ready[0] != "ready":
+      raise RuntimeError(f"fork server did not start: {ready!r} (exit status {proc.poll()})")
+    loaded = ready[1].strip()
+    if not loaded.startswith(os.path.join(self._root, "")):  # the preloaded library must be this checkout's
+      proc.stdin.close()
+      proc.wait(timeout=60)
+      raise RuntimeError(f"fork server preloaded {loaded}, not the library of {self._root}")
+    return proc
 
   def run(self, args: list[str], cwd: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """`python -m args[0] *args[1:]` run in `cwd`; killed (SIGALRM) after `timeout` seconds.
@@ -55,6 +67,8 @@ class ForkServer:
     """
     if not args or args[0].startswith("-"):
       raise ValueError(f"ForkServer.run takes [module, *arguments], got {args!r}")
+    if self._proc is None:
+      self._proc = self._start()
     if self._proc.poll() is not None:
       raise RuntimeError(f"fork server exited with status {self._proc.returncode}")
     self._proc.stdin.write(json.dumps({"args": list(args), "cwd": cwd, "timeout": int(timeout)}) + "\n")
@@ -65,10 +79,13 @@ class ForkServer:
 
   def close(self) -> None:
     """Stops the server and waits for it (after which its children's CPU is in this process's rusage)."""
-    if self._proc.poll() is None:
-      self._proc.stdin.close()
-      self._proc.wait(timeout=60)
-    self._proc.stdout.close()
+    proc, self._proc = self._proc, None
+    if proc is None:
+      return
+    if proc.poll() is None:
+      proc.stdin.close()
+      proc.wait(timeout=60)
+    proc.stdout.close()
 
 
 def _child(args: list[str], cwd: str, timeout: int, out_path: str, err_path: str) -> None:
@@ -110,10 +127,11 @@ def _serve() -> None:
   import importlib  # noqa: PLC0415
   import tempfile  # noqa: PLC0415
 
+  sys.path[0] = os.getcwd()  # the checkout (ForkServer's root), as under `python -m` from it; not tests/
   for name in PRELOAD:
     importlib.import_module(name)
   channel = sys.stdout
-  print("ready", file=channel, flush=True)
+  print("ready", sys.modules["transfer_meta"].__file__, file=channel, flush=True)
   with tempfile.TemporaryDirectory(prefix="forkrun_") as tmp:
     out_path, err_path = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
     for line in sys.stdin:

@@ -112,25 +112,21 @@ def _run(argv: list[str], cwd: str = ROOT, timeout: int = 300) -> subprocess.Com
   return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env())
 
 
-@functools.cache
-def _server() -> forkrun.ForkServer:
-  return forkrun.ForkServer(env=_env(), cwd=ROOT)
+SERVER = forkrun.ForkServer(ROOT, env=_env())
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _close_server():
   """The fork server is waited for at the end of this module, so its CPU is charged to this file's tests."""
   yield
-  if _server.cache_info().currsize:
-    _server().close()
-    _server.cache_clear()
+  SERVER.close()
 
 
 def _module_run(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
   """`python -m args[0] args[1:]` in ROOT, the cheap commands' way: a fork of a preloaded interpreter
   (tests/forkrun.py; ~0.2 instead of ~1.5 CPU-s each). Training runs (snippets, the runs they read) stay real
   subprocesses."""
-  return _server().run(args, ROOT, timeout=timeout)
+  return SERVER.run(args, ROOT, timeout=timeout)
 
 
 @functools.cache
@@ -297,3 +293,18 @@ def test_brace_expansion_and_line_joining():
     "python -m x --y=1",
   ]
   assert list(itertools.chain(_expand_braces("no braces"))) == ["no braces"]
+
+
+def test_fork_server_runs_modules_like_python_m(tmp_path):
+  """tests/forkrun.py against real `python -m`: the same stdout, exit status and error, in the given directory."""
+  (tmp_path / "x.json").write_text('{"b": [1, 2], "a": null}')
+  for args in (["json.tool", "x.json"], ["json.tool", "missing.json"], ["platform"]):
+    real = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    forked = SERVER.run(args, str(tmp_path))
+    assert (forked.returncode, forked.stdout) == (real.returncode, real.stdout), args
+    assert forked.stderr.splitlines()[-1:] == real.stderr.splitlines()[-1:], args
+  assert SERVER.run(["json.tool", "missing.json"], str(tmp_path)).returncode == 2  # argparse's usage error
+  missing = SERVER.run(["no_such_module_here"], str(tmp_path))
+  assert missing.returncode == 1 and "No module named no_such_module_here" in missing.stderr
+  with pytest.raises(ValueError, match="module"):
+    SERVER.run(["--help"], str(tmp_path))
