@@ -3,6 +3,7 @@
 
     python -m experiments.compile_cost --model=melu
     python -m experiments.compile_cost --model=melu --options='{"xla_cpu_use_fusion_emitters": false}'
+    python -m experiments.compile_cost --model=mf --per_learner   # the test's layout now: one jit per learner
 
 Each phase is timed as this process's CPU (user + sys, all threads: XLA compiles fusions on a thread pool), so
 the figure hardly depends on other jobs; the machine, the load average and the program's HLO size are printed
@@ -26,12 +27,14 @@ def _cpu() -> float:
   return r.ru_utime + r.ru_stime
 
 
-def compile_cost(model_name: str, options: dict) -> dict:
+def compile_cost(model_name: str, options: dict, per_learner: bool = False) -> dict:
   """{'trace_s', 'lower_s', 'compile_s', 'hlo_lines'} of the smoke program for `model_name` ('tiny' or a MODELS name).
 
   Args:
     model_name: a registered backbone (narrowed as the test narrows it) or 'tiny' (the test's tiny model).
     options: XLA compile options passed to `jax.jit(compiler_options=...)`, e.g. {'xla_backend_optimization_level': 0}.
+    per_learner: one program per learner (tests/test_learners.py's `check_learners` since s13b), the phases summed
+      over them; False: one program holding every learner (its layout before).
   """
   import jax
 
@@ -53,34 +56,36 @@ def compile_cost(model_name: str, options: dict) -> dict:
 
   def probe(metas, states, batch, key):  # the test's program (tests/test_learners.py check_learners)
     support0 = jax.tree.map(lambda a: a[0], batch["support"])
-    return {
-      n: (
-        lr.adapt(metas[n], support0, key, *states[n]),
-        jax.vmap(lr.task_grad, in_axes=(None, 0, None) + (None,) * len(states[n]))(metas[n], batch, key, *states[n]),
-      )
-      for n, lr in learners.items()
-    }
+    out = {}
+    for n in metas:  # the learners of this program
+      lr = learners[n]
+      vmapped = jax.vmap(lr.task_grad, in_axes=(None, 0, None) + (None,) * len(states[n]))
+      out[n] = (lr.adapt(metas[n], support0, key, *states[n]), vmapped(metas[n], batch, key, *states[n]))
+    return out
 
-  t0 = _cpu()
-  traced = jax.jit(probe, compiler_options=options).trace(metas, states, batch, key)
-  t1 = _cpu()
-  lowered = traced.lower()
-  t2 = _cpu()
-  lowered.compile()
-  t3 = _cpu()
-  return {
-    "trace_s": round(t1 - t0, 2),
-    "lower_s": round(t2 - t1, 2),
-    "compile_s": round(t3 - t2, 2),
-    "hlo_lines": lowered.as_text().count("\n"),
-    "learners": len(learners),
-  }
+  groups = [[n] for n in learners] if per_learner else [list(learners)]
+  totals = {"trace_s": 0.0, "lower_s": 0.0, "compile_s": 0.0, "hlo_lines": 0}
+  for group in groups:
+    sub = lambda tree, group=group: {n: tree[n] for n in group}  # noqa: E731
+    t0 = _cpu()
+    traced = jax.jit(probe, compiler_options=options).trace(sub(metas), sub(states), batch, key)
+    t1 = _cpu()
+    lowered = traced.lower()
+    t2 = _cpu()
+    lowered.compile()
+    t3 = _cpu()
+    totals["trace_s"] += t1 - t0
+    totals["lower_s"] += t2 - t1
+    totals["compile_s"] += t3 - t2
+    totals["hlo_lines"] += lowered.as_text().count("\n")
+  return {**{k: round(v, 2) for k, v in totals.items()}, "learners": len(learners), "programs": len(groups)}
 
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", default="melu", help="'tiny' or a registered backbone")
   parser.add_argument("--options", default="{}", help="JSON dict of XLA compile options")
+  parser.add_argument("--per_learner", action="store_true", help="one program per learner (the test's layout)")
   args = parser.parse_args(argv)
   options = json.loads(args.options)
   if not isinstance(options, dict):
@@ -88,8 +93,13 @@ def main(argv: list[str] | None = None) -> None:
   from experiments import bench_common
 
   load0 = os.getloadavg()[0]
-  out = compile_cost(args.model, options)
-  out.update(model=args.model, options=options, load_1min=(round(load0, 2), round(os.getloadavg()[0], 2)))
+  out = compile_cost(args.model, options, per_learner=args.per_learner)
+  out.update(
+    model=args.model,
+    options=options,
+    per_learner=args.per_learner,
+    load_1min=(round(load0, 2), round(os.getloadavg()[0], 2)),
+  )
   out["machine"] = bench_common.machine()
   print(json.dumps(out))
 
