@@ -45,10 +45,10 @@ class ForkServer:
       [sys.executable, os.path.abspath(__file__), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
       env=self._env, cwd=self._root,
     )  # fmt: skip
-    ready = proc.stdout.readline().split(" ", 1)
-    if ready[0] != "ready":
+    ready = proc.stdout.readline()
+    if not ready.startswith("ready "):
       raise RuntimeError(f"fork server did not start: {ready!r} (exit status {proc.poll()})")
-    loaded = ready[1].strip()
+    loaded = ready.split(" ", 1)[1].strip()
     if not loaded.startswith(os.path.join(self._root, "")):  # the preloaded library must be this checkout's
       proc.stdin.close()
       proc.wait(timeout=60)

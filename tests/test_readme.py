@@ -308,3 +308,5 @@ def test_fork_server_runs_modules_like_python_m(tmp_path):
   assert missing.returncode == 1 and "No module named no_such_module_here" in missing.stderr
   with pytest.raises(ValueError, match="module"):
     SERVER.run(["--help"], str(tmp_path))
+  slow = SERVER.run(["timeit", "-n", "1", "-r", "1", "import time; time.sleep(30)"], str(tmp_path), timeout=1)
+  assert slow.returncode == -14  # killed by SIGALRM after `timeout` s (where subprocess.run would raise)
