@@ -175,14 +175,36 @@ def time_calls(fn: Callable[[], object], reps: int, warmup: int = 1) -> np.ndarr
   return out
 
 
-def run_cases_isolated(module: str, cases: Sequence[str], drop: Sequence[str] = ()) -> int:
-  """Runs `python -m module <this process's arguments> --case=<case>` once per case, each in a fresh process
-  so that its peak RSS is its own. Arguments starting with any of `drop` (e.g. the case-list flags) are not
-  passed on. Returns the number of failed cases."""
-  argv = [a for a in sys.argv[1:] if not any(a.startswith(d) for d in ("--case=", *drop))]
+def run_cases_isolated(
+  module: str, cases: Sequence[str], drop: Sequence[str] = (), argv: Sequence[str] | None = None
+) -> int:
+  """Runs `python -m module <argv> --case=<case>` once per case, each in a fresh process so that its peak RSS
+  (and its compile and allocator state) is its own: the one launcher of the multi-case benchmarks.
+
+  Args:
+    module: the benchmark module (e.g. 'experiments.bench_throughput'), run from the repository root; it must
+      run exactly one case when given `--case=<case>`.
+    cases: the cases, in order (each passed as `--case=<case>`).
+    drop: flags not passed on (the case-list flags, e.g. '--cases'), as `--flag=value` or `--flag value`; any
+      `--case` in `argv` is always dropped.
+    argv: the arguments to pass on (default: this process's, `sys.argv[1:]`).
+  Returns:
+    The number of cases whose process exited non-zero (every case runs regardless).
+  """
+  args = list(sys.argv[1:] if argv is None else argv)
+  flags = tuple(d.rstrip("=") for d in ("--case", *drop))
+  kept, skip = [], False
+  for a in args:
+    name = a.split("=", 1)[0]
+    if skip:
+      skip = False
+    elif name in flags:
+      skip = "=" not in a  # `--flag value`: its value goes too
+    else:
+      kept.append(a)
   failed = 0
   for case in cases:
-    done = subprocess.run([sys.executable, "-m", module, *argv, f"--case={case}"], cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", module, *kept, f"--case={case}"], cwd=ROOT)
     failed += done.returncode != 0
   return failed
 

@@ -90,7 +90,9 @@ def run_size(args, size: str) -> dict:
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.case is None:
-    return bench_common.run_cases_isolated("experiments.bench_ranking", args.sizes.split(","), drop=("--sizes",))
+    return bench_common.run_cases_isolated(
+      "experiments.bench_ranking", args.sizes.split(","), drop=("--sizes",), argv=argv
+    )
   figures = run_size(args, args.case)
   params = {k: getattr(args, k) for k in ("users", "tasks", "batch", "chunk")}
   peak = bench_common.peak_rss_mib()

@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     return 0
   sizes = args.sizes.split(",")
   print(f"scale benchmark, one process per size: {', '.join(sizes)}", flush=True)
-  return int(bench_common.run_cases_isolated("experiments.bench_scale", sizes, drop=("--sizes=",)) > 0)
+  return int(bench_common.run_cases_isolated("experiments.bench_scale", sizes, drop=("--sizes",), argv=argv) > 0)
 
 
 if __name__ == "__main__":

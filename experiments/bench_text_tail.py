@@ -163,7 +163,7 @@ def main(argv=None) -> int:
   cases = args.cases.split(",")
   for c in cases:
     parse_case(c)  # fail before running anything
-  return bench_common.run_cases_isolated("experiments.bench_text_tail", cases, drop=("--cases=",))
+  return bench_common.run_cases_isolated("experiments.bench_text_tail", cases, drop=("--cases",), argv=argv)
 
 
 if __name__ == "__main__":

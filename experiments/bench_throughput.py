@@ -332,7 +332,7 @@ def main(argv=None) -> int:
   print(f"MeLU meta-training throughput, {len(cases)} cases, one process each: {', '.join(cases)}", flush=True)
   return int(
     bench_common.run_cases_isolated(
-      "experiments.bench_throughput", cases, drop=("--cases=", "--variants=", "--batches=")
+      "experiments.bench_throughput", cases, drop=("--cases", "--variants", "--batches"), argv=argv
     )
     > 0
   )

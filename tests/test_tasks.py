@@ -196,6 +196,19 @@ def test_iterator_slots_pad_each_batch_with_masked_tasks(data, task_set):
     TaskIterator(td, 3, seed=0, slots=2)
 
 
+def test_batch_gathers_real_slots_and_zeroes_padded_ones(data, task_set):
+  """A batch of real slots is the padded arrays' rows (no masking pass); padded slots hold ids 0, target 0, no mask."""
+  td = TaskData.build(data, task_set, data.rating, buckets=BUCKETS)
+  idx = np.array([2, 0, 1])
+  full, padded = td.batch(idx), td.batch(idx, 5)
+  for part in ("support", "query"):
+    width = full[part]["mask"].shape[1]
+    for k in ("user", "item", "target", "mask"):
+      np.testing.assert_array_equal(full[part][k], getattr(td, part)[k][idx, :width])
+      np.testing.assert_array_equal(padded[part][k][:3], full[part][k])
+      assert not padded[part][k][3:].any()
+
+
 def test_iterator_errors(data, task_set):
   td = TaskData.build(data, task_set, data.rating, buckets=BUCKETS)
   with pytest.raises(ValueError, match="batch_size"):

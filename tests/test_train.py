@@ -153,6 +153,20 @@ def test_stack_seed_batches_pads_to_the_longest(exp):
   np.testing.assert_array_equal(out["task_mask"], [[True, True], [True, True]])
 
 
+def test_stack_seed_batches_of_equal_widths_is_a_plain_stack(exp):
+  a = exp.seeds[0].tasks["train"].batch(np.arange(2), 2)
+  b = exp.seeds[0].tasks["train"].batch(np.array([1, 0]), 2)
+  out = train.stack_seed_batches([a, b])
+  for part in ("support", "query"):
+    assert set(out[part]) == set(a[part])
+    for k in a[part]:
+      np.testing.assert_array_equal(out[part][k], np.stack([a[part][k], b[part][k]]))
+  out["support"]["target"][0] += 1.0  # a fresh array: the per-seed batches are not aliased
+  np.testing.assert_array_equal(
+    a["support"]["target"], exp.seeds[0].tasks["train"].batch(np.arange(2), 2)["support"]["target"]
+  )
+
+
 def test_optimizer_and_learner_specs_are_validated():
   c = load_config("smoke_synthetic", "tiny")
   with c.unlocked():

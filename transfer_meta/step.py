@@ -170,7 +170,10 @@ def _select(best, current, improved):
 
 
 def _pad_axis1(x: dict, length: int) -> dict:
-  """Pads an examples dict [T, L, ...] to [T, length, ...] with masked zeros."""
+  """Pads an examples dict [T, L, ...] to [T, length, ...] with masked zeros (the dict itself when already that
+  long: `np.pad` costs ~40 us a leaf even with nothing to pad, a third of a training batch's host time)."""
+  if all(v.shape[1] == length for v in x.values()):
+    return x
   return {k: np.pad(v, [(0, 0), (0, length - v.shape[1])] + [(0, 0)] * (v.ndim - 2)) for k, v in x.items()}
 
 

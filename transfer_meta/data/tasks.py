@@ -192,7 +192,8 @@ class TaskData:
     for part, sizes in (("support", self.support_sizes), ("query", self.query_sizes)):
       width = bucket(int(sizes[indices].max()), self.buckets)
       arr = {k: getattr(self, part)[k][idx, :width] for k in _fields(self.support)}
-      parts[part] = {k: np.where(keep, v, np.zeros((), v.dtype)) for k, v in arr.items()}
+      # Fancy indexing already copied; padded task slots (repeats of task 0) are zeroed, when there are any.
+      parts[part] = arr if task_mask.all() else {k: np.where(keep, v, np.zeros((), v.dtype)) for k, v in arr.items()}
     if outer_support:
       width = bucket(int((self.support_sizes + self.query_sizes)[indices].max()), self.buckets)
       parts["query"] = _union(parts["support"], parts["query"], width)
