@@ -217,12 +217,11 @@ def pack_groups(
       j = np.arange(size)
       share = size // devices
       perms[n, (j // share) * block + start + j % share] = index  # group member j -> device j // share
-  stacked = step.stack_seed_batches(batches)
-  rows = np.arange(len(batches))[:, None]
-  permuted = jax.tree.map(lambda x: x[rows, perms], stacked)
-  permuted["task_index"] = perms.astype(np.int32)
   widths = tuple((int(size), *(max(p[g][k] for p in plans) for k in (1, 2))) for g, size in enumerate(sizes))
-  return packing.pack(permuted, lead=2, meta=(widths, int(devices)))
+  slot = np.arange(n_slots, dtype=np.int32)  # gathered by `perms` into each position's slot (its key's index)
+  parts = ("support", "query", "task_mask", "task_id")
+  trees = [{**{k: b[k] for k in parts}, "task_index": slot} for b in batches]
+  return packing.pack(trees, perms, meta=(widths, int(devices)))
 
 
 def unpack_groups(packed: packing.Packed) -> dict:
