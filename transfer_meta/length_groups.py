@@ -1,9 +1,11 @@
 """Length grouping inside a meta-step: each group of a batch's tasks is padded only to its own support length.
 
     sizes = group_sizes(slots, n_groups=2, unit=chunk or devices)
-    batch = stack_seed_groups([group_batch(b, sizes) for b in per_seed_batches])   # host, numpy
-    step = jit_meta_step(meta_step_fn(learner, tx, chunk, devices), mesh)
+    batch = pack_groups(per_seed_batches, sizes, devices)     # host, numpy: one buffer per dtype (the trainer's)
+    step = jit_meta_step(packed_meta_step_fn(learner, tx, chunk, devices), mesh)   # groups cut inside the step
     state, metrics = step(state, batch, keys)
+    # the same groups as separate arrays (one transfer per leaf per group; benchmarks compare the two):
+    batch = stack_seed_groups([group_batch(b, sizes) for b in per_seed_batches]); fn = meta_step_fn(...)
 
 A meta-gradient is a mean over tasks, so the tasks of a batch may be summed in any order. `group_batch` sorts
 a batch's T task slots by support length (stable; padded slots count as length 0), cuts the sorted slots into
@@ -19,6 +21,12 @@ mean support of 37.5 in a batch padded to 100, so most of the executed FLOPs wer
 Compiles: a group's support width is one of ceil(S / width_step) grid values for each batch width S, and the widths
 are non-decreasing across groups, so a run compiles at most C(K + G - 1, G) step programs per batch width
 (K grid values); in practice the last group nearly always sits at the batch width and far fewer occur.
+
+Transfers: placing a pytree costs per leaf on CPU (~20-40 us each at these sizes, far more under load), and G
+separate groups have G times the leaves of a batch, which made grouped first-order steps slower end to end than
+ungrouped ones. The trainer's path (`step_parts`) therefore places ONE packed buffer per dtype
+(`transfer_meta.packing`, `pack_groups`) and cuts the groups inside the step (`unpack_groups`: static slices,
+local to each device's block of the task axis); experiments/profile_length_groups.py times both layouts.
 
 Only the plain learner contract qualifies: a learner with state (MAMO's memories) or a loss that couples
 the tasks of a batch (TaNP's clustering term) reads the whole batch's per-task outputs in their positions,
