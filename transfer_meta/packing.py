@@ -7,11 +7,13 @@
 Placing a pytree on the device costs per leaf, not per byte, at the sizes of a meta-step's batch: on the
 shared 2-core CPU box at load 14, a seed-stacked MeLU batch of 32 tasks (22 leaves) took 1.4 ms at best to
 `device_put`, its 4 length groups as separate arrays (92 leaves, fewer bytes) 11.6 ms, the same groups packed
-here (3 buffers) 0.6 ms (experiments/profile_length_groups.py, experiments/README.md). `pack` writes every leaf, flattened past its task axis, into its columns
-of one [N, T, F] buffer per dtype; the leaf's place (buffer, column range, trailing shape) is static data of the
-`Packed` pytree node (its treedef), so `jax.jit` sees only the buffers and recompiles only when the layout
-changes. The seed and task axes stay in front, so a sharding of the task axis (axis 1) splits every buffer
-the way it split every leaf, and unpacking is local to each device.
+here (3 buffers) 0.6 ms (experiments/profile_length_groups.py, experiments/README.md).
+
+`pack` writes every leaf, flattened past its task axis, into its columns of one [N, T, F] buffer per dtype;
+the leaf's place (buffer, column range, trailing shape) is static data of the `Packed` pytree node (its
+treedef), so `jax.jit` sees only the buffers and recompiles only when the layout changes. The seed and task
+axes stay in front, so a sharding of the task axis (axis 1) splits every buffer the way it split every leaf,
+and unpacking is local to each device.
 """
 
 from __future__ import annotations
