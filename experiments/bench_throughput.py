@@ -181,8 +181,8 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
 
   def host_batch():  # what the trainer builds per step: the seed-stacked batch, or its length groups
     idx = rng.choice(len(task_data), batch_size, replace=batch_size > len(task_data))
-    if n_groups:
-      return length_groups.stack_seed_groups([length_groups.group_batch(task_data.batch(idx), sizes)])
+    if n_groups:  # the trainer's path: one packed buffer per dtype, cut into groups inside the step
+      return length_groups.pack_groups([task_data.batch(idx)], sizes, args.devices)
     return train.stack_seed_batches([task_data.batch(idx)])
 
   t0 = time.perf_counter()
@@ -190,7 +190,7 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
   build_s = (time.perf_counter() - t0) / n_batches
   placed = [sharding.shard_batch(b, mesh, 1) for b in host]
   jax.block_until_ready(placed)
-  parts = lambda b: b["groups"] if n_groups else (b,)  # the batch's (group) pieces, [1, T_g, ...] each
+  parts = lambda b: length_groups.unpack_groups(b)["groups"] if n_groups else (b,)  # (group) pieces [1, T_g, ...]
   widths = lambda b: tuple(g["support"]["mask"].shape[2] for g in parts(b))
   width = {widths(b)[-1] for b in host}
   host = [b for b in host if widths(b)[-1] == max(width)]  # ungrouped: one shape, one compile
@@ -198,8 +198,8 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
   signatures = sorted({widths(b) for b in host})  # grouped: one compile per tuple of group widths
 
   if n_groups:
-    fn = length_groups.meta_step_fn(learner, tx, chunk or None, partial)
-    step_source = f"length_groups.meta_step_fn G={n_groups}"
+    fn = length_groups.packed_meta_step_fn(learner, tx, chunk or None, partial)
+    step_source = f"length_groups.packed_meta_step_fn G={n_groups}"
   elif chunk:
     fn, step_source = chunked_meta_step_fn(learner, tx, chunk, partial)
   else:

@@ -19,7 +19,8 @@ steps, mean-squared error, and one Adam update per step:
           (`--torch_threads=1,2`; `torch.set_num_threads`). Our step uses every core (XLA's thread pool).
 
   grouped `--groups=2` (default; 0 for none) adds our length-grouped step (`transfer_meta.length_groups`: each
-          batch's tasks sorted by support length into G fixed-size groups, each padded to its own multiple of 16)
+          batch's tasks sorted by support length into G fixed-size groups, each padded to its own multiple of 16;
+          the trainer's path, `length_groups.step_parts`: one packed buffer per dtype, cut into groups in the step)
           AND torch.func given the same groups (one vmap per group, sums divided once), timed in the same
           interleaved repetitions; each G appends its own row (case 'fo1:32 groups=2'), with ratios against the
           issue's ungrouped torch.func and against torch.func grouped alike.
@@ -277,8 +278,9 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
     box["state"] = jax.block_until_ready(s)
 
   def ours_grouped(g):
-    gstep = train.jit_meta_step(length_groups.meta_step_fn(learner, tx, chunk), mesh)
-    gplaced = [sharding.shard_batch(length_groups.stack_seed_groups([b]), mesh, 1) for b in grouped[g]]
+    gfn, gbuild, _ = length_groups.step_parts(learner, tx, chunk, 1, slots, g)  # the trainer's packed path
+    gstep = train.jit_meta_step(gfn, mesh)
+    gplaced = [sharding.shard_batch(gbuild([b]), mesh, 1) for b in host]
 
     def run():
       s = box["state"]

@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import transfer_meta as tm
-from transfer_meta import length_groups, step, train
+from transfer_meta import length_groups, packing, step, train
 from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
 from transfer_meta.learners import get_learner
 from transfer_meta.models import get_model
@@ -208,27 +208,38 @@ def test_coupled_learners_are_refused_or_bypassed(setup):
   assert "text tail" in reason and build is step.stack_seed_batches
 
 
-def test_compiles_once_per_group_width_signature(setup):
-  """One trace per distinct tuple of group widths, never more, and within the documented bound."""
+@pytest.mark.parametrize("layout", ["separate", "packed"])
+def test_compiles_once_per_group_width_signature(setup, layout):
+  """One trace per distinct tuple of group widths, never more, and within the documented bound; the trainer's
+  packed batches carry the widths in their static layout, so they compile exactly as often."""
   model, batch, example = setup
   learner, tx = get_learner("fomaml", model, inner_steps=1, inner_lr=0.1), optax.sgd(0.1)
   traces = []
-  grad_fn = length_groups.grouped_batch_grad_fn(learner)
-
-  def counted(params, b, key):
-    traces.append(tuple(g["support"]["mask"].shape[-1] for g in b["groups"]))
-    return grad_fn(params, b, key)
-
-  fn = step.step_fn(counted, tx)
   sizes = length_groups.group_sizes(T, 2)
+  if layout == "packed":
+    packed_step, build, _ = length_groups.step_parts(learner, tx, None, 1, T, 2, W)
+
+    def fn(state, b, keys):
+      traces.append(tuple(support for _, support, _ in b.layout.meta[0]))
+      return packed_step(state, b, keys)
+
+  else:
+    grad_fn = length_groups.grouped_batch_grad_fn(learner)
+
+    def counted(params, b, key):
+      traces.append(tuple(g["support"]["mask"].shape[-1] for g in b["groups"]))
+      return grad_fn(params, b, key)
+
+    fn = step.step_fn(counted, tx)
+    build = lambda bs: length_groups.stack_seed_groups([length_groups.group_batch(b, sizes, W) for b in bs])  # noqa: E731
   rng = np.random.default_rng(0)
-  batches = []
+  batches, signatures = [], set()
   for _ in range(6):
     b = jax.tree.map(lambda x: x.copy(), batch)
     cut = rng.integers(1, S + 1)  # shorten every support to at most `cut` entries
     b["support"]["mask"] &= np.arange(S)[None, :] < cut
-    batches.append(length_groups.stack_seed_groups([length_groups.group_batch(b, sizes, W)]))
-  signatures = {tuple(g["support"]["mask"].shape[-1] for g in b["groups"]) for b in batches}
+    batches.append(build([b]))
+    signatures.add(tuple(g["support"]["mask"].shape[-1] for g in length_groups.group_batch(b, sizes, W)))
   _run(chex.assert_max_traces(fn, n=len(signatures)), learner, tx, example, batches + batches)
   assert len(traces) == len(signatures) and set(traces) == signatures and len(signatures) >= 2
   grid = math.ceil(S / W)
@@ -240,8 +251,8 @@ def test_train_and_evaluate_with_length_groups_equals_without(tmp_path, monkeypa
   """End to end on the tiny smoke config: the same results with 2 length groups, which really were built."""
   from experiments.runner import config_module
 
-  calls, group_batch = [], length_groups.group_batch
-  monkeypatch.setattr(length_groups, "group_batch", lambda *a: calls.append(1) or group_batch(*a))
+  calls, group_plan = [], length_groups.group_plan
+  monkeypatch.setattr(length_groups, "group_plan", lambda *a: calls.append(1) or group_plan(*a))
   runs, built = {}, {}
   for n_groups in (0, 2):
     c = config_module("smoke_synthetic")[0].get_config("tiny")
@@ -283,6 +294,61 @@ def test_stack_seed_groups_pads_each_group_to_the_longest_seed(setup):
     length_groups.stack_seed_groups([seeds[0], seeds[1][:1]])
 
 
+@pytest.mark.parametrize("devices", [1, 2])
+def test_packed_groups_equal_the_separate_groups(setup, devices):
+  """`unpack_groups(pack_groups(...))` (the trainer's one-transfer path) gives the groups `stack_seed_groups`
+  builds: same slots, widths, masks and keys' indices, the same values on every unmasked entry."""
+  _, batch, _ = setup
+  short = jax.tree.map(lambda x: x.copy(), batch)
+  short["support"]["mask"] &= np.arange(S)[None, :] < 3  # a narrower second seed: its groups are padded
+  sizes = length_groups.group_sizes(T, 2, devices)
+  packed = length_groups.pack_groups([batch, short], sizes, devices, W)
+  dtypes = {x.dtype for x in jax.tree.leaves(batch)} | {np.dtype(np.int32)}
+  assert len(jax.tree.leaves(packed)) == len(dtypes) == 3  # one transfer per dtype, whatever G
+  got = length_groups.unpack_groups(packed)["groups"]
+  want = length_groups.stack_seed_groups([length_groups.group_batch(b, sizes, W) for b in (batch, short)])["groups"]
+  assert [g["support"]["mask"].shape for g in got] == [(2, 4, 4), (2, 4, 12)]
+  for g, w in zip(got, want):
+    assert jax.tree.structure(g) == jax.tree.structure(w)
+    for k in ("task_mask", "task_id", "task_index"):
+      np.testing.assert_array_equal(g[k], w[k])
+    for part in ("support", "query"):
+      mask = w[part]["mask"]
+      np.testing.assert_array_equal(g[part]["mask"], mask)
+      for k, v in w[part].items():
+        assert g[part][k].shape == v.shape and g[part][k].dtype == v.dtype
+        sel = mask.reshape(mask.shape + (1,) * (v.ndim - 3))
+        np.testing.assert_array_equal(np.where(sel, g[part][k], 0), np.where(sel, v, 0))
+        np.testing.assert_array_equal(g[part][k][0], v[0])  # the widest seed: every entry, masked ones too
+  if devices == 2:  # device 0's block (first T/2 positions) holds half of each group: a local slice per device
+    index = packing.unpack(packed)["task_index"][0]
+    np.testing.assert_array_equal(index[: T // 2], np.concatenate([w["task_index"][0, :2] for w in want]))
+
+
+@pytest.mark.parametrize("name,chunk", [("maml", None), ("fomaml", 2)])
+def test_packed_step_equals_the_separate_step(setup, name, chunk):
+  """The groups reach the step bit for bit (test above); the compiled programs differ only in where the groups
+  are sliced, which can change XLA's fusion and so the float summation order: equal to ~1 ulp-level noise."""
+  model, batch, example = setup
+  learner, tx = get_learner(name, model, **KW[name]), optax.adam(1e-2)
+  sizes = length_groups.group_sizes(T, 2, chunk or 1)
+  separate = length_groups.stack_seed_groups([length_groups.group_batch(batch, sizes, W)])
+  fn, build, reason = length_groups.step_parts(learner, tx, chunk, 1, T, 2, W)  # the trainer's path
+  assert reason is None
+  want_params, want = _run(length_groups.meta_step_fn(learner, tx, chunk), learner, tx, example, [separate] * STEPS)
+  got_params, got = _run(fn, learner, tx, example, [build([batch])] * STEPS)
+  chex.assert_tree_all_finite((got_params, got))
+  assert want[-1]["grad_norm"][0] > 0
+  for a, b in zip(jax.tree.leaves((got_params, got)), jax.tree.leaves((want_params, want))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_pack_groups_refuses_sizes_not_split_over_the_devices(setup):
+  _, batch, _ = setup
+  with pytest.raises(ValueError, match=r"multiples of devices=2"):
+    length_groups.pack_groups([batch], (3, 5), 2, W)
+
+
 SHARDED_SCRIPT = r"""
 import os
 import sys
@@ -296,15 +362,18 @@ assert len(jax.devices()) == 2
 model, batch, example = make_setup()
 learner, tx = get_learner("fomaml", model, **KW["fomaml"]), optax.adam(1e-2)
 mesh2, mesh1 = sharding.make_mesh(), sharding.make_mesh(jax.devices()[:1])
-grouped = length_groups.stack_seed_groups([length_groups.group_batch(batch, length_groups.group_sizes(T, 2, 2), W)])
-step2 = train.jit_meta_step(length_groups.meta_step_fn(learner, tx, 2, 2), mesh2)  # chunks of 2, 2 partial sums
+fn, build, _ = length_groups.step_parts(learner, tx, 2, 2, T, 2, W)  # the trainer's path: chunks of 2, 2 partial sums
+step2 = train.jit_meta_step(fn, mesh2)
 step1 = train.jit_meta_step(step.meta_step_fn(learner, tx), mesh1)
 keys = train.seed_keys([0])[0]
 s2 = train.make_init(learner, tx, example, mesh2)[1](keys)
 s1 = train.make_init(learner, tx, example, mesh1)[1](keys)
+hlo = step2.lower(s2, sharding.shard_batch(build([batch]), mesh2, 1), keys).compile().as_text()
+moves = [op for op in ("all-to-all", "all-gather", "collective-permute") if op in hlo]
+assert not moves and "all-reduce" in hlo, moves  # groups are local slices; only the gradient sum is reduced
 for _ in range(2):
-  placed = sharding.shard_batch(grouped, mesh2, 1)
-  assert all(len(g["task_mask"].addressable_shards) == 2 for g in placed["groups"])
+  placed = sharding.shard_batch(build([batch]), mesh2, 1)
+  assert all(len(b.addressable_shards) == 2 for b in jax.tree.leaves(placed)) and len(jax.tree.leaves(placed)) == 3
   s2, m2 = step2(s2, placed, keys)
   s1, m1 = step1(s1, sharding.shard_batch(train.stack_seed_batches([batch]), mesh1, 1), keys)
   chex.assert_trees_all_close(m2, m1, rtol=1e-5, atol=1e-6)

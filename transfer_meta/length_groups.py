@@ -1,9 +1,11 @@
 """Length grouping inside a meta-step: each group of a batch's tasks is padded only to its own support length.
 
     sizes = group_sizes(slots, n_groups=2, unit=chunk or devices)
-    batch = stack_seed_groups([group_batch(b, sizes) for b in per_seed_batches])   # host, numpy
-    step = jit_meta_step(meta_step_fn(learner, tx, chunk, devices), mesh)
+    batch = pack_groups(per_seed_batches, sizes, devices)     # host, numpy: one buffer per dtype (the trainer's)
+    step = jit_meta_step(packed_meta_step_fn(learner, tx, chunk, devices), mesh)   # groups cut inside the step
     state, metrics = step(state, batch, keys)
+    # the same groups as separate arrays (one transfer per leaf per group; benchmarks compare the two):
+    batch = stack_seed_groups([group_batch(b, sizes) for b in per_seed_batches]); fn = meta_step_fn(...)
 
 A meta-gradient is a mean over tasks, so the tasks of a batch may be summed in any order. `group_batch` sorts
 a batch's T task slots by support length (stable; padded slots count as length 0), cuts the sorted slots into
@@ -20,6 +22,12 @@ Compiles: a group's support width is one of ceil(S / width_step) grid values for
 are non-decreasing across groups, so a run compiles at most C(K + G - 1, G) step programs per batch width
 (K grid values); in practice the last group nearly always sits at the batch width and far fewer occur.
 
+Transfers: placing a pytree costs per leaf on CPU (~20-40 us each at these sizes, far more under load), and G
+separate groups have G times the leaves of a batch, which made grouped first-order steps slower end to end than
+ungrouped ones. The trainer's path (`step_parts`) therefore places ONE packed buffer per dtype
+(`transfer_meta.packing`, `pack_groups`) and cuts the groups inside the step (`unpack_groups`: static slices,
+local to each device's block of the task axis); experiments/profile_length_groups.py times both layouts.
+
 Only the plain learner contract qualifies: a learner with state (MAMO's memories) or a loss that couples
 the tasks of a batch (TaNP's clustering term) reads the whole batch's per-task outputs in their positions,
 so `meta_step_fn` refuses it (`unsupported_reason` says why); the trainer then runs the ungrouped step.
@@ -35,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from transfer_meta import chunking, step
+from transfer_meta import chunking, packing, step
 from transfer_meta.learners.base import Learner, has_extensions
 
 DEFAULT_STEP = 16  # width grid: multiples of 16 up to the batch's padded width
@@ -106,6 +114,33 @@ def _take(part: dict, index: np.ndarray, width: int) -> dict:
   return {k: np.asarray(v)[index, :width] for k, v in part.items()}
 
 
+def group_plan(batch: dict, sizes: Sequence[int], width_step: int = DEFAULT_STEP) -> tuple[tuple, ...]:
+  """Which slots form each length group of one seed's batch, and the group's widths (host side, numpy).
+
+  Args:
+    batch: {"support": x[T, S], "query": x[T, Q], "task_mask": bool [T], ...} (`TaskData.batch`).
+    sizes: the group sizes (`group_sizes`), summing to T.
+    width_step: the width grid's spacing.
+  Returns:
+    G tuples (slot indices int [T_g], support width S_g, query width Q_g): the slots ranked
+    sizes[0] + ... + sizes[g-1] onwards by support length (stable; padded slots count as length 0), each width
+    the `group_width` of the group's longest member.
+  """
+  mask = np.asarray(batch["task_mask"], bool)
+  n_slots = mask.shape[0]
+  if sum(sizes) != n_slots or min(sizes) < 1:
+    raise ValueError(f"group sizes {tuple(sizes)} must be positive and sum to the batch's {n_slots} task slots")
+  lengths = {part: np.where(mask, np.asarray(batch[part]["mask"]).sum(axis=1), 0) for part in ("support", "query")}
+  order = np.argsort(lengths["support"], kind="stable")
+  plan, start = [], 0
+  for size in sizes:
+    index = order[start : start + size]
+    start += size
+    widths = [group_width(int(lengths[p][index].max()), batch[p]["mask"].shape[1], width_step) for p in lengths]
+    plan.append((index, *widths))
+  return tuple(plan)
+
+
 def group_batch(batch: dict, sizes: Sequence[int], width_step: int = DEFAULT_STEP) -> tuple[dict, ...]:
   """One seed's task batch cut into length groups (host side, numpy).
 
@@ -119,24 +154,17 @@ def group_batch(batch: dict, sizes: Sequence[int], width_step: int = DEFAULT_STE
     "task_index": int32 [T_g] (the slots' positions in `batch`)}, S_g / Q_g from `group_width`.
   """
   mask = np.asarray(batch["task_mask"], bool)
-  n_slots = mask.shape[0]
-  if sum(sizes) != n_slots or min(sizes) < 1:
-    raise ValueError(f"group sizes {tuple(sizes)} must be positive and sum to the batch's {n_slots} task slots")
-  lengths = {part: np.where(mask, np.asarray(batch[part]["mask"]).sum(axis=1), 0) for part in ("support", "query")}
-  order = np.argsort(lengths["support"], kind="stable")
-  groups, start = [], 0
-  for size in sizes:
-    index = order[start : start + size]
-    start += size
-    group = {
-      "task_mask": mask[index],
-      "task_id": np.asarray(batch["task_id"])[index],
-      "task_index": index.astype(np.int32),
-    }
-    for part in ("support", "query"):
-      width = group_width(int(lengths[part][index].max()), batch[part]["mask"].shape[1], width_step)
-      group[part] = _take(batch[part], index, width)
-    groups.append(group)
+  groups = []
+  for index, support_width, query_width in group_plan(batch, sizes, width_step):
+    groups.append(
+      {
+        "task_mask": mask[index],
+        "task_id": np.asarray(batch["task_id"])[index],
+        "task_index": index.astype(np.int32),
+        "support": _take(batch["support"], index, support_width),
+        "query": _take(batch["query"], index, query_width),
+      }
+    )
   return tuple(groups)
 
 
@@ -162,6 +190,69 @@ def stack_seed_groups(grouped: Sequence[tuple[dict, ...]]) -> dict:
       stacked[part] = {k: np.stack([_pad_to(p[part][k], width) for p in parts]) for k in parts[0][part]}
     out.append(stacked)
   return {"groups": tuple(out)}
+
+
+def pack_groups(
+  batches: Sequence[dict], sizes: Sequence[int], devices: int = 1, width_step: int = DEFAULT_STEP
+) -> packing.Packed:
+  """Per-seed batches as ONE packed, seed-stacked batch whose slots are laid out group by group (host, numpy).
+
+  The trainer's path (`step_parts`): the same groups as `stack_seed_groups(group_batch(...))`, but placed on the
+  device in one buffer per dtype (three transfers for any G, where the separate groups need one per leaf per
+  group) and cut into groups inside the jitted step (`unpack_groups`). The batch keeps its padded width; slot
+  positions are permuted so that, with the task axis split into `devices` contiguous blocks, device d's block
+  holds its share T_g / D of every group in turn (group g of a device's block at offsets
+  (T_0 + ... + T_{g-1}) / D onwards): a group is then a local slice of every device's block.
+
+  Args:
+    batches: one `TaskData.batch` per seed (T slots each).
+    sizes: the group sizes (`group_sizes`), each a multiple of `devices`.
+    devices: devices on the 'tasks' mesh axis.
+    width_step: the width grid's spacing.
+  Returns:
+    `packing.Packed` of {"support": x[N, T, S], "query": x[N, T, Q], "task_mask": [N, T], "task_id": [N, T],
+    "task_index": int32 [N, T] (each position's slot in its seed's batch)}, S / Q the widest seed's, its
+    layout's meta ((T_g, S_g, Q_g) per group: widths the largest over the seeds, devices).
+  """
+  if devices < 1 or any(size % devices for size in sizes):
+    raise ValueError(f"group sizes {tuple(sizes)} must be multiples of devices={devices} (`group_sizes(unit=)`)")
+  plans = [group_plan(b, sizes, width_step) for b in batches]
+  n_slots, block = sum(sizes), sum(sizes) // devices
+  starts = np.cumsum((0, *sizes[:-1])) // devices
+  perms = np.empty((len(batches), n_slots), np.int64)
+  for n, plan in enumerate(plans):
+    for (index, _, _), size, start in zip(plan, sizes, starts):
+      j = np.arange(size)
+      share = size // devices
+      perms[n, (j // share) * block + start + j % share] = index  # group member j -> device j // share
+  widths = tuple((int(size), *(max(p[g][k] for p in plans) for k in (1, 2))) for g, size in enumerate(sizes))
+  slot = np.arange(n_slots, dtype=np.int32)  # gathered by `perms` into each position's slot (its key's index)
+  parts = ("support", "query", "task_mask", "task_id")
+  trees = [{**{k: b[k] for k in parts}, "task_index": slot} for b in batches]
+  return packing.pack(trees, perms, meta=(widths, int(devices)))
+
+
+def unpack_groups(packed: packing.Packed) -> dict:
+  """Inside the jitted step: a `pack_groups` batch -> {"groups": (group dicts [N, T_g, ...] each)}, equal to
+  `stack_seed_groups` of the same batches on every unmasked entry (static slices and reshapes, local to each
+  device's block of the task axis)."""
+  widths, devices = packed.layout.meta
+  batch = packing.unpack(packed)
+
+  def take(x, start, size, width=None):
+    n, t = x.shape[:2]
+    blocks = x.reshape((n, devices, t // devices) + x.shape[2:])[:, :, start // devices : (start + size) // devices]
+    out = blocks.reshape((n, size) + x.shape[2:])
+    return out if width is None else out[:, :, :width]
+
+  groups, start = [], 0
+  for size, support_width, query_width in widths:
+    group = {k: take(batch[k], start, size) for k in ("task_mask", "task_id", "task_index")}
+    group["support"] = {k: take(v, start, size, support_width) for k, v in batch["support"].items()}
+    group["query"] = {k: take(v, start, size, query_width) for k, v in batch["query"].items()}
+    groups.append(group)
+    start += size
+  return {"groups": tuple(groups)}
 
 
 def grouped_batch_grad_fn(learner: Learner, chunk_size: int | None = None, partial: int = 1) -> Callable:
@@ -207,6 +298,14 @@ def meta_step_fn(
   return step.step_fn(grouped_batch_grad_fn(learner, chunk_size, partial), tx)
 
 
+def packed_meta_step_fn(
+  learner: Learner, tx: optax.GradientTransformation, chunk_size: int | None = None, partial: int = 1
+) -> Callable:
+  """`meta_step_fn` taking a `pack_groups` batch (one transfer per dtype), cut into groups inside the step."""
+  grouped = meta_step_fn(learner, tx, chunk_size, partial)
+  return lambda state, batch, keys: grouped(state, unpack_groups(batch), keys)
+
+
 def step_parts(
   learner: Learner,
   tx: optax.GradientTransformation,
@@ -224,7 +323,8 @@ def step_parts(
     slots: task slots per step; n_groups: `config.length_groups` (0: off); width_step: the width grid.
   Returns:
     (unjitted meta-step, build(per-seed host batches) -> the step's seed-stacked batch, None or the reason
-    grouping was bypassed for this learner, in which case the first two are the ungrouped step's).
+    grouping was bypassed for this learner, in which case the first two are the ungrouped step's). Grouped:
+    `packed_meta_step_fn` and `pack_groups` (one host-to-device transfer per dtype).
   """
   n_groups = check_length_groups(n_groups, width_step)
   partial = devices if chunk_size else 1
@@ -232,5 +332,5 @@ def step_parts(
   if not n_groups or reason is not None:
     return step.meta_step_fn(learner, tx, chunk_size, partial), step.stack_seed_batches, reason
   sizes = group_sizes(slots, n_groups, chunk_size or devices)
-  build = lambda batches: stack_seed_groups([group_batch(b, sizes, width_step) for b in batches])
-  return meta_step_fn(learner, tx, chunk_size, partial), build, None
+  build = lambda batches: pack_groups(batches, sizes, devices, width_step)
+  return packed_meta_step_fn(learner, tx, chunk_size, partial), build, None
