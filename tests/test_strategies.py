@@ -17,7 +17,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 from test_resume import _run, _run_and_kill_when
-from xla_flags import subprocess_env
+from xla_flags import run_script
 
 from transfer_meta import stages, step, train
 from transfer_meta.data.streams import InteractionIterator, SampledPairIterator, training_rows
@@ -370,14 +370,7 @@ print("SHARDED_OK")
 
 def test_stages_on_8_fake_devices_equal_one_device():
   """Every stage (interaction minibatches, then task batches) split over 8 devices gives one device's result."""
-  import subprocess
-  import sys
-
-  env = subprocess_env(devices=8)  # read by jax at import, before the script's first line that needs it
-  done = subprocess.run(
-    [sys.executable, "-c", SHARDED_SCRIPT.format(root=ROOT)], cwd=ROOT, env=env, capture_output=True, text=True,
-    timeout=600,
-  )  # fmt: skip
+  done = run_script(SHARDED_SCRIPT.format(root=ROOT), devices=8, cwd=ROOT)
   assert done.returncode == 0 and "SHARDED_OK" in done.stdout, done.stderr[-4000:]
 
 
