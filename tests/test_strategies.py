@@ -201,11 +201,6 @@ def test_interaction_stream_covers_training_rows_once_per_epoch_and_resumes(exp)
     InteractionIterator(exp.data, exp.feats, st.split.target, rows, rows.size + 1, seed=0)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_cache"))
-
-
 def _results_without_timing(workdir: str) -> dict:
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
@@ -218,7 +213,8 @@ def _read(workdir: str, name: str) -> str:
     return f.read()
 
 
-def test_sigkill_mid_stage_then_resume_equals_uninterrupted(cache, tmp_path):
+def test_sigkill_mid_stage_then_resume_equals_uninterrupted(jax_cache, tmp_path):
+  cache = jax_cache  # the suite's, shared with test_resume's runs of the same data, model, protocol and `none`
   uninterrupted, killed = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
   _run(uninterrupted, cache, CONFIG)
   where = os.path.join("checkpoints", "pretrain_finetune")
