@@ -24,6 +24,7 @@ ARGS = [
   "--config.num_steps=6",
   "--config.compare_learners=()",
   "--config.batch_size=8",
+  "--compilation_cache=",
 ]
 
 
@@ -39,7 +40,7 @@ def _env() -> dict:
   return env
 
 
-def _launch(workdir: str, port: int, cache: str) -> list[subprocess.Popen]:
+def _launch(workdir: str, port: int) -> list[subprocess.Popen]:
   return [
     subprocess.Popen(
       [
@@ -48,7 +49,6 @@ def _launch(workdir: str, port: int, cache: str) -> list[subprocess.Popen]:
         "transfer_meta.main",
         *ARGS,
         f"--workdir={workdir}",
-        f"--compilation_cache={cache}",
         "--distributed",
         f"--coordinator_address=localhost:{port}",
         "--num_processes=2",
@@ -82,11 +82,10 @@ def _metrics(path: str) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_checkpoint_survive_sigkill_and_match_one_process(tmp_path, jax_cache):
-  """The suite's compilation cache: the rerun of both processes loads what their first launch compiled."""
+def test_two_processes_checkpoint_survive_sigkill_and_match_one_process(tmp_path):
   single = tmp_path / "single"
   done = subprocess.run(
-    [sys.executable, "-m", "transfer_meta.main", *ARGS, f"--workdir={single}", f"--compilation_cache={jax_cache}"],
+    [sys.executable, "-m", "transfer_meta.main", *ARGS, f"--workdir={single}"],
     cwd=ROOT,
     env=_env(),
     capture_output=True,
@@ -96,7 +95,7 @@ def test_two_processes_checkpoint_survive_sigkill_and_match_one_process(tmp_path
   assert done.returncode == 0, done.stderr[-3000:]
 
   multi = str(tmp_path / "multi")
-  procs = _launch(multi, _port(), jax_cache)
+  procs = _launch(multi, _port())
   try:  # kill process 1 once a checkpoint past the first is on disk, before the run ends
     deadline = time.time() + 600
     while not [s for s in _steps(multi) if s >= 2] and time.time() < deadline:
@@ -115,7 +114,7 @@ def test_two_processes_checkpoint_survive_sigkill_and_match_one_process(tmp_path
   killed_at = max(_steps(multi))
   assert killed_at < 6
 
-  procs = _launch(multi, _port(), jax_cache)
+  procs = _launch(multi, _port())
   try:
     logs = [p.communicate(timeout=600)[0] for p in procs]
   finally:
