@@ -384,19 +384,9 @@ print("GROUPED_SHARDED_OK")
 
 def test_grouped_chunked_step_on_2_fake_devices_equals_the_ungrouped_step_on_one():
   import os
-  import subprocess
-  import sys
+
+  from xla_flags import run_script  # noqa: PLC0415 (its subprocess script imports this module)
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  from xla_flags import subprocess_env  # noqa: PLC0415 (its subprocess script imports this module)
-
-  env = subprocess_env(devices=2)  # the suite's compile flags and 2 fake devices, read by jax at import
-  done = subprocess.run(
-    [sys.executable, "-c", SHARDED_SCRIPT.format(root=root)],
-    cwd=root,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  done = run_script(SHARDED_SCRIPT.format(root=root), devices=2, cwd=root)
   assert done.returncode == 0 and "GROUPED_SHARDED_OK" in done.stdout, done.stderr[-4000:]

@@ -17,7 +17,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 from test_resume import _run, _run_and_kill_when
-from xla_flags import subprocess_env
+from xla_flags import run_script
 
 from transfer_meta import stages, step, train
 from transfer_meta.data.streams import InteractionIterator, SampledPairIterator, training_rows
@@ -201,11 +201,6 @@ def test_interaction_stream_covers_training_rows_once_per_epoch_and_resumes(exp)
     InteractionIterator(exp.data, exp.feats, st.split.target, rows, rows.size + 1, seed=0)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_cache"))
-
-
 def _results_without_timing(workdir: str) -> dict:
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
@@ -218,7 +213,8 @@ def _read(workdir: str, name: str) -> str:
     return f.read()
 
 
-def test_sigkill_mid_stage_then_resume_equals_uninterrupted(cache, tmp_path):
+def test_sigkill_mid_stage_then_resume_equals_uninterrupted(jax_cache, tmp_path):
+  cache = jax_cache  # the suite's, shared with test_resume's runs of the same data, model, protocol and `none`
   uninterrupted, killed = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
   _run(uninterrupted, cache, CONFIG)
   where = os.path.join("checkpoints", "pretrain_finetune")
@@ -370,14 +366,7 @@ print("SHARDED_OK")
 
 def test_stages_on_8_fake_devices_equal_one_device():
   """Every stage (interaction minibatches, then task batches) split over 8 devices gives one device's result."""
-  import subprocess
-  import sys
-
-  env = subprocess_env(devices=8)  # read by jax at import, before the script's first line that needs it
-  done = subprocess.run(
-    [sys.executable, "-c", SHARDED_SCRIPT.format(root=ROOT)], cwd=ROOT, env=env, capture_output=True, text=True,
-    timeout=600,
-  )  # fmt: skip
+  done = run_script(SHARDED_SCRIPT.format(root=ROOT), devices=8, cwd=ROOT)
   assert done.returncode == 0 and "SHARDED_OK" in done.stdout, done.stderr[-4000:]
 
 

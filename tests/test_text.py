@@ -31,6 +31,9 @@ from transfer_meta.text import bert, catalogue_tail, item_features, last_layer, 
 
 TINY = bert.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=24, max_positions=12)
 B, L = 3, 7
+# Jitted as the library runs it (`minilm.embed_texts`): one compile per input shape, shared by the tests below,
+# instead of one per primitive of an op-by-op forward.
+ENCODE = jax.jit(bert.encode, static_argnums=(1,))
 
 
 # ------------------------------------------------------------------------- independent numpy reference
@@ -128,7 +131,7 @@ def test_shapes_and_unit_norm(tiny):
   ids, mask = minilm.pad_batch(_tokens(), B)
   hidden = bert.Bert(TINY).apply({"params": params}, ids, mask)
   chex.assert_shape(hidden, (B, 8, TINY.hidden))  # L=7 padded up to a multiple of 8
-  vec = bert.encode(params, TINY, ids, mask)
+  vec = ENCODE(params, TINY, ids, mask)
   chex.assert_shape(vec, (B, TINY.hidden))
   np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-6)
 
@@ -137,7 +140,7 @@ def test_agrees_with_independent_numpy_forward(tiny):
   state, params = tiny
   toks = _tokens()
   ids, mask = minilm.pad_batch(toks, B)
-  got = np.asarray(bert.encode(params, TINY, ids, mask))
+  got = np.asarray(ENCODE(params, TINY, ids, mask))
   want = np.stack([np_sentence_vector(state, t, TINY.heads) for t in toks])
   np.testing.assert_allclose(got, want, atol=2e-5)
 
@@ -146,15 +149,15 @@ def test_padding_does_not_change_the_pooled_vector(tiny):
   _, params = tiny
   toks = _tokens()
   ids, mask = minilm.pad_batch(toks, B)  # length 8
-  base = np.asarray(bert.encode(params, TINY, ids, mask))
+  base = np.asarray(ENCODE(params, TINY, ids, mask))
   longer_ids = np.zeros((B, 12), np.int32)
   longer_ids[:, :8] = ids
   longer_mask = np.zeros((B, 12), bool)
   longer_mask[:, :8] = mask
   longer_ids[~longer_mask] = 7  # padded positions hold arbitrary tokens: the mask alone must exclude them
-  padded = np.asarray(bert.encode(params, TINY, longer_ids, longer_mask))
+  padded = np.asarray(ENCODE(params, TINY, longer_ids, longer_mask))
   np.testing.assert_allclose(padded, base, atol=1e-6)
-  alone = np.asarray(bert.encode(params, TINY, ids[2:3, :1], mask[2:3, :1]))  # the 1-token text unpadded
+  alone = np.asarray(ENCODE(params, TINY, ids[2:3, :1], mask[2:3, :1]))  # the 1-token text unpadded
   np.testing.assert_allclose(alone[0], base[2], atol=1e-6)
 
 
@@ -422,9 +425,12 @@ def test_load_dataset_text_features_flag(real, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module", params=["plain", "residual_oov", "tail"])
 def text_run(request, real, tmp_path_factory):
-  """A 2-step MAML-MeLU run on ML-100K with item text features (1 seed, no comparisons or baselines): 'plain'
+  """A 1-step MAML-MeLU run on ML-100K with item text features (1 seed, no comparisons or baselines): 'plain'
   without the main config's residual and OOV rows, 'residual_oov' with them (and its numeric release year),
-  'tail' as 'plain' with MiniLM's last layer fine-tuned (`text_finetune_last_layer`)."""
+  'tail' as 'plain' with MiniLM's last layer fine-tuned (`text_finetune_last_layer`).
+
+  Each evaluation set fits one batch (the largest, 'warm', has 298 tasks): the tail runs its layer over the whole
+  catalogue once per evaluation batch (~1 CPU-s for ML-100K's 1682 titles), so 64-task batches cost 14 passes."""
   config = runner.load_config("melu_ml100k:smoke")
   with config.unlocked():
     config.dataset.text_features = True
@@ -432,7 +438,8 @@ def text_run(request, real, tmp_path_factory):
     if request.param in ("plain", "tail"):
       config.residual, config.oov_min_count = "", 0
     config.model.use_item_ids = False  # a brand-new item has no id row
-    config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 2, 2, 2
+    config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 1, 1, 1
+    config.eval_batch_size = 320
     config.compare_learners, config.baselines, config.progress = (), (), False
     config.compare_kwargs = {}
   workdir = str(tmp_path_factory.mktemp("text_run"))
@@ -556,7 +563,7 @@ def _examples(table, items, column: int = 2, extra: int = 1) -> dict:
 def test_states_before_then_last_layer_is_the_encoder(tiny):
   _, params = tiny
   table, ids, mask = _tiny_table(tiny)
-  want = np.asarray(bert.encode(params, TINY, ids, mask))
+  want = np.asarray(ENCODE(params, TINY, ids, mask))
   got = np.asarray(last_layer.tail_feature(table.params, TINY, table.states, table.mask))
   np.testing.assert_allclose(got[:3], want[:3], atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(got[:3], axis=1), 1.0, atol=1e-5)
@@ -596,20 +603,20 @@ def test_wrapped_model_equals_frozen_feature_at_init_and_trains_the_tail(tiny):
   # Gradients reach the tail, per task under vmap (the trainer's), finite with an all-padding item (id 3).
   xs = jax.tree.map(lambda a: np.stack([a, a[::-1]]), x)
   loss = lambda p, xt: jnp.sum(model.apply(p, xt, xt) ** 2)  # noqa: E731
-  grads = jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, xs)
+  grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, xs)
   tail_g = grads[last_layer.TAIL]
   chex.assert_tree_all_finite(tail_g)
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(tail_g))
 
   # The tail's gradient matches a central finite difference along a random direction.
-  f = lambda t: loss({**params, last_layer.TAIL: t}, x)  # noqa: E731
+  f = jax.jit(lambda t: loss({**params, last_layer.TAIL: t}, x))  # one compile for both sides
   keys = iter(jax.random.split(jax.random.key(7), len(jax.tree.leaves(table.params))))
   d = jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape), params[last_layer.TAIL])
   eps = 1e-3
   plus = jax.tree.map(lambda a, b: a + eps * b, params[last_layer.TAIL], d)
   minus = jax.tree.map(lambda a, b: a - eps * b, params[last_layer.TAIL], d)
   fd = (float(f(plus)) - float(f(minus))) / (2 * eps)
-  g = jax.grad(f)(params[last_layer.TAIL])
+  g = jax.jit(jax.grad(f))(params[last_layer.TAIL])
   analytic = float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(d))))
   np.testing.assert_allclose(analytic, fd, rtol=2e-2)
   assert abs(analytic) > 1e-3

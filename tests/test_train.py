@@ -354,20 +354,9 @@ print("SHARDED_OK")
 
 
 def test_sharded_meta_step_on_8_fake_devices_equals_one_device_and_compiles_once():
-  import subprocess
-  import sys
+  from xla_flags import run_script  # noqa: PLC0415 (its subprocess script imports this module)
 
-  from xla_flags import subprocess_env  # noqa: PLC0415 (its subprocess script imports this module)
-
-  env = subprocess_env(devices=8)  # the suite's compile flags and 8 fake devices, read by jax at import
-  done = subprocess.run(
-    [sys.executable, "-c", SHARDED_SCRIPT.format(root=ROOT)],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  done = run_script(SHARDED_SCRIPT.format(root=ROOT), devices=8, cwd=ROOT)
   assert done.returncode == 0 and "SHARDED_OK" in done.stdout, done.stderr[-4000:]
 
 

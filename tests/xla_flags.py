@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 DEVICE_COUNT = re.compile(r"--xla_force_host_platform_device_count=\S*")
 
@@ -35,3 +37,22 @@ def xla_flags(devices: int | None = None, parent: str | None = None) -> str:
 def subprocess_env(devices: int | None = None, **extra: str) -> dict:
   """`os.environ` with XLA_FLAGS from `xla_flags(devices)` and `extra` variables set."""
   return {**os.environ, "XLA_FLAGS": xla_flags(devices), **extra}
+
+
+def run_script(script: str, devices: int, cwd: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess:
+  """Runs `python -c script` in `cwd` with `subprocess_env(devices, **extra)`: the suite's compile flags (and
+  compilation cache) and `devices` fake CPU devices, read by jax at import, before the script's first line.
+
+  Args:
+    script: Python source for `python -c`.
+    devices: fake CPU devices the script sees (>= 1).
+    cwd: its working directory (the repository root, so `tests.<module>` imports resolve).
+    timeout: seconds before `subprocess.TimeoutExpired`.
+    **extra: more environment variables.
+  Returns:
+    The finished process, stdout and stderr captured as text (the caller asserts on them).
+  """
+  env = subprocess_env(devices, **extra)
+  return subprocess.run(
+    [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+  )
