@@ -2,14 +2,17 @@
 
 Many tests compile the same programs (the smoke config's meta-step and eval step, built afresh by each
 `train_and_evaluate`, each subprocess and each notebook kernel). The persistent cache keys compiled programs by
-their HLO, so a program compiled once is loaded from disk everywhere else, within this run and in later runs. It
-lives in pytest's own cache directory (`.pytest_cache/d/jax_compilation_cache`, git-ignored, cleared by
-`pytest --cache-clear`), so a fresh clone starts empty and nothing outside the checkout is touched;
-`TRANSFER_META_TEST_JAX_CACHE=DIR` puts it elsewhere, `TRANSFER_META_TEST_JAX_CACHE=off` disables it.
+their HLO (and jax version, XLA flags and backend), so a program compiled once is loaded from disk everywhere
+else, within this run and in every later run on the machine, from any clone. It lives beside the data cache, in
+`<cache root>/jax_compilation_cache/tests` (`$TRANSFER_META_CACHE`, else `~/.cache/transfer_meta`; the same root
+as the datasets), bounded to `MAX_CACHE_BYTES` by least-recently-used eviction, so a fresh clone on a machine
+that has run the suite before starts warm, and a fresh machine starts empty. `TRANSFER_META_TEST_JAX_CACHE=DIR`
+puts it elsewhere (an empty DIR: a cold-cache run), `TRANSFER_META_TEST_JAX_CACHE=off` disables it.
 Subprocesses inherit it through the JAX_* environment variables (read by jax at import).
 """
 
 import os
+from collections.abc import Mapping
 
 # XLA's CPU compiler spends much of each compile in LLVM's optimisation passes, and the suite is mostly compiles of
 # tiny programs whose run time is negligible: LLVM -O0 cuts the compile time (and nothing the tests check depends
@@ -30,35 +33,47 @@ import pytest  # noqa: E402
 import transfer_meta as tm  # noqa: E402
 
 CACHE_ENV = "TRANSFER_META_TEST_JAX_CACHE"
+# Least-recently-used entries beyond this are evicted (one full cold run writes ~80 MB; jax needs `filelock`).
+MAX_CACHE_BYTES = 2 << 30
 
 
-def _cache_dir(config: pytest.Config) -> str | None:
-  """The suite's compilation-cache directory, or None when disabled."""
-  chosen = os.environ.get(CACHE_ENV, "")
+def cache_dir(environ: Mapping[str, str]) -> str | None:
+  """The suite's compilation-cache directory for an environment, or None when disabled.
+
+  Args:
+    environ: environment variables (`os.environ`): TRANSFER_META_TEST_JAX_CACHE ('off', a directory, or unset)
+      and TRANSFER_META_CACHE (the data cache root, used when the former is unset).
+  Returns:
+    A directory path (not created), or None for 'off'.
+  """
+  chosen = environ.get(CACHE_ENV, "")
   if chosen == "off":
     return None
   if chosen:
     return chosen
-  cache = getattr(config, "cache", None)  # None under `-p no:cacheprovider`
-  return str(cache.mkdir("jax_compilation_cache")) if cache is not None else None
+  root = environ.get("TRANSFER_META_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "transfer_meta")
+  return os.path.join(os.path.expanduser(root), "jax_compilation_cache", "tests")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-  path = _cache_dir(config)
+  path = cache_dir(os.environ)
   if path is None:
     return
+  os.makedirs(path, exist_ok=True)
   # Every compile is worth caching here: the suite's programs are small and compiled many times over.
   os.environ["JAX_COMPILATION_CACHE_DIR"] = path
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(MAX_CACHE_BYTES)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
 
 
 @pytest.fixture(scope="session")
-def jax_cache(pytestconfig, tmp_path_factory) -> str:
+def jax_cache(tmp_path_factory) -> str:
   """The suite's compilation-cache directory, for subprocesses' `--compilation_cache=` (a fresh temporary one
   when the suite's cache is off)."""
-  return _cache_dir(pytestconfig) or str(tmp_path_factory.mktemp("jax_cache"))
+  return cache_dir(os.environ) or str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture(scope="session")
