@@ -10,7 +10,9 @@
 validation metric; `item="meta_params"` gives the last one) of the run's main learner, rebuilds model and
 learner from `config.json` and precomputes the catalogue's item features on the device. `adapt` runs the
 learner's inner loop on the ratings (support padded to a bucket, so a few compiled shapes serve every user)
-and scores every item with the adapted parameters in one jitted call.
+and scores every item with the adapted parameters in one jitted call. A run that fine-tuned MiniLM's last layer
+(`text_finetune_last_layer`) with a learner that does not adapt it is served through that layer's output for the
+whole catalogue, computed once per bundle (`served_params`); each request then reads rows of it.
 """
 
 from __future__ import annotations
