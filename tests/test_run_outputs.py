@@ -3,32 +3,21 @@ baselines; and metrics.jsonl's per-seed values agree with its means."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
-from transfer_meta import plots, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config():
-  spec = importlib.util.spec_from_file_location("smoke_cfg_out", os.path.join(ROOT, "configs", "smoke_synthetic.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
-  with config.unlocked():
-    config.num_steps, config.min_tasks = 4, 10_000  # a floor no set reaches: its warning must reach train.log
-  return config  # second-order MAML beside `none`
+from transfer_meta import plots
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("outputs"))
-  return workdir, train.train_and_evaluate(_config(), workdir)
+def run(smoke_tiny_runs):
+  """conftest's smoke_tiny_runs run 0: configs/smoke_synthetic.py:tiny, 4 steps, `min_tasks=10000` (a floor no set
+  reaches: its warning must reach train.log), second-order MAML beside `none`."""
+  workdir, results, _ = smoke_tiny_runs(0)
+  return workdir, results
 
 
 def test_log_file_holds_the_run_and_its_warnings(run):
@@ -76,9 +65,11 @@ def test_plots_are_written_and_read_back(run):
     plots.plot_scenarios(with_partial, "mae", os.path.join(workdir, "x.png"))
 
 
-def test_a_fresh_rerun_is_bit_identical_on_cpu(run, tmp_path):
-  """README "Reproducibility": a second-order run repeated into a fresh workdir gives the same bits."""
+def test_a_fresh_rerun_is_bit_identical_on_cpu(run, smoke_tiny_runs):
+  """README "Reproducibility": a second-order run repeated into a fresh workdir gives the same bits (run 1 of
+  smoke_tiny_runs is the same config as run 0, trained again into its own workdir; test_serving serves it)."""
   workdir, results = run
-  again = train.train_and_evaluate(_config(), str(tmp_path))
+  again_dir, again, _ = smoke_tiny_runs(1)
+  assert again_dir != workdir
   assert again["metrics"] == results["metrics"] and again["comparisons"] == results["comparisons"]
-  assert open(os.path.join(workdir, "metrics.jsonl")).read() == open(tmp_path / "metrics.jsonl").read()
+  assert open(os.path.join(workdir, "metrics.jsonl")).read() == open(os.path.join(again_dir, "metrics.jsonl")).read()

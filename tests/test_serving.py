@@ -30,10 +30,9 @@ def _config():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("serving_run"))
-  config = _config()
-  train.train_and_evaluate(config, workdir)
+def run(smoke_tiny_runs):
+  """conftest's smoke_tiny_runs run 1 (configs/smoke_synthetic.py:tiny, 4 steps, 2 seeds; also test_run_outputs')."""
+  workdir, _, config = smoke_tiny_runs(1)
   exp = train.build_experiment(config)
   return workdir, exp, serving.load_meta_params(workdir, seed_index=1, data=exp.data)
 

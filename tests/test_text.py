@@ -31,9 +31,14 @@ from transfer_meta.text import bert, catalogue_tail, item_features, last_layer, 
 
 TINY = bert.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=24, max_positions=12)
 B, L = 3, 7
-# Jitted as the library runs it (`minilm.embed_texts`): one compile per input shape, shared by the tests below,
-# instead of one per primitive of an op-by-op forward.
+# Jitted as the library runs them (`minilm.embed_texts`, `last_layer.layer_inputs`): one compile per input shape,
+# shared by the tests below and kept by the persistent compilation cache, instead of one per primitive of an
+# op-by-op forward. (Programs holding the tail's `pure_callback` gathers are never written to that cache: the
+# wrapped models' init/apply stay op-by-op, whose primitives are.)
 ENCODE = jax.jit(bert.encode, static_argnums=(1,))
+STATES_BEFORE = jax.jit(bert.states_before, static_argnums=(1, 4))
+TAIL_FEATURE = jax.jit(last_layer.tail_feature, static_argnums=(1,))
+BERT_APPLY = jax.jit(lambda params, ids, mask: bert.Bert(TINY).apply({"params": params}, ids, mask))
 
 
 # ------------------------------------------------------------------------- independent numpy reference
@@ -129,7 +134,7 @@ def _tokens(seed: int = 1) -> list[list[int]]:
 def test_shapes_and_unit_norm(tiny):
   _, params = tiny
   ids, mask = minilm.pad_batch(_tokens(), B)
-  hidden = bert.Bert(TINY).apply({"params": params}, ids, mask)
+  hidden = BERT_APPLY(params, ids, mask)
   chex.assert_shape(hidden, (B, 8, TINY.hidden))  # L=7 padded up to a multiple of 8
   vec = ENCODE(params, TINY, ids, mask)
   chex.assert_shape(vec, (B, TINY.hidden))
@@ -171,7 +176,8 @@ def test_mean_pool_is_the_masked_mean():
 
 def test_params_from_torch_is_the_flax_tree(tiny):
   state, params = tiny
-  want = bert.Bert(TINY).init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool))["params"]
+  init = bert.Bert(TINY).init  # shapes only: traced, not run
+  want = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool))["params"]
   chex.assert_trees_all_equal_shapes(params, want)
   np.testing.assert_array_equal(
     params["layer_1"]["ffn_up"]["kernel"], state["encoder.layer.1.intermediate.dense.weight"].T
@@ -535,7 +541,7 @@ def _tiny_table(tiny, seed: int = 3) -> tuple[last_layer.TailTable, np.ndarray, 
   """A `TailTable` of the tiny BERT over `_tokens(seed)`, plus the padded ids and mask it came from."""
   _, params = tiny
   ids, mask = minilm.pad_batch(_tokens(seed), 4)  # 3 texts + one all-padding row
-  states = np.asarray(bert.states_before(params, TINY, ids, mask, TINY.layers - 1))
+  states = np.asarray(STATES_BEFORE(params, TINY, ids, mask, TINY.layers - 1))
   return last_layer.TailTable(TINY, params[f"layer_{TINY.layers - 1}"], states, mask), ids, mask
 
 
@@ -553,7 +559,7 @@ def _probe(width: int) -> Model:
 
 def _examples(table, items, column: int = 2, extra: int = 1) -> dict:
   """Examples of `items` whose item_dense holds the frozen embedding at [column, column + H) among others."""
-  frozen = np.asarray(last_layer.tail_feature(table.params, table.config, table.states, table.mask))
+  frozen = np.asarray(TAIL_FEATURE(table.params, table.config, table.states, table.mask))
   rng = np.random.default_rng(0)
   n = len(items)
   dense = np.concatenate([rng.normal(size=(n, column)), frozen[items], rng.normal(size=(n, extra))], axis=1)
@@ -564,13 +570,13 @@ def test_states_before_then_last_layer_is_the_encoder(tiny):
   _, params = tiny
   table, ids, mask = _tiny_table(tiny)
   want = np.asarray(ENCODE(params, TINY, ids, mask))
-  got = np.asarray(last_layer.tail_feature(table.params, TINY, table.states, table.mask))
+  got = np.asarray(TAIL_FEATURE(table.params, TINY, table.states, table.mask))
   np.testing.assert_allclose(got[:3], want[:3], atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(got[:3], axis=1), 1.0, atol=1e-5)
   np.testing.assert_array_equal(got[3], np.zeros(TINY.hidden))  # all-padding row: zeros, as mean_pool
   with pytest.raises(ValueError, match=r"layer=3 must be in \[0, 2\]"):
     bert.states_before(params, TINY, ids, mask, 3)
-  emb = np.asarray(bert.states_before(params, TINY, ids, mask, 0))  # 0: the embeddings' LayerNorm output
+  emb = np.asarray(STATES_BEFORE(params, TINY, ids, mask, 0))  # 0: the embeddings' LayerNorm output
   assert emb.shape == (4, ids.shape[1], TINY.hidden) and not np.allclose(emb, table.states)
 
 
@@ -580,11 +586,11 @@ def test_tail_is_padding_invariant(tiny):
   junk = np.random.default_rng(5).normal(size=(I, 8, H)).astype(np.float32)  # padded positions hold garbage
   states = np.concatenate([table.states, junk], axis=1)
   mask = np.concatenate([table.mask, np.zeros((I, 8), bool)], axis=1)
-  a = last_layer.tail_feature(table.params, TINY, table.states, table.mask)
-  b = last_layer.tail_feature(table.params, TINY, states, mask)
+  a = TAIL_FEATURE(table.params, TINY, table.states, table.mask)
+  b = TAIL_FEATURE(table.params, TINY, states, mask)
   np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
   # leading dims: [T, N, L, H] gives the [T, N, H] of the flat call
-  c = last_layer.tail_feature(table.params, TINY, np.stack([table.states] * 2), np.stack([table.mask] * 2))
+  c = TAIL_FEATURE(table.params, TINY, np.stack([table.states] * 2), np.stack([table.mask] * 2))
   np.testing.assert_allclose(np.asarray(c), np.stack([np.asarray(a)] * 2), atol=1e-6)
 
 
@@ -651,7 +657,7 @@ def test_real_tail_at_init_is_the_frozen_embedding_and_is_cached(real, tmp_path)
   data = _tiny_catalogue(("The Shawshank Redemption (1994)", "", "Heat"))
   table = last_layer.item_tail_table(data, "{title} {genre}", cache_dir=tmp_path, encoder=real)
   want = item_features.item_text_embedding(data, "{title} {genre}", cache_dir=tmp_path, encoder=real)
-  got = np.asarray(last_layer.tail_feature(table.params, real.config, table.states, table.mask))
+  got = np.asarray(TAIL_FEATURE(table.params, real.config, table.states, table.mask))
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert table.states.shape[1] % minilm.PAD_MULTIPLE == 0
   files = sorted(p.name for p in (tmp_path / "text_features").iterdir())
@@ -750,7 +756,7 @@ def test_catalogue_features_equal_the_per_slot_tail(tiny):
   assert max(g for _, g in groups) == L < states.shape[1]
   fn = lambda p, s, m: last_layer.tail_feature(p, TINY, s, m)  # noqa: E731
   got = jax.jit(lambda p: catalogue_tail.catalogue_features(fn, p, states, mask, groups))(table.params)
-  want = last_layer.tail_feature(table.params, TINY, table.states, table.mask)
+  want = TAIL_FEATURE(table.params, TINY, table.states, table.mask)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
 
 
@@ -822,6 +828,41 @@ def test_shared_tail_grads_and_eval_equal_the_per_slot_path(tiny, case):
   got = evaluate.make_eval_step(shared, ("mae", "rmse"), None)(meta, ev, key)
   want = evaluate.make_eval_step(plain, ("mae", "rmse"), None)(meta, ev, key)
   chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["melu", "maml_all"])
+def test_serving_reads_the_tail_table_and_scores_as_the_per_slot_path(tiny, case):
+  """`serving.adapt` with the tail's catalogue output precomputed once per bundle (`served_params`, when the
+  learner does not adapt the tail) scores every catalogue item as the per-slot path (each row through the layer)
+  to 1e-5; a learner that adapts the tail is served its own meta-parameters (per-slot path)."""
+  from transfer_meta.learners import get_learner
+
+  name, kwargs, adapts = LEARNER_CASES[case]
+  _, params = tiny
+  ids, mask = minilm.pad_batch(_tokens(3), 3)  # 3 items: as many as `_tiny_catalogue`'s
+  states = np.asarray(STATES_BEFORE(params, TINY, ids, mask, TINY.layers - 1))
+  table = last_layer.TailTable(TINY, params[f"layer_{TINY.layers - 1}"], states, mask)
+  model = last_layer.with_text_tail(_probe(2 + TINY.hidden + 1), table, column=2)
+  shared, plain = get_learner(name, model, **kwargs), get_learner(name, _plain(model), **kwargs)
+  catalogue = {k: jnp.asarray(v) for k, v in _examples(table, [0, 1, 2]).items()}
+  init = model.init(jax.random.key(0), _examples(table, [0, 1]))
+  init = {**init, last_layer.TAIL: jax.tree.map(lambda a: a * 1.1, init[last_layer.TAIL])}  # off the frozen layer
+  data = _tiny_catalogue()
+  config = ml_collections.ConfigDict({"buckets": (4,)})
+  index = {str(r): i for i, r in enumerate(data.item_raw_ids)}
+  bundle = serving.Bundle(config, data, shared, shared.init(jax.random.key(1), init), 0, 0, catalogue, index)
+  served = serving.served_params(bundle)
+  assert serving.served_params(bundle) is served  # computed once per bundle
+  assert (served is bundle.meta_params) is adapts
+  if not adapts:
+    tail = catalogue_tail.get_path(served, catalogue_tail.tail_paths(served)[0])
+    chex.assert_shape(tail[catalogue_tail.TABLE], (3, TINY.hidden))
+  got = serving.adapt(bundle, [2, 0], [4.0, 1.0], dense_ids=True).scores
+  want = serving.adapt(dataclasses.replace(bundle, learner=plain), [2, 0], [4.0, 1.0], dense_ids=True).scores
+  assert got.shape == (3,) and np.isfinite(got).all()
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  unadapted = serving.adapt(bundle, [], [], dense_ids=True).scores
+  assert np.abs(unadapted - got).max() > 1e-4  # the inner loop moved the scores: the support was read
 
 
 def test_shared_tail_reads_nan_for_an_id_outside_the_catalogue(tiny):

@@ -10,7 +10,9 @@
 validation metric; `item="meta_params"` gives the last one) of the run's main learner, rebuilds model and
 learner from `config.json` and precomputes the catalogue's item features on the device. `adapt` runs the
 learner's inner loop on the ratings (support padded to a bucket, so a few compiled shapes serve every user)
-and scores every item with the adapted parameters in one jitted call.
+and scores every item with the adapted parameters in one jitted call. A run that fine-tuned MiniLM's last layer
+(`text_finetune_last_layer`) with a learner that does not adapt it is served through that layer's output for the
+whole catalogue, computed once per bundle (`served_params`); each request then reads rows of it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class Bundle:
   user_maps: tuple | None = None  # per user categorical feature, value id -> OOV-remapped id (oov_min_count runs)
   item_maps: tuple | None = None  # the same per item categorical feature (a brand-new item's codes go through it)
   new_item_prior: float | None = None  # residual runs: the reference of an item without training rows (their mean)
+  # `served_params`' result, computed at the first call (not an init field: `dataclasses.replace` starts afresh).
+  _served: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 class Adapted(NamedTuple):
@@ -247,6 +251,41 @@ def _adapt_and_score(learner: Learner, meta_params, catalogue: dict, user: dict,
 _jitted = jax.jit(_adapt_and_score, static_argnums=0)
 
 
+SHARE_PARAMS = "share_params"  # the model hook's name (`text.last_layer.SHARE_PARAMS`; the text extra is optional)
+
+
+def _share_catalogue(learner: Learner, meta_params, catalogue: dict, user: dict, key):
+  """The model's `share_params` hook (`text.catalogue_tail`) on a one-slot support of a one-task batch: it reads
+  only shapes from the support (whether the learner adapts the hooked parameters), so any support width serves."""
+  support = {k: v[:1] for k, v in catalogue.items()}
+  support |= {k: jnp.asarray(v)[None] for k, v in user.items()}
+  support |= {"target": jnp.zeros(1, jnp.float32), "mask": jnp.ones(1, bool)}
+  one_task = jax.tree.map(lambda a: a[None], support)
+  return learner.model.aux[SHARE_PARAMS](learner, meta_params, one_task, key)
+
+
+_share_jitted = jax.jit(_share_catalogue, static_argnums=0)
+
+
+def served_params(bundle: Bundle) -> Any:
+  """`bundle.meta_params` as `adapt` reads them: for a model with a `share_params` hook (MiniLM's fine-tuned last
+  layer, `text.last_layer.with_text_tail`) whose learner does not adapt the hooked parameters, the tail's output
+  for the whole catalogue precomputed once per bundle (`catalogue_tail.share_params`, as evaluation does once per
+  batch), so each request reads rows of it instead of running the layer over every catalogue item; otherwise
+  `bundle.meta_params` itself. Computed at the first call and kept in the bundle.
+  """
+  if SHARE_PARAMS not in (bundle.learner.model.aux or {}):
+    return bundle.meta_params
+  if "params" not in bundle._served:
+    row = user_row(bundle.data, None, {})
+    key = jax.random.key(0)  # shapes only
+    out = _share_jitted(bundle.learner, bundle.meta_params, bundle.catalogue, row, key)
+    # Unchanged (the learner adapts the hooked parameters: per-slot path): keep the bundle's own arrays.
+    same = jax.tree.structure(out) == jax.tree.structure(bundle.meta_params)
+    bundle._served["params"] = bundle.meta_params if same else out
+  return bundle._served["params"]
+
+
 def adapt(
   bundle: Bundle | str,
   items: Sequence,
@@ -271,6 +310,11 @@ def adapt(
   """
   if isinstance(bundle, str):
     bundle = load_meta_params(bundle)
+  return _adapt(bundle, served_params(bundle), items, ratings, user, user_features, dense_ids, key)
+
+
+def _adapt(bundle: Bundle, params, items, ratings, user, user_features, dense_ids: bool, key) -> Adapted:
+  """`adapt` with the meta-parameters given (`served_params(bundle)`, or those extended by `score_new_items`)."""
   dense = _dense_items(bundle, items, dense_ids)
   ratings = np.asarray(ratings, np.float32)
   if ratings.shape != dense.shape or not np.isfinite(ratings).all():
@@ -283,7 +327,7 @@ def adapt(
   key = jax.random.key(0) if key is None else key
   task_params, scores = _jitted(
     bundle.learner,
-    bundle.meta_params,
+    params,
     bundle.catalogue,
     row,
     np.concatenate([dense, np.zeros(pad, np.int32)]),
@@ -327,11 +371,9 @@ def score_new_items(
     raise ValueError("zero-shot scoring of new items needs a model without item ids (config.model.use_item_ids=False)")
   template = bundle.config.dataset.get("text_template", "{title}")
   rows = new_item_rows(bundle.data, new_items, template)
-  extra = {}  # a fine-tuned last text layer reads every row's own layer inputs, the new items' included
-  if bundle.config.dataset.get("text_finetune_last_layer", False):
-    from transfer_meta.text.zero_shot import tail_catalogue
-
-    extra = tail_catalogue(bundle.data, new_items, template, bundle.config.dataset.get("cache_dir"))
+  params, extra = served_params(bundle), {}
+  if bundle.config.dataset.get("text_finetune_last_layer", False):  # the new items go through the trained layer
+    params, extra = _new_items_tail(bundle, params, new_items, template, rows)
   if bundle.item_maps is not None:  # codes unseen or rare in training read the trained OOV row, as in evaluation
     rows["item_cat"] = categorical.remap(rows["item_cat"], bundle.item_maps)
   if bundle.new_item_prior is not None:
@@ -339,5 +381,29 @@ def score_new_items(
   # The new items join the catalogue for one call: `adapt` scores every catalogue row, the last n are theirs.
   catalogue = {k: jnp.concatenate([bundle.catalogue[k], jnp.asarray(rows[k])]) for k in bundle.catalogue}
   catalogue |= {k: jnp.asarray(v) for k, v in extra.items()}
-  out = adapt(dataclasses.replace(bundle, catalogue=catalogue), items, ratings, user, user_features, dense_ids, key)
+  bundle = dataclasses.replace(bundle, catalogue=catalogue)
+  out = _adapt(bundle, params, items, ratings, user, user_features, dense_ids, key)
   return out.scores[-len(new_items) :]
+
+
+def _new_items_tail(bundle: Bundle, params, new_items: Sequence[Mapping], template: str, rows: dict) -> tuple:
+  """A fine-tuned text tail's view of the new items: (params, extra catalogue fields); updates `rows["item"]`.
+
+  With the catalogue's tail output precomputed (`served_params`: the learner does not adapt the layer), the new
+  items' outputs through the trained layer are appended to that table and the new rows read them by their ids
+  I..I+n-1. Otherwise (a learner that adapts the layer) every catalogue row and new item brings its own layer
+  inputs (`zero_shot.tail_catalogue`), which the adapted layer reads per row.
+  """
+  from transfer_meta.text import catalogue_tail, zero_shot
+
+  cache_dir = bundle.config.dataset.get("cache_dir")
+  paths = [p for p in catalogue_tail.tail_paths(params) if catalogue_tail.TABLE in catalogue_tail.get_path(params, p)]
+  if not paths:
+    return params, zero_shot.tail_catalogue(bundle.data, new_items, template, cache_dir)
+  (path,) = paths
+  layer = catalogue_tail.get_path(bundle.meta_params, path)
+  feats = zero_shot.new_item_tail_features(bundle.data, new_items, template, layer, cache_dir)
+  table = catalogue_tail.get_path(params, path)[catalogue_tail.TABLE]
+  rows["item"] = np.arange(table.shape[0], table.shape[0] + len(new_items), dtype=np.int32)
+  table = jnp.concatenate([table, jnp.asarray(feats, table.dtype)])
+  return catalogue_tail.set_path(params, path, {catalogue_tail.TABLE: table}), {}

@@ -57,6 +57,10 @@ class TailTable(NamedTuple):
   mask: np.ndarray  # bool [I, L] True = real token
 
 
+# One jit for every call (a jit made per call re-traces the frozen layers each time: serving calls this per request).
+_states_before = jax.jit(states_before, static_argnums=(1, 4))
+
+
 def layer_inputs(enc, texts, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
   """Token states entering `enc`'s last layer for each text, padded to one length.
 
@@ -72,10 +76,9 @@ def layer_inputs(enc, texts, batch_size: int = 64) -> tuple[np.ndarray, np.ndarr
   token_ids = [e.ids for e in enc.tokenizer.encode_batch(list(texts))]
   ids, mask = minilm.pad_batch(token_ids, len(token_ids))
   states = np.zeros((*ids.shape, enc.config.hidden), np.float32)
-  run = jax.jit(states_before, static_argnums=(1, 4))
   for idx in minilm.length_batches([len(t) for t in token_ids], batch_size):
     b_ids, b_mask = minilm.pad_batch([token_ids[i] for i in idx], batch_size)
-    out = np.asarray(run(enc.params, enc.config, b_ids, b_mask, enc.config.layers - 1))
+    out = np.asarray(_states_before(enc.params, enc.config, b_ids, b_mask, enc.config.layers - 1))
     states[idx, : out.shape[1]] = out[: len(idx)]
   return states, mask
 

@@ -10,8 +10,10 @@ features scores an item that has no ratings, no id and nothing but a title. The 
 embed item ids see row 0's id vector: serve new items with models built with `use_ids=False`, the default).
 
 A run that fine-tuned MiniLM's last layer (`text_finetune_last_layer`) scores a new item through its trained
-layer: `tail_catalogue` gives every catalogue row and every new item its own layer inputs (the frozen first
-layers' token states), which the model's tail reads instead of the cached states of the row's item id.
+layer: `new_item_tail_features` runs the new items' own layer inputs (the frozen first layers' token states)
+through it, rows that serving appends to the catalogue's precomputed tail output (`serving.served_params`); for a
+learner that adapts the layer per user, `tail_catalogue` gives every catalogue row and every new item its own
+layer inputs, which the adapted tail reads instead of the cached states of the row's item id.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
 
 from transfer_meta.data import categorical
@@ -139,3 +142,39 @@ def tail_catalogue(
     last_layer.STATES: np.concatenate([pad(cached.states, L), pad(states, L)]),
     last_layer.STATES_MASK: np.concatenate([pad(cached.mask, L), pad(mask.astype(bool), L)]),
   }
+
+
+def new_item_tail_features(
+  data: Interactions,
+  new_items: Sequence[Mapping],
+  template: str,
+  tail_params,
+  cache_dir=None,
+  encoder: minilm.TextEncoder | None = None,
+) -> np.ndarray:
+  """The new items' text feature through a trained last encoder layer, as the model's tail computes it.
+
+  Args:
+    data: the training dataset (its item vocabularies).
+    new_items: one dict of field values per new item (module docstring).
+    template: the text template the run was trained with.
+    tail_params: the trained last layer's parameters (the meta-parameters' `last_layer.TAIL` entry).
+    cache_dir: the run's text cache directory (where the encoder is cached; None: the default).
+    encoder: the MiniLM encoder (loaded once per process when None).
+  Returns:
+    f32 [n, H]: the layer over each item's own layer inputs, masked mean pooled and L2-normalised
+    (`last_layer.tail_feature`), row i = new item i.
+  """
+  from transfer_meta.text import last_layer
+
+  encoder = encoder or _encoder(cache_dir)
+  texts = item_features.render_table(new_item_table(data, new_items), template, f"{data.name} (new items)")
+  states, mask = last_layer.layer_inputs(encoder, texts, batch_size=min(64, len(texts)))
+  return np.asarray(_tail_feature(tail_params, encoder.config, states, mask.astype(bool)))
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _tail_feature(tail_params, config, states, mask):
+  from transfer_meta.text import last_layer
+
+  return last_layer.tail_feature(tail_params, config, states, mask)
