@@ -178,7 +178,8 @@ def ablate(
       data_cache[data_key] = load_dataset(c.dataset_name, **c.dataset.to_dict())
     workdir = os.path.join(root, run_dir(label))
     print(f"== {sweep}: {label} -> {workdir}", flush=True)
-    info = runner.run(c, workdir, data=data_cache[data_key])
+    # learners the sweep's earlier runs trained identically (e.g. `none` beside each setting) are copied, not retrained
+    info = runner.run(c, workdir, data=data_cache[data_key], reuse_from=[r["workdir"] for r in records])
     records.append(
       {
         "label": label,

@@ -161,11 +161,17 @@ class RunInfo(NamedTuple):
   reused: bool  # True when a finished run was reused rather than run now
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, data: Interactions | None = None) -> RunInfo:
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  data: Interactions | None = None,
+  reuse_from: Sequence[str] | None = None,
+) -> RunInfo:
   """Runs `train_and_evaluate(config, workdir)`, or reuses the results of a finished run of the same config.
 
   A workdir that holds a run of a different config raises ValueError; an unfinished run of the same config
-  resumes from its checkpoints.
+  resumes from its checkpoints. `reuse_from` (the workdirs of a sweep's earlier runs) lets the run copy a learner
+  those runs trained identically instead of training it again (`transfer_meta.learner_reuse`: same results).
   """
   from transfer_meta.train import train_and_evaluate
 
@@ -178,7 +184,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, data: Interactions | No
         wall = json.load(f).get("wall_seconds")
     return RunInfo(results, wall, True)
   start, cpu, load = time.time(), time.process_time(), os.getloadavg()[0]
-  results = train_and_evaluate(config, workdir, data=data)
+  results = train_and_evaluate(config, workdir, data=data, reuse_from=reuse_from)
   wall = time.time() - start
   # CPU seconds of this process over the run (every thread), and the 1-minute load average at start and end
   cost = {"cpu_seconds": round(time.process_time() - cpu, 1), "load_avg_1m": [load, os.getloadavg()[0]]}

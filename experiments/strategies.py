@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         data[config.dataset_name] = load_dataset(config.dataset_name, **config.dataset.to_dict())
       workdir = os.path.join(args.runs, "strategies", name, protocol, strategy)
       print(f"== {protocol}: {strategy} -> {workdir}", flush=True)
-      info = runner.run(config, workdir, data=data[config.dataset_name])
+      # every row after the first trains `none` as the one before did: copied from it (`learner_reuse`)
+      info = runner.run(config, workdir, data=data[config.dataset_name], reuse_from=[r["workdir"] for r in records])
       runs.append((strategy, info.results))
       records.append(
         {"strategy": strategy, "workdir": workdir, "wall": runner.describe_wall(info), "results": info.results}

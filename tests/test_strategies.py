@@ -5,9 +5,11 @@ is bit-identical to an uninterrupted run."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,8 @@ from jax.flatten_util import ravel_pytree
 from test_resume import _run, _run_and_kill_when
 from xla_flags import run_script
 
-from transfer_meta import stages, step, train
+from transfer_meta import learner_reuse, runlog, stages, step, train
+from transfer_meta.checkpoint import COMMIT_MARKER
 from transfer_meta.data.streams import InteractionIterator, SampledPairIterator, training_rows
 from transfer_meta.learners import inner
 from transfer_meta.learners.ridge import ridge_head
@@ -63,16 +66,63 @@ def _cross_domain_config(name: str) -> ml_collections.ConfigDict:
   return config
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
+# The table-row run of each family (cross-domain or not) that trains the `none` learner; every other strategy's run
+# of that family copies it (`learner_reuse`: the same config but for the strategy, so the same training), as a
+# sweep of strategies (`experiments.strategies`, `experiments.ablate`) does. REUSED_CHECK is trained again afresh
+# by test_a_reused_learner_gives_the_results_of_training_it_again.
+DONORS = {False: "pretrain_finetune", True: "mmd"}
+REUSED_CHECK = "pretrain_frozen_head"
+
+
+def _table_config(name: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """The one-seed config of strategy `name`'s table-row run and its strategy keywords. It checkpoints each stage
+  at its end only (the SIGKILL test below resumes from the checkpoints in between), and only the donors write
+  the plots (every run's results have the same layout; a plot of each family is drawn)."""
   cross = name in CROSS_DOMAIN  # cross-domain strategies need a cross-domain split: their own smoke config
   config = _cross_domain_config(name) if cross else load_config()
   config.strategy_name = name
   kwargs = config.strategy.to_dict() if cross else COMMON
   config.strategy = kwargs
   config.seeds = 1
-  built = train.build_experiment(config)
-  results = train.train_and_evaluate(config, str(tmp_path), data=built.data)
+  config.checkpoint_every = 1000
+  config.plots = name == DONORS[cross]
+  return config, kwargs
+
+
+class TableRuns:
+  """Each strategy's table-row run, made once per module on first use, under `root`/<name>."""
+
+  def __init__(self, root: str):
+    self.root, self.done = root, {}
+
+  def get(self, name: str) -> tuple[str, dict, train.Experiment, dict]:
+    """(workdir, results, the run's experiment, strategy keywords) of strategy `name`'s run."""
+    if name not in self.done:
+      donor = DONORS[name in CROSS_DOMAIN]
+      reuse = [] if name == donor else [self.get(donor)[0]]
+      config, kwargs = _table_config(name)
+      built = train.build_experiment(config)
+      workdir = os.path.join(self.root, name)
+      results = train.train_and_evaluate(config, workdir, data=built.data, reuse_from=reuse)
+      self.done[name] = (workdir, results, built, kwargs)
+    return self.done[name]
+
+
+@pytest.fixture(scope="module")
+def table_runs(tmp_path_factory) -> TableRuns:
+  return TableRuns(str(tmp_path_factory.mktemp("table_runs")))
+
+
+def _none_records(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["learner"] == "none"]
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_trains_and_is_a_table_row(name, table_runs):
+  cross = name in CROSS_DOMAIN
+  workdir, results, built, kwargs = table_runs.get(name)
+  config = built.config
   strategy = get_strategy(name, built.model, config, built.spec, exp=built, **kwargs)
   assert results["strategy"]["name"] == name and results["strategy"]["learner"] == strategy.learner.name
   assert [s["name"] for s in results["strategy"]["stages"]] == [s.name for s in strategy.stages]
@@ -90,15 +140,105 @@ def test_every_strategy_trains_and_is_a_table_row(name, tmp_path):
   for scenario in row.values():
     assert all(np.isfinite(v["mean"]) for v in scenario.values())
   assert results["selection"]["best_step"][name][0] > 0
-  with open(tmp_path / "metrics.jsonl") as f:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f if json.loads(line)["learner"] == name]
   assert sorted({r["stage"] for r in records}) == sorted(s.name for s in strategy.stages)
   assert [r["step"] for r in records] == list(range(1, sum(s.steps for s in strategy.stages) + 1))
   for k, s in enumerate(strategy.stages):
-    assert str(s.steps) in os.listdir(tmp_path / "checkpoints" / name / f"{k}_{s.name}")
-  with open(tmp_path / "results.md") as f:
+    assert str(s.steps) in os.listdir(os.path.join(workdir, "checkpoints", name, f"{k}_{s.name}"))
+  with open(os.path.join(workdir, "results.md")) as f:
     scenario = "cold_target" if cross else "new_user"
     assert f"| {scenario} | {name} |" in f.read()
+  # The `none` row: trained by the family's donor run, copied by the others with its metrics.jsonl records.
+  donor = DONORS[cross]
+  keys = learner_reuse.recorded_keys(workdir)
+  kept = os.listdir(os.path.join(workdir, "checkpoints", "none"))
+  assert set(keys) == {"none"} and str(config.num_steps) in kept
+  pngs = sorted(f for f in os.listdir(workdir) if f.endswith(".png"))
+  metrics = {re.sub(r"[^0-9A-Za-z_.-]", "_", m) for per in results["metrics"].values() for m in per if "/" not in m}
+  assert pngs == (sorted(["curves.png", *(f"scenarios_{m}.png" for m in metrics)]) if config.plots else [])
+  if name == donor:
+    assert "reused" not in results["train"]
+  else:
+    assert kept == [str(config.num_steps)]  # only the donor's last step was copied
+    donor_dir, donor_results = table_runs.get(donor)[:2]
+    assert results["train"]["reused"] == {"none": donor_dir} and keys == learner_reuse.recorded_keys(donor_dir)
+    assert results["metrics"] == donor_results["metrics"] and _none_records(workdir) == _none_records(donor_dir)
+    assert results["selection"]["best_step"]["none"] == donor_results["selection"]["best_step"]["none"]
+
+
+def test_a_reused_learner_gives_the_results_of_training_it_again(table_runs, tmp_path):
+  """REUSED_CHECK's table run copied `none` from another strategy's run; trained afresh, every file is the same."""
+  reused_dir, reused = table_runs.get(REUSED_CHECK)[:2]
+  assert reused["train"]["reused"] == {"none": table_runs.get(DONORS[False])[0]}
+  config, _ = _table_config(REUSED_CHECK)
+  fresh = train.train_and_evaluate(config, str(tmp_path), data=table_runs.get(REUSED_CHECK)[2].data)
+  assert "reused" not in fresh["train"] and not os.path.exists(tmp_path / learner_reuse.KEYS_FILE)
+  assert {k: v for k, v in fresh.items() if k != "train"} == {k: v for k, v in reused.items() if k != "train"}
+  for name in ("results.md", "metrics.jsonl", "split_manifest.json", "config.json"):
+    assert _read(str(tmp_path), name) == _read(reused_dir, name), name
+  assert fresh["train"]["steps"] == reused["train"]["steps"]
+
+
+def test_learner_key_changes_with_what_training_reads_only(exp):
+  fingerprint = learner_reuse.data_fingerprint(exp.data)
+  base = learner_reuse.learner_key(exp, "none", {}, fingerprint)
+
+  def key(name: str = "none", kwargs: dict | None = None, data=None, **fields) -> str:
+    config = exp.config.copy_and_resolve_references()
+    config.unlock()
+    for field, value in fields.items():
+      config[field] = value
+    changed = dataclasses.replace(exp, config=config, data=exp.data if data is None else data)
+    return learner_reuse.learner_key(changed, name, kwargs or {}, learner_reuse.data_fingerprint(changed.data))
+
+  assert key() == base
+  free = [
+    dict(strategy_name="soup", strategy={"n_copies": 2}),
+    dict(learner_name="maml", learner={"inner_steps": 3}, compare_learners=("fomaml", "none")),
+    dict(baselines=("random",), progress=True),
+  ]
+  for fields in free:  # REUSE_FREE: the strategy, which learners run, the baselines, the progress bar
+    assert key(**fields) == base, fields
+  for fields in (dict(num_steps=5), dict(batch_size=16), dict(optimizer={"learning_rate": 0.5}), dict(residual="x")):
+    assert key(**fields) != base, fields
+  assert key("maml") != base and key(kwargs={"inner_lr": 0.1}) != base
+  rating = exp.data.rating.copy()
+  rating[0] = 5.0 if rating[0] != 5.0 else 1.0
+  raw = exp.data.user_raw_ids.copy()
+  raw[0] = f"renamed {raw[0]}"
+  for data in (dataclasses.replace(exp.data, rating=rating), dataclasses.replace(exp.data, user_raw_ids=raw)):
+    assert learner_reuse.data_fingerprint(data) != fingerprint and key(data=data) != base
+
+
+def test_take_copies_only_a_committed_last_step_recorded_under_the_same_key(tmp_path, caplog):
+  donor, run = tmp_path / "donor", tmp_path / "run"
+  last = donor / "checkpoints" / "none" / "4"
+  (last / "meta_params").mkdir(parents=True)
+  (last / "meta_params" / "data").write_bytes(b"params of step 4")
+  (donor / "checkpoints" / "none" / "2").mkdir()  # an earlier step: not copied
+  records = [{"learner": "none", "step": s, "train/loss": 0.5 / s} for s in (1, 2, 3, 4)]
+  lines = [json.dumps(r) for r in [records[0], {"learner": "maml", "step": 1}, *records[1:]]]
+  (donor / "metrics.jsonl").write_text("\n".join(lines) + '\n{"learner": "none", "st')  # + a torn line
+  learner_reuse.record(str(donor), "none", "key-a")
+  assert learner_reuse.recorded_keys(str(donor)) == {"none": "key-a"} and learner_reuse.recorded_keys(str(run)) == {}
+  run.mkdir()
+  mlog = runlog.MetricsLog(str(run / "metrics.jsonl"), ["none"])
+  take = lambda key, steps=4: learner_reuse.take("none", key, steps, str(run), [str(run), str(donor)], mlog)
+  assert take("key-b") is None  # another key: another training
+  assert take("key-a", steps=6) is None  # the donor stopped before this run's last step
+  assert take("key-a") is None and "no committed step 4" in caplog.text  # its step 4 lacks the commit marker
+  assert not os.path.exists(run / "checkpoints") and not os.path.exists(run / "metrics.jsonl")
+  (last / COMMIT_MARKER).write_text("")
+  assert take("key-a") == str(donor)
+  assert os.listdir(run / "checkpoints" / "none") == ["4"]
+  assert (run / "checkpoints" / "none" / "4" / "meta_params" / "data").read_bytes() == b"params of step 4"
+  assert [json.loads(line) for line in open(run / "metrics.jsonl")] == records
+  assert take("key-a") is None  # the run holds the learner's checkpoints now: it resumes, nothing is copied again
+  off = learner_reuse.Reuse(None, str(run), None, mlog)  # reuse_from=None: inert
+  assert off.take("none", {}) is None and off.results_entry() == {}
+  off.record("none", {})
+  assert not os.path.exists(run / learner_reuse.KEYS_FILE)
 
 
 def test_frozen_leaves_are_bitwise_unchanged_and_the_others_move(exp):
@@ -213,8 +353,10 @@ def _read(workdir: str, name: str) -> str:
     return f.read()
 
 
-def test_sigkill_mid_stage_then_resume_equals_uninterrupted(jax_cache, tmp_path):
-  cache = jax_cache  # the suite's, shared with test_resume's runs of the same data, model, protocol and `none`
+def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path):
+  # `--compilation_cache=` (empty): the runs use the suite's cache through the JAX_* variables they inherit, every
+  # program included (a directory given to the flag would cache only those compiled in >= 0.5 s: not this config's)
+  cache = ""
   uninterrupted, killed = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
   _run(uninterrupted, cache, CONFIG)
   where = os.path.join("checkpoints", "pretrain_finetune")
@@ -347,6 +489,7 @@ from transfer_meta.strategies import get_strategy
 
 assert len(jax.devices()) == 8
 config = load_config()
+config.checkpoint_every = 1000  # each stage's end only: resuming is the SIGKILL test's
 exp8 = train.build_experiment(config)
 exp1 = dataclasses.replace(exp8, mesh=sharding.make_mesh(jax.devices()[:1]))
 strategy = get_strategy(config.strategy_name, exp8.model, config, exp8.spec, **config.strategy)

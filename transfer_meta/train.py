@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from transfer_meta import baselines, chunking, evaluate, learner_state, plots, precision, ranking_eval, runlog, sharding
+from transfer_meta import learner_reuse as reuse_lib
 from transfer_meta import length_groups as length_groups_lib
 from transfer_meta import metrics as metrics_lib
 from transfer_meta import results as results_lib
@@ -79,6 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
   'bfloat16' computes the model in bf16. `length_groups` G > 0 sorts each batch's tasks by support length into
   G fixed-size groups, each padded only to its own width (multiples of `length_group_step`; `length_groups`).
   `eval_ranking` adds 'catalogue' / 'sampled' ranking of every scenario (`ranking_eval`; `ranking` holds its knobs).
+  `plots` False skips the PNGs (e.g. the runs of a sweep that `experiments.ablate` plots itself).
   Training protocol (DESIGN.md): `resample_train` draws a fresh support/query split of every training task
   each pass; `outer_support` adds the support to the outer loss; `residual` ('global_mean', 'item_mean',
   'item_user_offset') makes the model predict the offset from that reference (`models/residual.py`);
@@ -126,6 +128,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.compute_dtype = "float32"  # "bfloat16": model compute in bf16, meta-parameters stay float32
   c.buckets = DEFAULT_BUCKETS
   c.progress = True
+  c.plots = True  # curves.png and scenarios_<metric>.png in the workdir (`plots.write_run_plots`)
   c.resample_train = False  # episodic: a fresh support/query split of every training task at each pass
   c.outer_support = False  # the outer loss scores the support too (query = support + query in training)
   c.residual = ""  # '' or a reference: 'global_mean', 'item_mean', 'item_user_offset'
@@ -285,6 +288,8 @@ class Trained:
   learner: Learner
   selection: Selection
   seconds: float  # training wall time (all processes that worked on it)
+  # The validation's `evaluate.make_eval_step(learner, ...)`, reused by `evaluate_trained` (already traced).
+  eval_step: Callable | None = None
 
 
 def _learner_specs(config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
@@ -438,7 +443,7 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
       ckpt.save(done, arrays, {"extra": extra, "config": json.loads(config.to_json())})
   bar.close()
   ckpt.close()
-  return Trained(evaluated, best, seconds + time.time() - t0)
+  return Trained(evaluated, best, seconds + time.time() - t0, eval_step)
 
 
 def _relevance(exp: Experiment) -> str | None:
@@ -448,7 +453,9 @@ def _relevance(exp: Experiment) -> str | None:
 def evaluate_trained(exp: Experiment, trained: Trained) -> list[dict]:
   """Selected meta-params of every seed on 'valid' and every scenario: [{set: {metric: float}}] per seed."""
   _, eval_keys = seed_keys([st.seed for st in exp.seeds])
-  eval_step = evaluate.make_eval_step(trained.learner, exp.seeds[0].split.metrics, _relevance(exp), exp.mesh)
+  eval_step = trained.eval_step or evaluate.make_eval_step(
+    trained.learner, exp.seeds[0].split.metrics, _relevance(exp), exp.mesh
+  )
   out = []
   for n, st in enumerate(exp.seeds):
     params = unstack(trained.selection.params, n)
@@ -464,23 +471,33 @@ def evaluate_trained(exp: Experiment, trained: Trained) -> list[dict]:
 # The entry point.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Interactions | None = None) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  data: Interactions | None = None,
+  reuse_from: Sequence[str] | None = None,
+) -> dict:
   """Trains the learner and its comparisons on every seed, evaluates them and the baselines, writes the run.
 
   Args:
     config: an experiment config (`configs/*.py`).
     workdir: output directory; rerunning into the same one resumes from its checkpoints.
     data: optional preloaded `Interactions` (else `load_dataset(config.dataset_name, **config.dataset)`).
+    reuse_from: None, or workdirs of other runs whose identically trained learners are copied instead of trained
+      again (`learner_reuse`; the results are the same bit for bit); a sequence, even empty, also records this
+      run's learner keys so that later runs can reuse its learners.
   Returns:
     The results dict written to `workdir/results.json` (see DESIGN.md). The workdir also gets `train.log`
     (every log record and warning of the run, appended) and the plots of `plots.write_run_plots`.
   """
   os.makedirs(workdir, exist_ok=True)
   with runlog.log_file(os.path.join(workdir, "train.log")):
-    return _train_and_evaluate(config, workdir, data)
+    return _train_and_evaluate(config, workdir, data, reuse_from)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Interactions | None) -> dict:
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, data: Interactions | None, reuse_from: Sequence[str] | None
+) -> dict:
   exp = build_experiment(config, data)
   results_lib.write_run_files(exp, workdir)
   log.info("%s; %s", exp.data.summary(), {n: ts.stats() for n, ts in exp.seeds[0].split.tasks.items()})
@@ -488,8 +505,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: I
   order = [n for n, _ in specs] + ([config.strategy_name] if config.strategy_name else [])
   mlog = runlog.MetricsLog(os.path.join(workdir, "metrics.jsonl"), order)
   trained, evaluated = {}, {}
+  reuse = reuse_lib.Reuse(exp, workdir, reuse_from, mlog)  # does nothing when reuse_from is None
   for name, kwargs in specs:
+    reuse.take(name, kwargs)  # a finished identical learner of another run: train_learner restores its last step
     trained[name] = train_learner(exp, name, kwargs, workdir, mlog)
+    reuse.record(name, kwargs)
     evaluated[name] = evaluate_trained(exp, trained[name])
   if config.strategy_name:  # transfer strategies (stages) run after the learners, as one more table row
     from transfer_meta import strategies  # noqa: PLC0415 (strategies build on this module)
@@ -501,13 +521,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: I
   comparisons = {n: evaluated[n] for n in order[1:]}
   stages_run = {config.strategy_name: strategy_run.info["stages"]} if config.strategy_name else None
   results = results_lib.build_results(exp, evaluated[config.learner_name], comparisons, base, trained, stages_run)
+  results["train"].update(reuse.results_entry())
   if config.strategy_name:
     results["strategy"] = strategy_run.info
     results["train"]["stage_seconds"] = strategy_run.seconds
   runlog.atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   table = results_lib.results_table(results)
   runlog.atomic_write(os.path.join(workdir, "results.md"), table)
-  if runlog.is_writer():
+  if runlog.is_writer() and config.plots:
     log.info("plots: %s", plots.write_run_plots(workdir, results, config.select_metric))
   if runlog.is_writer():
     print(
