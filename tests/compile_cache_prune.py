@@ -2,8 +2,9 @@
 
 jax's size-bounded cache (`jax_compilation_cache_max_size` > 0, jax/_src/lru_cache.py) lists the whole cache
 directory, stats every entry and reads every entry's access-time file on EVERY write, to decide what to evict:
-a write costs ~45 CPU-µs per entry already there (`python tests/compile_cache_prune.py --bench`: 5.6, 22.6 and 45.9
-CPU-ms per write at 100, 500 and 1,000 entries), so a cold run that writes n entries pays ~45 µs × n²/2 in scans.
+a write costs ~45–55 CPU-µs per entry already there (`python tests/compile_cache_prune.py --bench`, two runs at load
+12–15: 5.6–5.8, 22.6–24.2 and 45.9–54.0 CPU-ms per write at 100, 500 and 1,000 entries),
+so a cold run that writes n entries pays ~45 µs × n²/2 in scans.
 Eager op-by-op dispatch compiles, and so writes, every primitive: the nine files tests/test_learners,
 test_learner_maths, test_models, test_chunking, test_learner_state, test_add_learner_example, test_lwa, test_metrics
 and test_ranking_eval write 2,081 entries in one cold run (~100 CPU-s of scans by that rule), and the files late in
