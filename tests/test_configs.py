@@ -4,6 +4,7 @@ resolves (dataset, protocol, metrics, model, learners and adapt sets) without tr
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from transfer_meta import config_files, train
+from transfer_meta.data import load_dataset
 from transfer_meta.learners import get_learner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,10 +76,21 @@ def test_sweep_overrides_apply_to_the_locked_config(name):
       assert got == value or (isinstance(value, dict) and got.to_dict() == value), key
 
 
+@pytest.fixture(scope="module")
+def datasets() -> dict:
+  """Datasets loaded in this module, by (name, keywords): every config naming the same data shares one load (the
+  ML-1M configs ~2 CPU-s each, `ml-1m+ml-100k` ~6); freed at the module's end."""
+  return {}
+
+
 @pytest.mark.parametrize("name", CONFIGS)
-def test_components_resolve(name):
+def test_components_resolve(name, datasets):
   config = _module(name).get_config(SMALL.get(name, "smoke"))
-  exp = train.build_experiment(config)  # dataset, protocol per seed, task sets, metric cutoffs, mesh
+  data_kwargs = config.dataset.to_dict()
+  key = (config.dataset_name, json.dumps(data_kwargs, sort_keys=True, default=repr))
+  if key not in datasets:
+    datasets[key] = load_dataset(config.dataset_name, **data_kwargs)  # what build_experiment would load
+  exp = train.build_experiment(config, datasets[key])  # protocol per seed, task sets, metric cutoffs, mesh
   assert len(exp.seeds) == config.seeds
   batch = exp.seeds[0].tasks["train"].batch(np.arange(1))
   example = {"support": train.unstack(batch["support"], 0), "query": train.unstack(batch["query"], 0)}
