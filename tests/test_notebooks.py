@@ -58,7 +58,8 @@ def test_executes(path, tmp_path, monkeypatch):
   # The kernel runs in notebooks/: this checkout's library first (not whatever an editable install points at).
   monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   nb = nbformat.read(path, as_version=4)
-  nb.cells.append(nbformat.v4.new_code_cell("import sys, transfer_meta; print(sys.executable, transfer_meta.__file__, sep='\\n')"))
+  where = "import sys, transfer_meta\nprint(sys.executable)\nprint(transfer_meta.__file__)"
+  nb.cells.append(nbformat.v4.new_code_cell(where))
   km = _kernel_manager(tmp_path)
   client = NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": os.path.dirname(path)}})
   try:
