@@ -69,6 +69,6 @@ def test_executes(path, tmp_path, monkeypatch):
       km.shutdown_kernel(now=True)
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
   assert not errors
-  executable, library = nb.cells[-1].outputs[0].text.splitlines()
+  executable, library = "".join(o.text for o in nb.cells[-1].outputs if o.output_type == "stream").splitlines()
   assert executable == sys.executable and library == os.path.join(ROOT, "transfer_meta", "__init__.py")
   assert sum(bool(c.outputs) for c in nb.cells if c.cell_type == "code") >= 5  # the cells produced output
