@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import warnings
 
 import jax
@@ -35,17 +34,10 @@ def _close_server():
   SERVER.close()
 
 
-def _main(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-  """`python -m transfer_meta.main ARGS` run for real: a fresh interpreter (training runs)."""
-  return subprocess.run(
-    [sys.executable, "-m", "transfer_meta.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-  )
-
-
-def _quick(*args: str) -> subprocess.CompletedProcess:
-  """`python -m transfer_meta.main ARGS` for --help, --dry_run and refusals: in a fork of a preloaded interpreter
-  (tests/forkrun.py), ~0.2 instead of ~1.5 CPU-s each."""
-  return SERVER.run(["transfer_meta.main", *args], ROOT)
+def _quick(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+  """`python -m transfer_meta.main ARGS` (--help, --dry_run, refusals and the CSV run): in a fork of a preloaded
+  interpreter (tests/forkrun.py), ~0.2 instead of ~1.5 CPU-s each before the command's own work."""
+  return SERVER.run(["transfer_meta.main", *args], ROOT, timeout=timeout)
 
 
 def _dry(*args: str) -> dict:
@@ -252,7 +244,7 @@ def test_csv_config_dry_run_takes_every_loader_keyword_from_the_command_line():
 
 
 def test_csv_config_runs_end_to_end(tmp_path):
-  done = _main(
+  done = _quick(
     "--config=configs/csv.py:smoke",
     f"--workdir={tmp_path}",
     "--config.seeds=1",
