@@ -4,7 +4,7 @@ imports each time: a fork server for the tests.
 Each fresh interpreter spends ~1.5 CPU-s importing jax, flax, orbax and the library before it does anything, and a
 test that launches the command line (`--help`, `--dry_run`, a SIGKILLed training run, a `jax.distributed` worker)
 pays it per launch. `ForkServer` starts ONE interpreter that imports them (nothing else: no command module, no absl
-flag of a command, no XLA backend, so no threads to lose in a fork; checked before it says it is ready), then runs
+flag of a command, no XLA backend nor Python thread to lose in a fork; checked before it says it is ready), then runs
 each command in a `fork()` of itself: the child sets `sys.argv`, `sys.path[0]` and the working directory as
 `python` does, applies the command's environment changes, sends its stdout/stderr to files, and runs the module as
 `__main__` with `runpy` (a fresh module each time: the server never runs one). A child creates its own XLA backend
@@ -234,14 +234,10 @@ def _child(request: dict, out_path: str, err_path: str) -> None:
   os._exit(code)
 
 
-def _threads() -> int:
-  """Native threads of this process (Linux)."""
-  return len(os.listdir("/proc/self/task"))
-
-
 def _serve(preload: list[str]) -> None:
   import importlib  # noqa: PLC0415
   import tempfile  # noqa: PLC0415
+  import threading  # noqa: PLC0415
 
   sys.path[0] = os.getcwd()  # the checkout (ForkServer's root), as under `python -m` from it; not tests/
   for name in preload:
@@ -253,8 +249,12 @@ def _serve(preload: list[str]) -> None:
   from jax._src import xla_bridge  # noqa: PLC0415
 
   channel = sys.stdout
-  if xla_bridge._backends or _threads() != 1:  # a fork would copy a backend whose threads it lost
-    print(f"not ready: backends {list(xla_bridge._backends)}, {_threads()} threads", file=channel, flush=True)
+  # A fork copies only the forking thread: an XLA backend (its thread pools) or a Python thread would be lost in the
+  # children. (numpy's OpenBLAS pool is a native thread that re-forms after a fork, by its own atfork handlers.)
+  if xla_bridge._backends or threading.active_count() != 1:
+    print(
+      f"not ready: backends {list(xla_bridge._backends)}, threads {threading.enumerate()}", file=channel, flush=True
+    )
     return
   print("ready", sys.modules["transfer_meta"].__file__, file=channel, flush=True)
   running: dict[int, tuple[str, str]] = {}
