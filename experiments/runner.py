@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from transfer_meta import config_files
+from transfer_meta import compile_cache, config_files
 from transfer_meta import results as results_lib
 from transfer_meta.data.interactions import Interactions
 
@@ -247,10 +247,9 @@ def machine() -> str:
 
 
 def enable_compilation_cache(path: str) -> None:
-  """Persistent XLA compilation cache at `path` (runs of a sweep share compiled programs); '' leaves it off."""
-  if path:
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  """Persistent XLA compilation cache at `path` (runs of a sweep share compiled programs); '' leaves it off. The
+  threshold is `transfer_meta.main`'s (an explicit JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS wins)."""
+  compile_cache.enable(path)
 
 
 def add_run_args(parser: argparse.ArgumentParser, runs_layout: str) -> None:

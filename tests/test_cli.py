@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import warnings
 
 import jax
@@ -16,7 +15,7 @@ import pytest
 import transfer_meta as tm
 from tests.forkrun import ForkServer
 from tests.test_learners import FAST_COMPILE, LEARNER_MODELS, built_model, make_task, tiny_model
-from transfer_meta import cli, keywords, learner_state, train
+from transfer_meta import cli, compile_cache, keywords, learner_state, train
 from transfer_meta.data.protocols import PROTOCOLS, common
 from transfer_meta.learners import LEARNERS
 from transfer_meta.models import MODELS
@@ -24,7 +23,8 @@ from transfer_meta.models import MODELS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-SERVER = ForkServer(ROOT)
+# The suite's compile-cache threshold (tests/conftest.py sets 0) made explicit, for the check of main's cache flag.
+SERVER = ForkServer(ROOT, env={**os.environ, compile_cache.MIN_COMPILE_ENV: "0"})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,17 +34,10 @@ def _close_server():
   SERVER.close()
 
 
-def _main(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-  """`python -m transfer_meta.main ARGS` run for real: a fresh interpreter (training runs)."""
-  return subprocess.run(
-    [sys.executable, "-m", "transfer_meta.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-  )
-
-
-def _quick(*args: str) -> subprocess.CompletedProcess:
-  """`python -m transfer_meta.main ARGS` for --help, --dry_run and refusals: in a fork of a preloaded interpreter
-  (tests/forkrun.py), ~0.2 instead of ~1.5 CPU-s each."""
-  return SERVER.run(["transfer_meta.main", *args], ROOT)
+def _quick(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+  """`python -m transfer_meta.main ARGS` (--help, --dry_run, refusals and the CSV run): in a fork of a preloaded
+  interpreter (tests/forkrun.py), ~0.2 instead of ~1.5 CPU-s each before the command's own work."""
+  return SERVER.run(["transfer_meta.main", *args], ROOT, timeout=timeout)
 
 
 def _dry(*args: str) -> dict:
@@ -93,6 +86,32 @@ def test_switching_factory_on_the_command_line_lists_its_keywords():
   done = _quick("--config=configs/smoke_synthetic.py:tiny", "--workdir=/nonexistent", "--config.model_name=mf")
   assert done.returncode != 0  # the file's melu keywords do not apply to mf: said before anything runs
   assert "['emb_dim', 'hidden'] that model 'mf' does not take; valid: ['adapt_regex', 'dim'" in done.stderr
+
+
+def test_compilation_cache_flag_keeps_the_environments_min_compile_time():
+  """`--compilation_cache=DIR` caches compiles over 0.5 s, unless JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS is set
+  (the suite sets 0, so its subprocesses load even the small programs it compiled before instead of compiling
+  them again). Checked on `transfer_meta.main`'s own code path, its training call replaced by a print."""
+  env_name, secs = compile_cache.MIN_COMPILE_ENV, "jax_persistent_cache_min_compile_time_secs"
+  assert compile_cache.settings("", {}) == {} and compile_cache.settings("", {env_name: "0"}) == {}
+  assert compile_cache.settings("/c", {}) == {"jax_compilation_cache_dir": "/c", secs: 0.5}
+  assert compile_cache.settings("/c", {env_name: "0"}) == {"jax_compilation_cache_dir": "/c"}
+  script = (
+    "import sys, jax\nfrom absl import app\nfrom transfer_meta import main, train\n"
+    "train.train_and_evaluate = lambda config, workdir: print(jax.config.jax_compilation_cache_dir, "
+    "jax.config.jax_persistent_cache_min_compile_time_secs)\n"
+    "sys.argv = ['main', '--config=configs/smoke_synthetic.py:tiny', '--workdir=/nonexistent/never-written',"
+    " *sys.argv[1:]]\napp.run(main.main)\n"
+  )
+  # The server's jax read the variable's 0 at import; unset in the child, main sets its own 0.5.
+  for flag, env, want in (
+    ("--compilation_cache=/tmp/tm_cache_x", {}, "/tmp/tm_cache_x 0.0"),
+    ("--compilation_cache=/tmp/tm_cache_x", {env_name: None}, "/tmp/tm_cache_x 0.5"),
+    ("--compilation_cache=", {env_name: None}, f"{jax.config.jax_compilation_cache_dir} 0.0"),
+  ):
+    done = SERVER.run(["-c", script, flag], ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == want, (flag, env)
 
 
 def test_unknown_override_lists_valid_keywords():
@@ -225,7 +244,7 @@ def test_csv_config_dry_run_takes_every_loader_keyword_from_the_command_line():
 
 
 def test_csv_config_runs_end_to_end(tmp_path):
-  done = _main(
+  done = _quick(
     "--config=configs/csv.py:smoke",
     f"--workdir={tmp_path}",
     "--config.seeds=1",

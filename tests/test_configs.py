@@ -4,6 +4,8 @@ resolves (dataset, protocol, metrics, model, learners and adapt sets) without tr
 from __future__ import annotations
 
 import glob
+import inspect
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from transfer_meta import config_files, train
+from transfer_meta.data import load_dataset
 from transfer_meta.learners import get_learner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,10 +77,39 @@ def test_sweep_overrides_apply_to_the_locked_config(name):
       assert got == value or (isinstance(value, dict) and got.to_dict() == value), key
 
 
+@pytest.fixture(scope="module")
+def datasets() -> dict:
+  """Datasets loaded in this module, by `_data_key`: configs naming the same data share one load (loading ML-1M
+  costs ~3.5 CPU-s, `ml-1m+ml-100k` ~9); freed at the module's end."""
+  return {}
+
+
+SESSION_DATA = {"ml-1m": "ml1m", "ml-100k": "ml100k"}  # tests/conftest.py's session fixtures: load_dataset(name)
+
+
+def _data_key(name: str, kwargs: dict) -> str:
+  """`load_dataset(name, **kwargs)`'s arguments with its defaults filled in, as a key: two configs that spell the
+  same load differently (`{}` or `text_features=False`) get one key."""
+  bound = inspect.signature(load_dataset).bind(name, **kwargs)
+  bound.apply_defaults()
+  return json.dumps(bound.arguments, sort_keys=True, default=repr)
+
+
+def _load(name: str, kwargs: dict, datasets: dict, request: pytest.FixtureRequest):
+  """The config's dataset, as `build_experiment` would load it: from the session's fixtures when it is one of
+  theirs (shared with every other test file), else loaded once per module."""
+  key = _data_key(name, kwargs)
+  if key not in datasets:
+    fixture = SESSION_DATA.get(name) if key == _data_key(name, {}) else None
+    datasets[key] = request.getfixturevalue(fixture) if fixture else load_dataset(name, **kwargs)
+  return datasets[key]
+
+
 @pytest.mark.parametrize("name", CONFIGS)
-def test_components_resolve(name):
+def test_components_resolve(name, datasets, request):
   config = _module(name).get_config(SMALL.get(name, "smoke"))
-  exp = train.build_experiment(config)  # dataset, protocol per seed, task sets, metric cutoffs, mesh
+  data = _load(config.dataset_name, config.dataset.to_dict(), datasets, request)
+  exp = train.build_experiment(config, data)  # protocol per seed, task sets, metric cutoffs, mesh
   assert len(exp.seeds) == config.seeds
   batch = exp.seeds[0].tasks["train"].batch(np.arange(1))
   example = {"support": train.unstack(batch["support"], 0), "query": train.unstack(batch["query"], 0)}

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from forkrun import ForkServer
 from xla_flags import xla_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,31 +29,33 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_process_run_matches_single_process(tmp_path):
-  port = free_port()
+def _env() -> dict:
   env = {**os.environ, "XLA_FLAGS": xla_flags()}  # one CPU device per process, the suite's compile flags
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  procs = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        os.path.join(HERE, "distributed_worker.py"),
-        f"--process_id={p}",
-        "--num_processes=2",
-        f"--port={port}",
-        f"--out={tmp_path}",
-      ],
-      cwd=ROOT,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for p in range(2)
-  ]
+  return env
+
+
+# Both workers run in forks of one interpreter that has imported jax and the library (tests/forkrun.py): each fork
+# creates its own XLA backend and joins `jax.distributed` itself, as a fresh `python` would.
+SERVER = ForkServer(ROOT, env=_env())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_server():
+  """The fork server is waited for at the end of this module, so its CPU is charged to this file's tests."""
+  yield
+  SERVER.close()
+
+
+def test_two_process_run_matches_single_process(tmp_path):
+  port = free_port()
+  worker = os.path.join(HERE, "distributed_worker.py")
+  flags = ["--num_processes=2", f"--port={port}", f"--out={tmp_path}"]
+  procs = [SERVER.start([worker, f"--process_id={p}", *flags], ROOT, timeout=300) for p in range(2)]
   try:
     want = distributed_worker.run_single()  # computed while the workers start
-    logs = [p.communicate(timeout=150)[0] for p in procs]
+    for p in procs:
+      p.wait(timeout=150)
   except subprocess.TimeoutExpired:
     pytest.fail("a distributed worker hung past 150 s")
   finally:
@@ -60,7 +63,8 @@ def test_two_process_run_matches_single_process(tmp_path):
       if p.poll() is None:
         p.kill()
         p.wait()
-  for p, log in zip(procs, logs):
+  for p in procs:
+    log = p.stdout + p.stderr
     assert p.returncode == 0 and "WORKER_OK" in log, log[-4000:]
 
   got = [dict(np.load(tmp_path / f"process_{p}.npz")) for p in range(2)]

@@ -20,6 +20,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `experiments` is a top-level package of the repository, not installed
 
+from forkrun import TRAINING_PRELOAD, ForkServer  # noqa: E402
+
 from experiments import ablate, plots, runner  # noqa: E402
 from transfer_meta import results as results_lib  # noqa: E402
 
@@ -30,11 +32,21 @@ METHODS = ["maml", "none", "global_mean", "item_user_offset"]  # tiny: learner, 
 SCENARIOS = ["warm", "new_user", "new_item", "new_user_new_item"]
 
 
+# The command lines run in forks of one interpreter that has imported jax and the library (tests/forkrun.py; a fresh
+# `python -m` spends ~1.5 CPU-s on those imports before its work).
+SERVER = ForkServer(ROOT, preload=TRAINING_PRELOAD)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_server():
+  """The fork server is waited for at the end of this module, so its CPU is charged to this file's tests."""
+  yield
+  SERVER.close()
+
+
 def _cli(module: str, *args: str) -> str:
   """Runs `python -m experiments.<module> args` in the repository; returns its stdout."""
-  proc = subprocess.run(
-    [sys.executable, "-m", f"experiments.{module}", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-  )
+  proc = SERVER.run([f"experiments.{module}", *args], ROOT, timeout=300)
   assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
   return proc.stdout
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import chex
@@ -16,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from forkrun import TRAINING_PRELOAD, ForkServer
 from jax.flatten_util import ravel_pytree
 from test_learners import make_task, tiny_batch, tiny_model
 from test_resume import ROOT, _read, _results_without_timing
@@ -175,30 +174,41 @@ CONFIG = "configs/smoke_synthetic.py:tiny"  # 2 seeds, 8 steps, checkpoints ever
 OVERRIDES = ("--config.learner_name=mamo", "--config.resample_train=True", "--config.compare_learners=()")
 
 
+# The three launches run in forks of one preloaded interpreter (tests/forkrun.py), as in tests/test_resume.py.
+SERVER = ForkServer(ROOT, preload=TRAINING_PRELOAD)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_server():
+  """The fork server is waited for at the end of this module, so its CPU is charged to this file's tests."""
+  yield
+  SERVER.close()
+
+
 def _command(workdir: str, cache: str) -> list[str]:
-  base = [sys.executable, "-m", "transfer_meta.main", f"--config={CONFIG}", f"--workdir={workdir}"]
+  base = ["transfer_meta.main", f"--config={CONFIG}", f"--workdir={workdir}"]
   return [*base, f"--compilation_cache={cache}", *OVERRIDES]
 
 
 def _run(workdir: str, cache: str) -> None:
-  done = subprocess.run(_command(workdir, cache), cwd=ROOT, capture_output=True, text=True, timeout=900)
+  done = SERVER.run(_command(workdir, cache), ROOT, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _kill_when(workdir: str, cache: str, marker: str) -> None:
-  proc = subprocess.Popen(_command(workdir, cache), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  proc = SERVER.start(_command(workdir, cache), ROOT, timeout=900)
   path, deadline = os.path.join(workdir, marker), time.time() + 600
   while not os.path.exists(path):
     if proc.poll() is not None:
-      pytest.fail(f"run ended (rc {proc.returncode}) before {marker}: {proc.stderr.read()[-3000:]}")
+      pytest.fail(f"run ended (rc {proc.returncode}) before {marker}: {proc.stderr[-3000:]}")
     if time.time() > deadline:
       proc.kill()
+      proc.wait()
       pytest.fail(f"{marker} did not appear")
     time.sleep(0.02)
   assert proc.poll() is None, "the run finished before it could be killed: the test would prove nothing"
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  proc.stderr.close()
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
   assert not os.path.exists(os.path.join(workdir, "results.json"))
 
 

@@ -55,8 +55,11 @@ def _kernel_manager(tmp_path) -> KernelManager:
 def test_executes(path, tmp_path, monkeypatch):
   monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's temporary run directories land here
   monkeypatch.setenv("MPLBACKEND", "Agg")
+  # The kernel runs in notebooks/: this checkout's library first (not whatever an editable install points at).
+  monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   nb = nbformat.read(path, as_version=4)
-  nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
+  where = "import sys, transfer_meta\nprint(sys.executable)\nprint(transfer_meta.__file__)"
+  nb.cells.append(nbformat.v4.new_code_cell(where))
   km = _kernel_manager(tmp_path)
   client = NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": os.path.dirname(path)}})
   try:
@@ -66,5 +69,6 @@ def test_executes(path, tmp_path, monkeypatch):
       km.shutdown_kernel(now=True)
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
   assert not errors
-  assert nb.cells[-1].outputs[0].text.strip() == sys.executable
+  executable, library = "".join(o.text for o in nb.cells[-1].outputs if o.output_type == "stream").splitlines()
+  assert executable == sys.executable and library == os.path.join(ROOT, "transfer_meta", "__init__.py")
   assert sum(bool(c.outputs) for c in nb.cells if c.cell_type == "code") >= 5  # the cells produced output

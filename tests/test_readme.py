@@ -13,7 +13,8 @@ Found generically, so a section someone adds is under test with no new test code
     `make -n T`, whose recipe lines are checked the same way; `pip install -r F` / `-e .[extra]` need F / the
     extra to exist; `VAR=value` prefixes and an `srun` launcher are stripped and what they start is checked.
     A command of any other kind FAILS, naming itself, so nothing is passed over in silence. The `python -m` checks
-    (--help, --dry_run) run in forks of one preloaded interpreter (tests/forkrun.py), not fresh ones each.
+    (--help, --dry_run), the snippets and the runs they read run in forks of one preloaded interpreter
+    (tests/forkrun.py), not fresh ones each.
 A ```python block preceded by `<!-- readme-test: not run: <reason naming the test that covers it> -->` is
 not executed; the test checks that the named test file exists and reads README.md.
 """
@@ -112,7 +113,7 @@ def _run(argv: list[str], cwd: str = ROOT, timeout: int = 300) -> subprocess.Com
   return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env())
 
 
-SERVER = forkrun.ForkServer(ROOT, env=_env())
+SERVER = forkrun.ForkServer(ROOT, env=_env(), preload=forkrun.TRAINING_PRELOAD)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -124,8 +125,8 @@ def _close_server():
 
 def _module_run(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
   """`python -m args[0] args[1:]` in ROOT, the cheap commands' way: a fork of a preloaded interpreter
-  (tests/forkrun.py; ~0.2 instead of ~1.5 CPU-s each). Training runs (snippets, the runs they read) stay real
-  subprocesses."""
+  (tests/forkrun.py; ~0.2 instead of ~1.5 CPU-s each). The snippets and the runs they read run in forks of the
+  same server too (`python SCRIPT` and `python -m transfer_meta.main` in their scratch directory)."""
   return SERVER.run(args, ROOT, timeout=timeout)
 
 
@@ -206,6 +207,7 @@ def test_readme_command_runs(where, cmd):
   _check(cmd)
 
 
+@functools.cache
 def _workdir_commands() -> dict[str, list[str]]:
   """runs/<name> -> the python -m transfer_meta.main argv (from a README command or make recipe) writing it."""
   out = {}
@@ -274,12 +276,12 @@ def test_readme_python_snippet_runs(where, code, why, tmp_path):
   writers = _workdir_commands()
   for rel in sorted(set(re.findall(r"runs/[\w.-]+", code))):
     if rel in writers and not os.path.exists(tmp_path / rel):
-      done = _run([sys.executable, "-m", *_smoke(writers[rel], str(tmp_path / rel))], cwd=str(tmp_path), timeout=600)
+      done = SERVER.run(_smoke(writers[rel], str(tmp_path / rel)), str(tmp_path), timeout=600)
       assert done.returncode == 0, f"{where}: making {rel}: {done.stderr[-3000:]}"
   script, prelude = tmp_path / "snippet.py", tmp_path / "readme_prelude.py"
   script.write_text(code + "\n")
   prelude.write_text(_PRELUDE.replace("OVERRIDES", repr(SNIPPET_OVERRIDES)))
-  done = _run([sys.executable, str(prelude), str(script)], cwd=str(tmp_path), timeout=600)
+  done = SERVER.run([str(prelude), str(script)], str(tmp_path), timeout=600)
   assert done.returncode == 0, f"{where} failed as written:\n{code}\n---\n{done.stderr[-3000:]}"
 
 

@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from transfer_meta import cli, train
+from transfer_meta import cli, compile_cache, train
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
@@ -26,7 +26,8 @@ _CACHE = flags.DEFINE_string(
   "compilation_cache",
   "auto",
   "Persistent XLA compilation cache directory, so a "
-  "resumed run does not compile again; 'auto': WORKDIR/jax_cache, '': off.",
+  "resumed run does not compile again; 'auto': WORKDIR/jax_cache, '': off. Keeps compiles over 0.5 s, or over "
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS where the environment sets it.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
   "distributed",
@@ -53,10 +54,7 @@ def main(argv: list[str]) -> None:
   logging.getLogger("absl").setLevel(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  cache = os.path.join(_WORKDIR.value, "jax_cache") if _CACHE.value == "auto" else _CACHE.value
-  if cache:
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  compile_cache.enable(os.path.join(_WORKDIR.value, "jax_cache") if _CACHE.value == "auto" else _CACHE.value)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
