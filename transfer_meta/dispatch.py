@@ -63,7 +63,9 @@ class BoundedDispatch:
     """Calls whose outputs are still held (at most `limit`)."""
     return len(self._pending)
 
-  def __getattr__(self, name: str):
+  def __getattr__(self, name: str):  # only for names not found on the wrapper itself
+    if name == "_fn":  # not yet set (copy / unpickling): no recursion
+      raise AttributeError(name)
     return getattr(self._fn, name)
 
   def __repr__(self) -> str:
