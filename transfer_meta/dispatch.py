@@ -12,8 +12,9 @@ part of step k and blocks in the step's all-reduce, the other blocks launching s
 device 1's part of step k never gets a thread: "This thread has been waiting for `all reduce RendezvousKey{...}`
 ... Expected 2 threads to join", then a fatal termination after 40 s (seen with bench_throughput fo1:32:g4 on 2
 devices: 50 un-synced steps per repetition; the 256-task cases dispatched 32 and passed). It has nothing to do with
-length groups: any multi-device program with a collective does it (tests/test_multidevice_groups.py reproduces it
-with a 10-line step). The trainer's own loops read each step's metrics, so they never had more than two in flight.
+length groups: any multi-device program with a collective does it (experiments/repro_cpu_dispatch_deadlock.py, a
+10-line step; tests/test_multidevice_groups.py checks the bound). The trainer's own loops read each step's metrics,
+so they never had more than one earlier call still running.
 
 `bounded` wraps the jitted function so each call first waits for the call `MAX_INFLIGHT` calls back (long finished
 in a steady loop, so nearly free), keeping the queue far below the semaphore. Everything else (`lower`, `trace`,
