@@ -4,7 +4,8 @@ bench_throughput fo1:32:g4 on 2 fake CPU devices aborted in an all-reduce rendez
 it dispatched 50 steps per repetition without reading a result, and more than 32 un-synced multi-device calls
 deadlock XLA's CPU client (transfer_meta/dispatch.py explains the threads). The subprocess below makes 100 such
 calls of a minimal step and 40 of the trainer's grouped step (G=4, unchunked: the benchmark's case) through
-`step.jit_meta_step`; without the bound it aborts after XLA's 40 s rendezvous timeout.
+`step.jit_meta_step`, and 40 of `evaluate.make_eval_step`; without the bound it aborts after XLA's 40 s
+rendezvous timeout.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ import sys
 sys.path.insert(0, {root!r})
 import chex, jax, jax.numpy as jnp, numpy as np, optax
 from tests.test_length_groups import KW, T, W, make_setup
-from transfer_meta import dispatch, length_groups, sharding, step, train
+from transfer_meta import dispatch, evaluate, length_groups, sharding, step, train
 from transfer_meta.learners import get_learner
 
 assert len(jax.devices()) == 2
@@ -102,6 +103,15 @@ for _ in range(40):  # read each step's metrics, as the trainer's loop
 assert int(s_fast["step"]) == 40
 chex.assert_trees_all_equal(s_fast["meta_params"], s_sync["meta_params"])  # the same program on the same inputs
 chex.assert_tree_all_finite(s_fast["meta_params"])
+
+eval_step = evaluate.make_eval_step(learner, ("mae",), None, mesh)  # replicated outputs: a collective per call
+params, eval_key = train.unstack(s_fast["meta_params"], 0), train.seed_keys([0])[1][0]
+eval_batch = sharding.shard_batch(host, mesh, 0)
+fast = [eval_step(params, eval_batch, eval_key) for _ in range(40)]  # un-synced
+synced = jax.device_get(eval_step(params, eval_batch, eval_key))
+real = host["task_mask"]
+for out in fast:
+  np.testing.assert_array_equal(np.asarray(out["mae"])[real], synced["mae"][real])
 print("UNSYNCED_OK")
 """
 
