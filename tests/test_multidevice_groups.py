@@ -3,8 +3,8 @@
 bench_throughput fo1:32:g4 on 2 fake CPU devices aborted in an all-reduce rendezvous ("Expected 2 threads to join"):
 it dispatched 50 steps per repetition without reading a result, and more than 32 un-synced multi-device calls
 deadlock XLA's CPU client (transfer_meta/dispatch.py explains the threads). The subprocess below makes 100 such
-calls of a minimal step and 40 of the trainer's grouped step (G=4, unchunked: the benchmark's case) through
-`step.jit_meta_step`, and 40 of `evaluate.make_eval_step`; without the bound it aborts after XLA's 40 s
+calls of a minimal step, 60 of the trainer's grouped step (G=4, unchunked: the benchmark's case) through
+`step.jit_meta_step`, and 100 of `evaluate.make_eval_step`; without the bound it aborts after XLA's 40 s
 rendezvous timeout.
 """
 
@@ -95,19 +95,19 @@ train_keys = train.seed_keys([0])[0]
 init = train.make_init(learner, tx, example, mesh)[1]
 placed = sharding.shard_batch(build([host]), mesh, 1)
 s_fast, s_sync = init(train_keys), init(train_keys)
-for _ in range(40):  # un-synced, as bench_throughput's repetitions
+for _ in range(60):  # un-synced, as bench_throughput's repetitions (50 steps each)
   s_fast, m_fast = grouped(s_fast, placed, train_keys)
-for _ in range(40):  # read each step's metrics, as the trainer's loop
+for _ in range(60):  # read each step's metrics, as the trainer's loop
   s_sync, m_sync = grouped(s_sync, placed, train_keys)
   jax.device_get(m_sync)
-assert int(s_fast["step"]) == 40
+assert int(s_fast["step"]) == 60
 chex.assert_trees_all_equal(s_fast["meta_params"], s_sync["meta_params"])  # the same program on the same inputs
 chex.assert_tree_all_finite(s_fast["meta_params"])
 
 eval_step = evaluate.make_eval_step(learner, ("mae",), None, mesh)  # replicated outputs: a collective per call
 params, eval_key = train.unstack(s_fast["meta_params"], 0), train.seed_keys([0])[1][0]
 eval_batch = sharding.shard_batch(host, mesh, 0)
-fast = [eval_step(params, eval_batch, eval_key) for _ in range(40)]  # un-synced
+fast = [eval_step(params, eval_batch, eval_key) for _ in range(100)]  # un-synced
 synced = jax.device_get(eval_step(params, eval_batch, eval_key))
 real = host["task_mask"]
 for out in fast:
