@@ -12,7 +12,9 @@ tasks sorted by support length into G fixed-size groups, each padded to its own 
 
   step      the trainer's own jitted step (`train.meta_step_fn` + `train.jit_meta_step`, one seed, a 1-device
             'tasks' mesh), batches already on the device: median over `--reps` repetitions of `--steps` steps,
-            timed to `block_until_ready`, after a compile + warm-up call. The headline tasks/s.
+            timed to `block_until_ready`, after a compile + warm-up call. The headline tasks/s. With
+            --devices >= 2 the step keeps at most 8 calls in flight (`transfer_meta.dispatch`: the 50 un-synced
+            steps of a 32-task repetition used to deadlock XLA's CPU client, experiments/README.md).
   host      building one batch on the host (`TaskData.batch`: fancy indexing + feature gather,
             `stack_seed_batches`, `shard_batch`): median ms per batch.
   e2e       host + step in the same loop, no prefetching (not for grouped cases: new group widths compile).

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from transfer_meta import dispatch, sharding
 from transfer_meta import metrics as metrics_lib
-from transfer_meta import sharding
 from transfer_meta.learners.base import Learner
 
 
@@ -62,6 +62,7 @@ def make_eval_step(
   else:
     rep = sharding.replicated(mesh)
     jitted = jax.jit(eval_step, in_shardings=(rep, sharding.task_sharding(mesh, 0), rep), out_shardings=rep)
+    jitted = dispatch.bounded(jitted, mesh)  # several CPU devices: at most 8 calls in flight (transfer_meta.dispatch)
 
   def ordered(meta_params, batch, key):  # jit returns dicts with sorted keys; keep the declared metric order
     out = jitted(meta_params, batch, key)

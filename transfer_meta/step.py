@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from transfer_meta import chunking, learner_state, sharding
+from transfer_meta import chunking, dispatch, learner_state, sharding
 from transfer_meta.learners.base import Learner, has_extensions
 
 
@@ -156,11 +156,13 @@ def step_fn(grad_fn: Callable, tx: optax.GradientTransformation) -> Callable:
 
 def jit_meta_step(fn: Callable, mesh: Mesh) -> Callable:
   """jit with explicit shardings (state/keys/metrics replicated, batch split on its task axis 1) and the
-  state donated."""
+  state donated. On a mesh of several CPU devices the calls are bounded to `dispatch.MAX_INFLIGHT` in flight
+  (`dispatch.bounded`: more than 32 un-synced calls deadlock XLA's CPU client)."""
   rep = sharding.replicated(mesh)
-  return jax.jit(
+  jitted = jax.jit(
     fn, in_shardings=(rep, sharding.task_sharding(mesh, 1), rep), out_shardings=(rep, rep), donate_argnums=0
   )
+  return dispatch.bounded(jitted, mesh)
 
 
 @jax.jit
