@@ -332,4 +332,4 @@ def run_strategy(exp, strategy: Strategy, workdir: str, mlog: runlog.MetricsLog)
     fitted = [strategy.fit(step.unstack(best.params, n), valid[n], eval_keys[n]) for n in range(len(seeds))]
     best.params = _host_copy(jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(fitted)), mesh)
     seconds["fit"] = round(time.time() - t0, 3)
-  return train_lib.Trained(strategy.learner, best, sum(seconds.values())), seconds
+  return train_lib.Trained(strategy.learner, best, sum(seconds.values()), eval_step), seconds

@@ -84,6 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
   'item_user_offset') makes the model predict the offset from that reference (`models/residual.py`);
   `oov_min_count` >= 2 maps unseen and rare categorical values to a trained OOV row (`data/categorical.py`);
   `ordinal_features` names categorical features also fed as a standardised number (e.g. 'release_year').
+  `plots` False skips the run's PNGs (`plots.write_run_plots`, ~1 CPU-s each); results and tables are unchanged.
   """
   c = ml_collections.ConfigDict()
   c.dataset_name, c.dataset = "synthetic", ml_collections.ConfigDict()
@@ -126,6 +127,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.compute_dtype = "float32"  # "bfloat16": model compute in bf16, meta-parameters stay float32
   c.buckets = DEFAULT_BUCKETS
   c.progress = True
+  c.plots = True  # write curves.png and scenarios_<metric>.png into the workdir
   c.resample_train = False  # episodic: a fresh support/query split of every training task at each pass
   c.outer_support = False  # the outer loss scores the support too (query = support + query in training)
   c.residual = ""  # '' or a reference: 'global_mean', 'item_mean', 'item_user_offset'
@@ -285,6 +287,9 @@ class Trained:
   learner: Learner
   selection: Selection
   seconds: float  # training wall time (all processes that worked on it)
+  # The jitted eval step validation used (`evaluate.make_eval_step` of `learner`): `evaluate_trained` reuses it
+  # instead of building (tracing, lowering, loading) the same programs again; None builds a fresh one.
+  eval_step: Callable | None = None
 
 
 def _learner_specs(config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
@@ -438,7 +443,7 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
       ckpt.save(done, arrays, {"extra": extra, "config": json.loads(config.to_json())})
   bar.close()
   ckpt.close()
-  return Trained(evaluated, best, seconds + time.time() - t0)
+  return Trained(evaluated, best, seconds + time.time() - t0, eval_step)
 
 
 def _relevance(exp: Experiment) -> str | None:
@@ -448,7 +453,9 @@ def _relevance(exp: Experiment) -> str | None:
 def evaluate_trained(exp: Experiment, trained: Trained) -> list[dict]:
   """Selected meta-params of every seed on 'valid' and every scenario: [{set: {metric: float}}] per seed."""
   _, eval_keys = seed_keys([st.seed for st in exp.seeds])
-  eval_step = evaluate.make_eval_step(trained.learner, exp.seeds[0].split.metrics, _relevance(exp), exp.mesh)
+  eval_step = trained.eval_step or evaluate.make_eval_step(
+    trained.learner, exp.seeds[0].split.metrics, _relevance(exp), exp.mesh
+  )
   out = []
   for n, st in enumerate(exp.seeds):
     params = unstack(trained.selection.params, n)
@@ -507,7 +514,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: I
   runlog.atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   table = results_lib.results_table(results)
   runlog.atomic_write(os.path.join(workdir, "results.md"), table)
-  if runlog.is_writer():
+  if config.plots and runlog.is_writer():
     log.info("plots: %s", plots.write_run_plots(workdir, results, config.select_metric))
   if runlog.is_writer():
     print(
