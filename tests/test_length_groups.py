@@ -295,6 +295,7 @@ def test_train_and_evaluate_with_length_groups_equals_without(tmp_path, monkeypa
     c = config_module("smoke_synthetic")[0].get_config("tiny")
     c.unlock()
     c.seeds, c.num_steps, c.eval_every, c.checkpoint_every, c.compare_learners = 1, 4, 4, 4, ()
+    c.plots = False  # no check reads the PNGs (tests/test_run_outputs.py checks them)
     c.length_groups = n_groups
     c.lock()
     runs[n_groups] = tm.train_and_evaluate(c, str(tmp_path / f"g{n_groups}"))
