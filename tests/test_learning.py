@@ -44,6 +44,7 @@ def test_melu_on_ml100k_clears_a_quality_floor(tmp_path):
     config.compare_learners, config.compare_kwargs = (), ml_collections.ConfigDict()
     config.baselines, config.progress, config.plots = ("global_mean",), False, False  # no check reads the PNGs
   results = train.train_and_evaluate(config, str(tmp_path))
+  assert not [f for f in os.listdir(tmp_path) if f.endswith(".png")]  # config.plots=False: no PNG written
   mae = results["metrics"]["new_user"]["mae"]["mean"]
   assert mae < 0.83, mae
   assert mae < results["baselines"]["global_mean"]["new_user"]["mae"]["mean"] - 0.03
