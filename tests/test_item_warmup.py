@@ -145,8 +145,8 @@ def test_poisoned_cold_ratings_never_reach_training(arg, tmp_path):
   speed = results["train"]["learners"]
   assert speed[config.learner_name]["tasks"] == 2 * config.batch_size * config.seeds
   assert speed[name]["tasks"] == config.strategy.meta_steps * config.batch_size * config.seeds == 4 * 8
-  for v in speed.values():
-    assert v["tasks_per_second"] == pytest.approx(v["tasks"] / v["seconds"], rel=1e-2)
+  for v in speed.values():  # tasks_per_second carries 2 decimals: on a slow (loaded) box that rounding is > 1%
+    assert v["tasks_per_second"] == pytest.approx(v["tasks"] / v["seconds"], rel=1e-2, abs=0.006)
 
 
 def test_round_masks():
