@@ -100,16 +100,16 @@ def _run(fn, learner, tx, example, batches):
   return jax.device_get(state["meta_params"]), history
 
 
-def _grouped_run(name, chunk, learner, example, batch):
-  """`_run` of the separate-groups step (`length_groups.meta_step_fn`, 2 groups, Adam) on `batch`, STEPS times:
-  the result of test_grouped_step_equals_the_ungrouped_step and the reference of test_packed_step_equals_the_
-  separate_step, computed once for both."""
-  if (name, chunk) not in _GROUPED:
-    sizes = length_groups.group_sizes(T, 2, chunk or 1)
+def _grouped_run(name, n_groups, chunk, learner, example, batch):
+  """`_run` of the separate-groups step (`length_groups.meta_step_fn`, Adam) on `batch` in `n_groups` groups,
+  STEPS times: the result of test_grouped_step_equals_the_ungrouped_step and the reference of
+  test_packed_step_equals_the_separate_step, computed once for both."""
+  if (name, n_groups, chunk) not in _GROUPED:
+    sizes = length_groups.group_sizes(T, n_groups, chunk or 1)
     grouped = length_groups.stack_seed_groups([length_groups.group_batch(batch, sizes, W)])
     fn = length_groups.meta_step_fn(learner, ADAM, chunk)
-    _GROUPED[name, chunk] = _run(fn, learner, ADAM, example, [grouped] * STEPS)
-  return _GROUPED[name, chunk]
+    _GROUPED[name, n_groups, chunk] = _run(fn, learner, ADAM, example, [grouped] * STEPS)
+  return _GROUPED[name, n_groups, chunk]
 
 
 @pytest.mark.parametrize(
@@ -123,8 +123,7 @@ def test_grouped_step_equals_the_ungrouped_step(setup, name, n_groups, chunk):
   assert [g["support"]["mask"].shape[2] for g in grouped["groups"]] == [4, 12]  # the grouping really trims
   plain = train.stack_seed_batches([batch])
   want_params, want = _run(step.meta_step_fn(learner, tx, chunk), learner, tx, example, [plain] * STEPS)
-  assert n_groups == 2  # `_grouped_run`'s grouping (shared with test_packed_step_equals_the_separate_step)
-  got_params, got = _grouped_run(name, chunk, learner, example, batch)
+  got_params, got = _grouped_run(name, n_groups, chunk, learner, example, batch)
   chex.assert_tree_all_finite((got_params, got))  # NaN / 1e6 in masked slots never leak
   assert want[0]["outer_loss"][0] > 0 and want[0]["grad_norm"][0] > 0
   chex.assert_trees_all_close(got_params, want_params, rtol=1e-5, atol=1e-6)
@@ -371,7 +370,7 @@ def test_packed_step_equals_the_separate_step(setup, name, chunk):
   learner, tx = get_learner(name, model, **KW[name]), ADAM
   fn, build, reason = length_groups.step_parts(learner, tx, chunk, 1, T, 2, W)  # the trainer's path
   assert reason is None
-  want_params, want = _grouped_run(name, chunk, learner, example, batch)  # the separate groups' step
+  want_params, want = _grouped_run(name, 2, chunk, learner, example, batch)  # the separate groups' step
   got_params, got = _run(fn, learner, tx, example, [build([batch])] * STEPS)
   chex.assert_tree_all_finite((got_params, got))
   assert want[-1]["grad_norm"][0] > 0
