@@ -70,12 +70,10 @@ def _np(tree):
 
 
 def test_mf_vectors_reproduce_the_mf_scores(exp):
-  def run(x):  # one jitted program (op by op, every primitive compiles on its own)
-    params = _randomise(mf(exp.spec, dim=D).init(jax.random.key(0), x), 1)
-    return MFVectors(exp.spec, D).apply(params, x), mf(exp.spec, dim=D).apply(params, x)
-
-  (u, bu, v, bi, g), scores = jax.jit(run)(_x(exp))
-  np.testing.assert_allclose(np.sum(u * v, -1) + bu + bi + g, scores, rtol=1e-5)
+  x = _x(exp)
+  params = _randomise(mf(exp.spec, dim=D).init(jax.random.key(0), x), 1)
+  u, bu, v, bi, g = MFVectors(exp.spec, D).apply(params, x)
+  np.testing.assert_allclose(np.sum(u * v, -1) + bu + bi + g, mf(exp.spec, dim=D).apply(params, x), rtol=1e-5)
 
 
 @pytest.mark.parametrize("mapping", ["linear", "mlp"])
@@ -107,27 +105,17 @@ def test_emcdr_scores_every_user_through_the_mapping_of_their_source_vector(exp,
 
 def test_emcdr_mapping_loss_is_the_mean_squared_error_of_user_vectors(exp):
   x = _x(exp)
-  model, parts = emcdr_model(exp.spec, D, "linear"), MFVectors(exp.spec, D)
-
-  def run(x):  # one jitted program (op by op, every primitive compiles on its own)
-    params = _randomise(model.init(jax.random.key(0), x), 3)
-    objective = mapping_objective(exp.spec, D, "linear", 64)
-    grads = jax.grad(lambda p: objective(p, x, None)[0])(params)
-    return (
-      params,
-      objective(params, x, None)[0],
-      parts.apply(params["source"], x),
-      parts.apply(params["target"], x),
-      grads,
-    )
-
-  params, loss, source, target, grads = jax.jit(run)(x)
-  u_s, b_s, *_ = _np(source)
-  u_t, b_t, *_ = _np(target)
+  model = emcdr_model(exp.spec, D, "linear")
+  params = _randomise(model.init(jax.random.key(0), x), 3)
+  loss, _ = mapping_objective(exp.spec, D, "linear", 64)(params, x, None)
+  parts = MFVectors(exp.spec, D)
+  u_s, b_s, *_ = _np(parts.apply(params["source"], x))
+  u_t, b_t, *_ = _np(parts.apply(params["target"], x))
   m = _np(params["map"]["params"]["linear"])
   z = np.c_[u_s, b_s] @ m["kernel"] + m["bias"]
   err = np.sum((z - np.c_[u_t, b_t]) ** 2, 1)
   np.testing.assert_allclose(loss, err[x["mask"]].mean(), rtol=1e-5)
+  grads = jax.grad(lambda p: mapping_objective(exp.spec, D, "linear", 64)(p, x, None)[0])(params)
   assert all(not np.any(g) for g in jax.tree.leaves(grads["target"]))  # the regression targets are constants
 
 
@@ -177,20 +165,17 @@ def test_ptupcdr_scores_with_the_bridged_source_vector(exp):
   users = np.broadcast_to(np.arange(exp.data.n_users)[:, None], hist_items.shape)
   history = make_examples(exp.feats, users, hist_items, None, hist_mask)
   model = ptupcdr_model(exp.spec, history, D, hidden=3)
+  params = _randomise(model.init(jax.random.key(0), x), 6)
   parts = MFVectors(exp.spec, D)
-
-  def run(x):  # one jitted program (op by op, every primitive compiles on its own)
-    params = _randomise(model.init(jax.random.key(0), x), 6)
-    hist = jax.tree.map(lambda a: jnp.asarray(a)[x["user"]], history)
-    e = parts.apply(params["source"], hist)[2]
-    bridged = Bridge(D, 3).apply(params["meta"], e, hist["mask"])
-    return params, parts.apply(params["source"], x), parts.apply(params["target"], x), bridged, model.apply(params, x)
-
-  params, (u_s, b_s, *_), (_, _, v_t, b_i, g), (w, beta), scores = jax.jit(run)(x)
+  u_s, b_s, *_ = parts.apply(params["source"], x)
+  _, _, v_t, b_i, g = parts.apply(params["target"], x)
+  hist = jax.tree.map(lambda a: a[x["user"]], history)
+  e = parts.apply(params["source"], hist)[2]
+  w, beta = Bridge(D, 3).apply(params["meta"], e, hist["mask"])
   a = params["adapt"]
   u = np.einsum("nd,nde->ne", u_s, w) + a["user_delta"]
   want = np.sum(u * v_t, -1) + b_s + beta + a["user_bias_delta"] + b_i + g
-  np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(model.apply(params, x), want, rtol=1e-4, atol=1e-5)
 
 
 def test_history_items_keep_the_newest_source_items_per_user(exp):
