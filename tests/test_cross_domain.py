@@ -358,6 +358,8 @@ def test_training_on_poisoned_data_is_bitwise_the_clean_run_until_the_cold_query
   """End to end (every learner, the selection on valid, the baselines): poisoning the held-out users' target
   ratings changes nothing but the cold users' test metrics, so no training step or selection read them."""
   config = _tiny_config()
+  with config.unlocked():  # one checkpoint per learner (at its end) and no PNGs: no check here reads either
+    config.checkpoint_every, config.plots = config.num_steps, False
   clean = tm.load_dataset(config.dataset_name, **config.dataset.to_dict())
   split = make_protocol("genre_split", clean, seed=0, min_tasks=0, **config.protocol.to_dict())
   held = np.concatenate([split.roles["valid"], split.roles[COLD]])
@@ -487,6 +489,7 @@ def test_source_only_model_is_a_strategy_row_pretrained_on_source_rows(tmp_path)
   overrides = {
     **module.SOURCE_ONLY,
     "strategy": {**module.SOURCE_ONLY["strategy"], "pretrain_steps": 4, "batch_size": 32},
+    "plots": False,  # no check reads the PNGs (tests/test_run_outputs.py checks them)
   }
   config = runner.apply_overrides(config, overrides)
   built = tm.train.build_experiment(config)

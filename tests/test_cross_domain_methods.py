@@ -198,16 +198,12 @@ def test_alignment_objective_adds_the_term_on_encoder_outputs(exp, method):
   s, t = _x(exp, 8, seed=3), _x(exp, 8, seed=4)
   steps = 10
   batch = {"source": s, "target": t, "step": np.full(8, 4, np.int32)}
-  params = _randomise(align_model(exp.spec, method, 4, (6, 5)).init(jax.random.key(0), s), 7, 0.1)
+  model = align_model(exp.spec, method, 4, (6, 5))
+  params = _randomise(jax.jit(model.init)(jax.random.key(0), s), 7, 0.1)
   plain = align_objective(exp.spec, method, steps, weight=0.0, target_weight=0.25, emb_dim=4, hidden=(6, 5))
   full = align_objective(exp.spec, method, steps, weight=2.0, target_weight=0.25, emb_dim=4, hidden=(6, 5))
-  loss0, m = plain(params, batch, None)
   net = FeatureNet(exp.spec, 4, (6, 5))
-  score = lambda x: np.asarray(net.apply(params["net"], x), np.float64)  # noqa: E731
-  mse = lambda x: np.mean((score(x) - x["target"])[x["mask"]] ** 2)  # noqa: E731
-  np.testing.assert_allclose(loss0, 0.75 * mse(s) + 0.25 * mse(t), rtol=1e-5)
   enc = lambda p, x: net.apply(p, x, method=FeatureNet.encode)  # noqa: E731
-  zs, zt = enc(params["net"], s), enc(params["net"], t)
 
   def term(p_net, p_disc):  # the alignment term WITHOUT gradient reversal
     a, b = enc(p_net, s), enc(p_net, t)
@@ -218,14 +214,29 @@ def test_alignment_objective_adds_the_term_on_encoder_outputs(exp, method):
     logits = Discriminator().apply(p_disc, jnp.concatenate([a, b]))
     return bce(logits, jnp.r_[jnp.zeros(8), jnp.ones(8)], jnp.r_[s["mask"], t["mask"]])
 
-  loss, metrics = full(params, batch, None)
-  np.testing.assert_allclose(metrics["align_loss"], term(params["net"], params.get("disc")), rtol=1e-5)
+  def everything(params):  # one jitted program (op by op, every primitive compiled on its own cost ~4x more)
+    return {
+      "plain": plain(params, batch, None),
+      "full": full(params, batch, None),
+      "scores": (net.apply(params["net"], s), net.apply(params["net"], t)),
+      "z": (enc(params["net"], s), enc(params["net"], t)),
+      "term": term(params["net"], params.get("disc")),
+      "g_full": jax.grad(lambda p: full(p, batch, None)[0])(params),
+      "g_plain": jax.grad(lambda p: plain(p, batch, None)[0])(params),
+      "g_term": jax.grad(term, argnums=(0, 1))(params["net"], params.get("disc")),
+    }
+
+  out = jax.jit(everything)(params)
+  loss0, m = out["plain"]
+  mse = lambda x, score: np.mean((np.asarray(score, np.float64) - x["target"])[x["mask"]] ** 2)  # noqa: E731
+  np.testing.assert_allclose(loss0, 0.75 * mse(s, out["scores"][0]) + 0.25 * mse(t, out["scores"][1]), rtol=1e-5)
+  zs, zt = out["z"]
+  loss, metrics = out["full"]
+  np.testing.assert_allclose(metrics["align_loss"], out["term"], rtol=1e-5)
   np.testing.assert_allclose(loss, loss0 + 2.0 * metrics["align_loss"], rtol=1e-5)
   # Gradients: the alignment part of the full objective is weight * d(term) for MMD/CORAL; for DANN the encoder
   # gets -lam * weight * d(term) (reversal) while the discriminator gets +weight * d(term).
-  g_full = jax.grad(lambda p: full(p, batch, None)[0])(params)
-  g_plain = jax.grad(lambda p: plain(p, batch, None)[0])(params)
-  g_term = jax.grad(term, argnums=(0, 1))(params["net"], params.get("disc"))
+  g_full, g_plain, g_term = out["g_full"], out["g_plain"], out["g_term"]
   lam = float(dann_lambda(4 / steps)) if method == "dann" else -1.0
   np.testing.assert_allclose(float(metrics.get("lambda", -1.0)), lam, rtol=1e-6)
   sign = -lam if method == "dann" else 1.0

@@ -121,6 +121,8 @@ def test_poisoned_cold_ratings_never_reach_training(arg, tmp_path):
   config = _load_config(arg)
   with config.unlocked():
     config.num_steps = 2  # the learner's 2 meta-steps; the strategy's meta stage runs its own meta_steps (4)
+    config.checkpoint_every = 100  # one checkpoint at the end of each stage: no check here reads them
+    config.plots = arg == "smoke"  # the PNGs of this results layout once ([mwuf_smoke]'s are the same layout)
   exp = train.build_experiment(config)
   split = exp.seeds[0].split
   cold_items = np.concatenate([split.tasks[n].task_ids for n in ("valid", "cold")])
@@ -143,8 +145,8 @@ def test_poisoned_cold_ratings_never_reach_training(arg, tmp_path):
   speed = results["train"]["learners"]
   assert speed[config.learner_name]["tasks"] == 2 * config.batch_size * config.seeds
   assert speed[name]["tasks"] == config.strategy.meta_steps * config.batch_size * config.seeds == 4 * 8
-  for v in speed.values():
-    assert v["tasks_per_second"] == pytest.approx(v["tasks"] / v["seconds"], rel=1e-2)
+  for v in speed.values():  # tasks_per_second carries 2 decimals: on a slow (loaded) box that rounding is > 1%
+    assert v["tasks_per_second"] == pytest.approx(v["tasks"] / v["seconds"], rel=1e-2, abs=0.006)
 
 
 def test_round_masks():

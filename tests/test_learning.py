@@ -26,7 +26,7 @@ def test_maml_adaptation_beats_none_on_new_users_of_planted_data(tmp_path):
   config = _config("smoke_synthetic", "tiny")
   with config.unlocked():
     config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 200, 50, 200
-    config.log_every, config.baselines = 50, ("global_mean",)
+    config.log_every, config.baselines, config.plots = 50, ("global_mean",), False  # no check reads the PNGs
   results = train.train_and_evaluate(config, str(tmp_path))
   maml = results["metrics"]["new_user"]["rmse"]["mean"] ** 2  # new-user query MSE, per-task mean of RMSE squared
   none = results["comparisons"]["none"]["new_user"]["rmse"]["mean"] ** 2
@@ -42,8 +42,9 @@ def test_melu_on_ml100k_clears_a_quality_floor(tmp_path):
   with config.unlocked():
     config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 60, 20, 60
     config.compare_learners, config.compare_kwargs = (), ml_collections.ConfigDict()
-    config.baselines, config.progress = ("global_mean",), False
+    config.baselines, config.progress, config.plots = ("global_mean",), False, False  # no check reads the PNGs
   results = train.train_and_evaluate(config, str(tmp_path))
+  assert not [f for f in os.listdir(tmp_path) if f.endswith(".png")]  # config.plots=False: no PNG written
   mae = results["metrics"]["new_user"]["mae"]["mean"]
   assert mae < 0.83, mae
   assert mae < results["baselines"]["global_mean"]["new_user"]["mae"]["mean"] - 0.03

@@ -66,10 +66,33 @@ def make_setup():
   return model, batch, example
 
 
+# Shared across tests (tracing and loading the same program again is most of these tests' cost): the initial
+# state of each (learner, optimiser), and the grouped runs that two tests use as their result or reference.
+ADAM, SGD = optax.adam(1e-2), optax.sgd(0.1)
+_INITIAL: dict = {}
+_GROUPED: dict = {}
+
+
+def _initial_state(learner, tx, example):
+  """`train.make_init`'s state for seed 0, built once per (learner name, optimiser) and reused (`_run`'s jit
+  does not donate its input, so the cached buffers stay valid)."""
+  key = (learner.name, id(tx))
+  if key not in _INITIAL:
+    _INITIAL[key] = train.make_init(learner, tx, example)[1](train.seed_keys([0])[0])
+  return _INITIAL[key]
+
+
+def _params(learner, model, example):
+  """Meta-params from `model.init` (key 0) and `learner.init` (key 3), as one jitted program rather than
+  op-by-op (each eager primitive is a program of its own)."""
+  init = lambda ex: learner.init(jax.random.key(3), model.init(jax.random.key(0), ex["query"], ex["support"]))  # noqa: E731
+  return jax.jit(init)(example)
+
+
 def _run(fn, learner, tx, example, batches):
   """Params and per-step metrics after feeding `batches` to the jitted step `fn` (one seed)."""
   keys, _ = train.seed_keys([0])
-  state = train.make_init(learner, tx, example)[1](keys)
+  state = _initial_state(learner, tx, example)
   jitted, history = jax.jit(fn), []
   for b in batches:
     state, metrics = jitted(state, b, keys)
@@ -77,25 +100,37 @@ def _run(fn, learner, tx, example, batches):
   return jax.device_get(state["meta_params"]), history
 
 
+def _grouped_run(name, n_groups, chunk, learner, example, batch):
+  """`_run` of the separate-groups step (`length_groups.meta_step_fn`, Adam) on `batch` in `n_groups` groups,
+  STEPS times: the result of test_grouped_step_equals_the_ungrouped_step and the reference of
+  test_packed_step_equals_the_separate_step, computed once for both."""
+  if (name, n_groups, chunk) not in _GROUPED:
+    sizes = length_groups.group_sizes(T, n_groups, chunk or 1)
+    grouped = length_groups.stack_seed_groups([length_groups.group_batch(batch, sizes, W)])
+    fn = length_groups.meta_step_fn(learner, ADAM, chunk)
+    _GROUPED[name, n_groups, chunk] = _run(fn, learner, ADAM, example, [grouped] * STEPS)
+  return _GROUPED[name, n_groups, chunk]
+
+
 @pytest.mark.parametrize(
   "name,n_groups,chunk", [("maml", 2, None), ("maml", 2, 2), ("fomaml", 2, None), ("reptile", 2, 2)]
 )
 def test_grouped_step_equals_the_ungrouped_step(setup, name, n_groups, chunk):
   model, batch, example = setup
-  learner, tx = get_learner(name, model, **KW[name]), optax.adam(1e-2)
+  learner, tx = get_learner(name, model, **KW[name]), ADAM
   sizes = length_groups.group_sizes(T, n_groups, chunk or 1)
   grouped = length_groups.stack_seed_groups([length_groups.group_batch(batch, sizes, W)])
   assert [g["support"]["mask"].shape[2] for g in grouped["groups"]] == [4, 12]  # the grouping really trims
   plain = train.stack_seed_batches([batch])
   want_params, want = _run(step.meta_step_fn(learner, tx, chunk), learner, tx, example, [plain] * STEPS)
-  got_params, got = _run(length_groups.meta_step_fn(learner, tx, chunk), learner, tx, example, [grouped] * STEPS)
+  got_params, got = _grouped_run(name, n_groups, chunk, learner, example, batch)
   chex.assert_tree_all_finite((got_params, got))  # NaN / 1e6 in masked slots never leak
   assert want[0]["outer_loss"][0] > 0 and want[0]["grad_norm"][0] > 0
   chex.assert_trees_all_close(got_params, want_params, rtol=1e-5, atol=1e-6)
   for g, w in zip(got, want):
     assert set(g) == set(w)
     chex.assert_trees_all_close(g, w, rtol=1e-5, atol=1e-6)
-  init = jax.device_get(train.make_init(learner, tx, example)[1](train.seed_keys([0])[0])["meta_params"])
+  init = jax.device_get(_initial_state(learner, tx, example)["meta_params"])
   moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(init)))
   assert moved > 1e-4  # the steps changed the parameters: not a comparison of two initialisations
 
@@ -105,19 +140,20 @@ def test_grouped_gradient_matches_a_loop_over_real_tasks(setup):
   slot t's key split(key, T)[t]."""
   model, batch, example = setup
   learner = get_learner("maml", model, **KW["maml"])
-  params = learner.init(jax.random.key(3), model.init(jax.random.key(0), example["query"], example["support"]))
+  params = _params(learner, model, example)
   key = jax.random.key(7)
   grouped = {"groups": length_groups.group_batch(batch, length_groups.group_sizes(T, 4), W)}
   grads, metrics = jax.jit(length_groups.grouped_batch_grad_fn(learner))(params, grouped, key)
-  task_keys, one = jax.random.split(key, T), jax.jit(learner.task_grad)
-  outs = []
+  task_keys, tasks = jax.random.split(key, T), []
   for t in np.flatnonzero(REAL):
     n_s, n_q = int(batch["support"]["mask"][t].sum()), int(batch["query"]["mask"][t].sum())
     task = {
       "support": jax.tree.map(lambda x, t=t, n=n_s: x[t, :n], batch["support"]),
       "query": jax.tree.map(lambda x, t=t, n=n_q: x[t, :n], batch["query"]),
     }
-    outs.append(one(params, task, task_keys[t]))
+    tasks.append((task, task_keys[t]))
+  # One `task_grad` per task, each at its own unpadded shape, in ONE jitted program (one compile, not six).
+  outs = jax.jit(lambda p, ts: [learner.task_grad(p, task, k) for task, k in ts])(params, tasks)
   want = jax.tree.map(lambda *xs: np.mean(np.stack([np.asarray(x) for x in xs]), axis=0), *outs)
   chex.assert_trees_all_close((grads, metrics), want, rtol=1e-5, atol=1e-6)
 
@@ -126,7 +162,7 @@ def test_padded_and_masked_slots_contribute_nothing(setup):
   """Rewriting everything masked (padded tasks' whole rows, real tasks' padded entries) changes nothing."""
   model, batch, example = setup
   learner = get_learner("fomaml", model, **KW["fomaml"])
-  params = learner.init(jax.random.key(3), model.init(jax.random.key(0), example["query"], example["support"]))
+  params = _params(learner, model, example)
   fn = jax.jit(length_groups.grouped_batch_grad_fn(learner))
   sizes = length_groups.group_sizes(T, 2)
   base = fn(params, {"groups": length_groups.group_batch(batch, sizes, W)}, jax.random.key(1))
@@ -213,7 +249,7 @@ def test_compiles_once_per_group_width_signature(setup, layout):
   """One trace per distinct tuple of group widths, never more, and within the documented bound; the trainer's
   packed batches carry the widths in their static layout, so they compile exactly as often."""
   model, batch, example = setup
-  learner, tx = get_learner("fomaml", model, inner_steps=1, inner_lr=0.1), optax.sgd(0.1)
+  learner, tx = get_learner("fomaml", model, inner_steps=1, inner_lr=0.1), SGD
   traces = []
   sizes = length_groups.group_sizes(T, 2)
   if layout == "packed":
@@ -258,6 +294,7 @@ def test_train_and_evaluate_with_length_groups_equals_without(tmp_path, monkeypa
     c = config_module("smoke_synthetic")[0].get_config("tiny")
     c.unlock()
     c.seeds, c.num_steps, c.eval_every, c.checkpoint_every, c.compare_learners = 1, 4, 4, 4, ()
+    c.plots = False  # no check reads the PNGs (tests/test_run_outputs.py checks them)
     c.length_groups = n_groups
     c.lock()
     runs[n_groups] = tm.train_and_evaluate(c, str(tmp_path / f"g{n_groups}"))
@@ -330,12 +367,10 @@ def test_packed_step_equals_the_separate_step(setup, name, chunk):
   """The groups reach the step bit for bit (test above); the compiled programs differ only in where the groups
   are sliced, which can change XLA's fusion and so the float summation order: equal to ~1 ulp-level noise."""
   model, batch, example = setup
-  learner, tx = get_learner(name, model, **KW[name]), optax.adam(1e-2)
-  sizes = length_groups.group_sizes(T, 2, chunk or 1)
-  separate = length_groups.stack_seed_groups([length_groups.group_batch(batch, sizes, W)])
+  learner, tx = get_learner(name, model, **KW[name]), ADAM
   fn, build, reason = length_groups.step_parts(learner, tx, chunk, 1, T, 2, W)  # the trainer's path
   assert reason is None
-  want_params, want = _run(length_groups.meta_step_fn(learner, tx, chunk), learner, tx, example, [separate] * STEPS)
+  want_params, want = _grouped_run(name, 2, chunk, learner, example, batch)  # the separate groups' step
   got_params, got = _run(fn, learner, tx, example, [build([batch])] * STEPS)
   chex.assert_tree_all_finite((got_params, got))
   assert want[-1]["grad_norm"][0] > 0

@@ -179,6 +179,8 @@ def _residual_oov_config():
   config = load_config()
   config.residual, config.oov_min_count, config.resample_train = "item_user_offset", 3, True
   config.seeds = 1
+  # One checkpoint per stage (at its end) and no PNGs: no check in this file reads either.
+  config.checkpoint_every, config.plots = 100, False
   return config
 
 

@@ -211,11 +211,25 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert not os.path.exists(tmp_path / "results.json")
 
 
+EVAL_STEPS_BUILT: list = []  # the learners `evaluate.make_eval_step` was called for during the `run` fixture
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   config = load_config("smoke_synthetic", "tiny")
-  return config, workdir, train.train_and_evaluate(config, workdir)
+  make = evaluate.make_eval_step
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(evaluate, "make_eval_step", lambda *a, **k: EVAL_STEPS_BUILT.append(a[0].name) or make(*a, **k))
+    return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+def test_the_final_evaluation_reuses_the_validation_eval_step(run):
+  """One eval step per learner, built for validation and reused by `evaluate_trained` (not traced again); the
+  reported metrics equal an independently built one's (test_checkpoint_restores_and_reproduces_reported_metrics)."""
+  config, _, results = run
+  assert EVAL_STEPS_BUILT == [config.learner_name, *config.compare_learners] == ["maml", "none"]
+  assert set(results["comparisons"]) == {"none"}
 
 
 def test_results_json_has_the_design_layout(run):
@@ -255,6 +269,7 @@ def test_run_files(run):
     assert np.isfinite(r["train/outer_loss"])
     assert ("valid/mae" in r) == (r["step"] % 4 == 0)
   assert os.path.isfile(os.path.join(workdir, "results.md"))
+  assert config.plots and os.path.isfile(os.path.join(workdir, "curves.png"))  # config.plots (default True)
 
 
 def test_checkpoint_restores_and_reproduces_reported_metrics(run, exp):

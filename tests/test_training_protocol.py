@@ -317,6 +317,7 @@ def protocol_run(tmp_path_factory):
   """A tiny run with every serving-relevant protocol field on, and its bundle for seed 1."""
   c = load_config("smoke_synthetic", "tiny")
   c.num_steps, c.eval_every, c.compare_learners, c.baselines = 4, 2, (), ()
+  c.plots = False  # no check reads the PNGs (tests/test_run_outputs.py checks them)
   c.residual, c.resample_train, c.oov_min_count, c.ordinal_features = "item_user_offset", True, 3, ("release_year",)
   workdir = str(tmp_path_factory.mktemp("protocol_serving"))
   tm.train_and_evaluate(c, workdir)
