@@ -1,4 +1,4 @@
-"""Bound the suite's persistent compilation cache ONCE per run instead of on every write (a pytest plugin).
+"""Bound the suite's persistent compilation cache ONCE per run instead of on every write.
 
 jax's size-bounded cache (`jax_compilation_cache_max_size` > 0, jax/_src/lru_cache.py) lists the whole cache
 directory, stats every entry and reads every entry's access-time file on EVERY write, to decide what to evict:
@@ -11,14 +11,10 @@ and test_ranking_eval write 2,081 entries in one cold run (~100 CPU-s of scans b
 a run pay most (test_lwa 9.1 CPU-s in the whole-suite run of fe0433f, which had no bound; 42.8 at the end of those
 nine files with it).
 
-This plugin keeps the bound and drops the per-write scan: after the configuration (tests/conftest.py's, which sets
-the bound) it switches jax's bound off for the run (and for subprocesses, through JAX_COMPILATION_CACHE_MAX_SIZE),
-and at the end of the run evicts least-recently-used entries down to the same bound, once (`prune_lru`). Recency is
-jax's access-time record where it has one, else the entry's modification time (entries written while the bound was
-off have no record). Use: `PYTHONPATH=tests python -m pytest -p compile_cache_prune ...` (measured that way), or,
-at the end of conftest.py's `pytest_configure`, `config.pluginmanager.register(compile_cache_prune)` (pytest calls
-a late plugin's `pytest_configure` too; not tried here). tests/test_compile_cache_dir.py's check that jax's bound
-equals MAX_CACHE_BYTES would then read `compile_cache_prune._BOUND["max_bytes"]` instead.
+So the suite runs jax's cache unbounded and tests/conftest.py calls `prune_lru` once, when the run ends, down to
+the same bound. Recency is jax's access-time record where one exists (entries written by a bounded jax), else the
+entry file's own access or modification time, whichever is later (a cache hit reads the file, which moves its
+atime where the filesystem records reads). `python tests/compile_cache_prune.py --bench` prints the per-write cost.
 """
 
 from __future__ import annotations
@@ -27,19 +23,18 @@ import heapq
 import os
 import sys
 
-import pytest
-
 CACHE_SUFFIX, ATIME_SUFFIX = "-cache", "-atime"  # jax/_src/lru_cache.py's file names: <key>-cache, <key>-atime
-_BOUND: dict = {}
 
 
 def _recency_ns(path: str, key: str) -> int:
-  """When entry `key` was last used: jax's access-time record (ns, little-endian), else the entry's mtime."""
+  """When entry `key` was last used: jax's access-time record (ns, little-endian), else the entry file's later
+  of atime and mtime."""
   try:
     with open(os.path.join(path, key + ATIME_SUFFIX), "rb") as f:
       return int.from_bytes(f.read(), "little")
   except FileNotFoundError:
-    return os.stat(os.path.join(path, key + CACHE_SUFFIX)).st_mtime_ns
+    st = os.stat(os.path.join(path, key + CACHE_SUFFIX))
+    return max(st.st_atime_ns, st.st_mtime_ns)
 
 
 def prune_lru(path: str, max_bytes: int) -> list[str]:
@@ -74,25 +69,6 @@ def prune_lru(path: str, max_bytes: int) -> list[str]:
     total -= size
     evicted.append(key)
   return evicted
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_configure(config: pytest.Config) -> None:
-  """After conftest.py set the bound: remember it, and switch jax's per-write eviction off for the run."""
-  import jax
-
-  path, bound = jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size
-  if not path or bound is None or bound <= 0:  # no cache, or unbounded already: nothing to defer
-    return
-  _BOUND.update(path=path, max_bytes=bound)
-  jax.config.update("jax_compilation_cache_max_size", -1)
-  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = "-1"  # subprocesses: no per-write scan either
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-  """At the end of the run: one least-recently-used pass down to the bound."""
-  if _BOUND:
-    prune_lru(_BOUND["path"], _BOUND["max_bytes"])
 
 
 def _bench(counts=(100, 500, 1000)) -> None:

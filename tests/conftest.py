@@ -5,9 +5,9 @@ Many tests compile the same programs (the smoke config's meta-step and eval step
 their HLO (and jax version, XLA flags and backend), so a program compiled once is loaded from disk everywhere
 else, within this run and in every later run on the machine, from any clone. It lives beside the data cache, in
 `<cache root>/jax_compilation_cache/tests` (`$TRANSFER_META_CACHE`, else `~/.cache/transfer_meta`; the same root
-as the datasets), bounded to `MAX_CACHE_BYTES` by least-recently-used eviction, so a fresh clone on a machine
-that has run the suite before starts warm, and a fresh machine starts empty. `TRANSFER_META_TEST_JAX_CACHE=DIR`
-puts it elsewhere (an empty DIR: a cold-cache run), `TRANSFER_META_TEST_JAX_CACHE=off` disables it.
+as the datasets), bounded to `MAX_CACHE_BYTES` by least-recently-used eviction at the end of each run, so a fresh
+clone on a machine that has run the suite before starts warm, and a fresh machine starts empty.
+`TRANSFER_META_TEST_JAX_CACHE=DIR` puts it elsewhere (an empty DIR: a cold-cache run), `=off` disables it.
 Subprocesses inherit it through the JAX_* environment variables (read by jax at import).
 """
 
@@ -27,13 +27,16 @@ if os.environ.get(OPT_ENV, "") != "default":
   _flags = os.environ.get("XLA_FLAGS", "").split()
   os.environ["XLA_FLAGS"] = " ".join([*_flags, *(f for f in OPT_FLAGS if f not in _flags)])
 
+import compile_cache_prune  # noqa: E402  (tests/ is on sys.path, as for every test module)
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 import transfer_meta as tm  # noqa: E402
 
 CACHE_ENV = "TRANSFER_META_TEST_JAX_CACHE"
-# Least-recently-used entries beyond this are evicted (one full cold run writes ~80 MB; jax needs `filelock`).
+# Least-recently-used entries beyond this are evicted once, at the end of each run (`compile_cache_prune`; one full
+# cold run writes ~80 MB). Not jax's own bound (`jax_compilation_cache_max_size`): that one rescans the whole
+# directory on every write, a cost quadratic in the entries a cold run writes.
 MAX_CACHE_BYTES = 2 << 30
 
 
@@ -63,10 +66,17 @@ def pytest_configure(config: pytest.Config) -> None:
   # Every compile is worth caching here: the suite's programs are small and compiled many times over.
   os.environ["JAX_COMPILATION_CACHE_DIR"] = path
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(MAX_CACHE_BYTES)
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = "-1"  # unbounded while running (subprocesses too); pruned below
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
+  jax.config.update("jax_compilation_cache_max_size", -1)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+  """At the end of the run: one least-recently-used pass over the cache, down to MAX_CACHE_BYTES."""
+  path = cache_dir(os.environ)
+  if path is not None:
+    compile_cache_prune.prune_lru(path, MAX_CACHE_BYTES)
 
 
 @pytest.fixture(scope="session")

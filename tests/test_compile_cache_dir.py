@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import compile_cache_prune
+import conftest
 import jax
 from conftest import CACHE_ENV, MAX_CACHE_BYTES, cache_dir
 
@@ -19,7 +21,7 @@ def test_data_cache_root_moves_it_and_the_explicit_setting_wins():
   assert cache_dir({CACHE_ENV: "off", "TRANSFER_META_CACHE": "/data/tm"}) is None
 
 
-def test_this_run_compiles_through_it_with_eviction():
+def test_this_run_compiles_through_it_unbounded_and_prunes_at_the_end(tmp_path, monkeypatch):
   path = cache_dir(os.environ)
   if path is None:  # TRANSFER_META_TEST_JAX_CACHE=off: nothing configured
     assert os.environ.get(CACHE_ENV) == "off"
@@ -27,5 +29,16 @@ def test_this_run_compiles_through_it_with_eviction():
   assert jax.config.jax_compilation_cache_dir == path
   assert os.environ["JAX_COMPILATION_CACHE_DIR"] == path  # what subprocesses inherit
   assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
-  assert jax.config.jax_compilation_cache_max_size == MAX_CACHE_BYTES
+  # No per-write directory scan (jax's own bound), here or in subprocesses: the bound is applied once, at the end.
+  assert jax.config.jax_compilation_cache_max_size == -1
+  assert os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] == "-1"
   assert os.path.isdir(path)
+  # The end-of-run hook prunes the directory the environment names, down to MAX_CACHE_BYTES.
+  seen = []
+  monkeypatch.setattr(compile_cache_prune, "prune_lru", lambda p, n: seen.append((p, n)) or [])
+  monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+  conftest.pytest_unconfigure(None)
+  assert seen == [(str(tmp_path), MAX_CACHE_BYTES)]
+  monkeypatch.setenv(CACHE_ENV, "off")
+  conftest.pytest_unconfigure(None)
+  assert len(seen) == 1
