@@ -97,10 +97,9 @@ def job_config(overrides: dict | None = None):
 
 
 def run_phases(workdir: str) -> None:
-  import jax
   from jax import monitoring
 
-  from transfer_meta import checkpoint, evaluate, results, sharding, step, train
+  from transfer_meta import checkpoint, compile_cache, evaluate, results, sharding, step, train
   from transfer_meta.data import tasks
 
   events, counts = collections.Counter(), collections.Counter()
@@ -127,8 +126,7 @@ def run_phases(workdir: str) -> None:
   timer.patch(tasks.TaskIterator, "__next__", "TaskIterator.__next__")
   timer.patch(tasks.TaskData, "resampled", "TaskData.resampled")
   timer.patch(checkpoint.Checkpointer, "save", "Checkpointer.save")
-  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  compile_cache.enable(os.path.join(workdir, "jax_cache"))  # as transfer_meta.main sets it
   (u0, s0), t0 = cpu_times(), time.perf_counter()
   train.train_and_evaluate(job_config(), workdir)
   (u1, s1) = cpu_times()
