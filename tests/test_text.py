@@ -33,8 +33,8 @@ TINY = bert.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate
 B, L = 3, 7
 # Jitted as the library runs them (`minilm.embed_texts`, `last_layer.layer_inputs`): one compile per input shape,
 # shared by the tests below and kept by the persistent compilation cache, instead of one per primitive of an
-# op-by-op forward. (Programs holding the tail's `pure_callback` gathers are never written to that cache: the
-# wrapped models' init/apply stay op-by-op, whose primitives are.)
+# op-by-op forward. (The tiny tables below are within `catalogue_tail.INLINE_BYTES`: their tail programs hold no
+# `pure_callback`, which jax would never write to that cache; ML-100K's table still goes through it.)
 ENCODE = jax.jit(bert.encode, static_argnums=(1,))
 STATES_BEFORE = jax.jit(bert.states_before, static_argnums=(1, 4))
 TAIL_FEATURE = jax.jit(last_layer.tail_feature, static_argnums=(1,))
@@ -637,7 +637,7 @@ def test_tail_is_not_in_the_models_default_adapt_sets(tiny):
   assert all(jax.tree.leaves(adapt_mask(params, r"^text_tail/")[last_layer.TAIL]))
 
 
-def test_tail_refuses_bad_inputs(tiny):
+def test_tail_refuses_bad_inputs(tiny, monkeypatch):
   table, _, _ = _tiny_table(tiny)
   model = last_layer.with_text_tail(_probe(TINY.hidden), table, column=1)  # needs width 1 + 16
   x = _examples(table, [0, 1], column=0, extra=0)
@@ -645,8 +645,12 @@ def test_tail_refuses_bad_inputs(tiny):
     model.init(jax.random.key(0), x)
   ok = last_layer.with_text_tail(_probe(TINY.hidden), table, column=0)
   params = ok.init(jax.random.key(0), x)
+  bad = {**x, "item": np.array([0, 9], np.int32)}
+  inline = np.asarray(ok.apply(params, bad))  # the tiny table is compiled in: the stray id reads NaN
+  assert np.isfinite(inline[0]) and np.isnan(inline[1])
+  monkeypatch.setattr(catalogue_tail, "INLINE_BYTES", 0)  # a large table: gathered on the host, which refuses it
   with pytest.raises(Exception, match=r"item ids must be in \[0, 4\)"):
-    jax.block_until_ready(ok.apply(params, {**x, "item": np.array([0, 9], np.int32)}))
+    jax.block_until_ready(ok.apply(params, bad))
   with pytest.raises(DataError, match="no dense item feature 'text_minilm'"):
     last_layer.text_column(_tiny_catalogue())
   with pytest.raises(ValueError, match="needs text_features=True"):
@@ -758,6 +762,40 @@ def test_catalogue_features_equal_the_per_slot_tail(tiny):
   got = jax.jit(lambda p: catalogue_tail.catalogue_features(fn, p, states, mask, groups))(table.params)
   want = TAIL_FEATURE(table.params, TINY, table.states, table.mask)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+
+
+def test_inlined_table_reads_as_the_host_gather(tiny, monkeypatch):
+  """A table within `INLINE_BYTES` is compiled in as constants (no `pure_callback`: programs the persistent
+  compilation cache keeps); it gathers and runs the catalogue tail bit for bit as the host path."""
+  table, _, _ = _tiny_table(tiny)
+  I, L, H = table.states.shape
+  states = np.concatenate([table.states, np.ones((I, 8, H), np.float32)], axis=1)  # two length groups' worth
+  mask = np.concatenate([table.mask, np.zeros((I, 8), bool)], axis=1)
+  mask[1, L:] = True
+  groups = catalogue_tail.length_groups(mask)
+  ids = np.array([[0, 3, 2], [1, 1, 0]], np.int32)
+  fn = lambda p, s, m: last_layer.tail_feature(p, TINY, s, m)  # noqa: E731
+  big = last_layer.TailTable(TINY, table.params, states, mask)
+
+  def run():  # fresh closures each time: jax caches traces per function object
+    gather = lambda i: last_layer.gather(big, i)  # noqa: E731
+    feats = lambda p: catalogue_tail.catalogue_features(fn, p, states, mask, groups)  # noqa: E731
+    prims = {e.primitive.name for f, a in ((gather, ids), (feats, table.params)) for e in jax.make_jaxpr(f)(a).eqns}
+    return prims, jax.jit(gather)(ids), jax.jit(feats)(table.params)
+
+  assert catalogue_tail.inlined(states, mask)
+  prims, got_gather, got_feats = run()
+  assert "pure_callback" not in prims
+  monkeypatch.setattr(catalogue_tail, "INLINE_BYTES", states.nbytes + mask.nbytes - 1)  # one byte too large
+  assert not catalogue_tail.inlined(states, mask)
+  prims, want_gather, want_feats = run()
+  assert "pure_callback" in prims
+  chex.assert_trees_all_equal(got_gather, want_gather)
+  np.testing.assert_array_equal(np.asarray(got_gather[0]), states[ids])
+  chex.assert_trees_all_equal(got_feats, want_feats)
+  short = np.asarray(TAIL_FEATURE(table.params, TINY, table.states, table.mask))  # without item 1's 8 more tokens
+  np.testing.assert_allclose(np.asarray(got_feats)[[0, 2]], short[[0, 2]], atol=1e-6)
+  assert np.abs(np.asarray(got_feats)[1] - short[1]).max() > 1e-3  # item 1 was read at its group's length 16
 
 
 W = r"^params/w"  # the probe's own weights ('w' alone would also name the tail's 'ffn_down')

@@ -15,7 +15,9 @@ outer loop. The layer's parameter names avoid the words adapt regexes use ("outp
 inner loop adapts them only when a regex names `text_tail`.
 
 The states stay in host memory and reach the device through `jax.pure_callback` (one gather of the batch's
-item ids): closed over as a constant, a [1682, 40, 384] table would be embedded in every compiled program.
+item ids): closed over as a constant, a [1682, 40, 384] table would be embedded in every compiled program. A table
+of at most `catalogue_tail.INLINE_BYTES` is compiled in as a constant instead (no host round trip, and programs
+jax's persistent compilation cache can keep, which it never does for host callbacks).
 """
 
 from __future__ import annotations
@@ -133,8 +135,16 @@ def text_column(data: Interactions, feature: str = item_features.FEATURE) -> int
 
 
 def gather(table: TailTable, items: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(states f32 [..., L, H], mask bool [..., L]) of item ids `items` [...], gathered on the host."""
+  """(states f32 [..., L, H], mask bool [..., L]) of item ids `items` [...].
+
+  A small table (`catalogue_tail.inlined`) is read in the program itself, where an id outside [0, I) reads NaN
+  states (so a NaN feature, never a neighbour's); a larger one is gathered on the host, where such an id raises.
+  """
   n, L, H = table.states.shape
+  if catalogue_tail.inlined(table.states, table.mask):
+    ids = jnp.asarray(items, jnp.int32)
+    states = jnp.take(table.states, ids, axis=0, mode="fill", fill_value=jnp.nan)
+    return jax.lax.optimization_barrier((states, jnp.take(table.mask, ids, axis=0, mode="fill", fill_value=False)))
 
   def host(ids):
     ids = np.asarray(ids)
