@@ -709,6 +709,7 @@ def test_build_model_with_the_tail_scores_as_the_frozen_model_at_init(real, tmp_
   params = tuned.init(jax.random.key(0), x, x)
   assert last_layer.TAIL in params and tuned.adapt_regex == frozen.adapt_regex
   inner = {k: v for k, v in params.items() if k != last_layer.TAIL}
+  chex.assert_trees_all_equal(inner, frozen.init(jax.random.key(0), x, x))  # the backbone's own init, bit for bit
   np.testing.assert_allclose(
     np.asarray(tuned.apply(params, x, x)), np.asarray(frozen.apply(inner, x, x)), rtol=1e-5, atol=1e-5
   )

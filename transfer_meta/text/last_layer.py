@@ -190,11 +190,15 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
   def catalogue(tail):
     return catalogue_tail.catalogue_features(tail_fn, tail, table.states, table.mask, groups)
 
+  def checked(x: Mapping | None):
+    if x is not None and "item_dense" in x and x["item_dense"].shape[-1] < column + H:
+      raise ValueError(f"text tail: item_dense has width {x['item_dense'].shape[-1]}, need {column + H}")
+    return x if x is None else {k: v for k, v in x.items() if k not in (STATES, STATES_MASK)}
+
   def swap(tail, x: Mapping | None):
     if x is None or "item_dense" not in x:
       return x
-    if x["item_dense"].shape[-1] < column + H:
-      raise ValueError(f"text tail: item_dense has width {x['item_dense'].shape[-1]}, need {column + H}")
+    checked(x)
     if STATES in x:  # each row brings its own layer inputs (zero-shot serving of items outside the catalogue)
       if TABLE in tail:
         raise ValueError("text tail: rows with their own text states need the layer's params, not the catalogue table")
@@ -209,7 +213,9 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
 
   def init(key, x, context=None):
     tail = jax.tree.map(jnp.asarray, table.params)
-    params = model.init(key, swap(tail, x), swap(tail, context))  # the inputs apply will give it
+    # The inputs as they are: at init the tail is the pretrained layer, whose output is the frozen embedding
+    # already in item_dense, and a backbone's init reads only their shapes (no gather, so no host callback).
+    params = model.init(key, checked(x), checked(context))
     if not isinstance(params, Mapping) or TAIL in params:
       raise ValueError(f"text tail: the model's params must be a dict without key {TAIL!r}")
     return {**params, TAIL: tail}
