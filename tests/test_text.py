@@ -799,6 +799,49 @@ def test_inlined_table_reads_as_the_host_gather(tiny, monkeypatch):
   assert np.abs(np.asarray(got_feats)[1] - short[1]).max() > 1e-3  # item 1 was read at its group's length 16
 
 
+def test_eager_catalogue_is_a_callback_free_program_once_per_evaluation(tiny, monkeypatch):
+  """Evaluation and serving call the tail's catalogue eagerly: one jitted program over the trimmed inputs as
+  arguments (no `pure_callback`, even for a table too large to inline), equal bit for bit to the traced path a
+  jitted meta-step differentiates; evaluation computes it once per meta-parameters, not per batch."""
+  from transfer_meta import evaluate
+  from transfer_meta.learners import get_learner
+
+  table, _, _ = _tiny_table(tiny)
+  monkeypatch.setattr(catalogue_tail, "INLINE_BYTES", 0)  # as ML-100K's: the traced path streams by callback
+  groups = catalogue_tail.length_groups(table.mask)
+  fn = lambda p, s, m: last_layer.tail_feature(p, TINY, s, m)  # noqa: E731
+  catalogue = catalogue_tail.catalogue_fn(fn, table.states, table.mask, groups)
+  assert "pure_callback" in {e.primitive.name for e in jax.make_jaxpr(catalogue)(table.params).eqns}
+  traced = jax.jit(catalogue)(table.params)
+  calls = []
+
+  def no_callback(*a, **k):
+    calls.append(a)
+    raise AssertionError("the eager catalogue must not call back to the host")
+
+  with monkeypatch.context() as m:
+    m.setattr(jax, "pure_callback", no_callback)
+    eager = catalogue(table.params)
+  assert calls == []
+  chex.assert_trees_all_equal(eager, traced)
+
+  model = last_layer.with_text_tail(_probe(2 + TINY.hidden + 1), table, column=2)
+  shares = []
+  hook = model.aux[last_layer.SHARE_PARAMS]
+  model.aux[last_layer.SHARE_PARAMS] = lambda *a: shares.append(1) or hook(*a)
+  learner = get_learner("melu", model, inner_steps=1, inner_lr=0.1, adapt_regex=W)
+  batch = _tail_tasks(table)
+  one = jax.tree.map(lambda a: a[0], batch["support"])
+  meta = learner.init(jax.random.key(1), model.init(jax.random.key(0), one, one))
+  ev = {**batch, "task_id": np.arange(3, dtype=np.int32)}
+  step = evaluate.make_eval_step(learner, ("mae",), None)
+  first = step(meta, ev, jax.random.key(2))
+  chex.assert_trees_all_equal(step(meta, ev, jax.random.key(2)), first)
+  assert len(shares) == 1  # the same meta-parameters: the table is reused
+  step(jax.tree.map(lambda a: a * 1.0, meta), ev, jax.random.key(2))
+  assert len(shares) == 2  # other meta-parameters: computed again
+
+
 W = r"^params/w"  # the probe's own weights ('w' alone would also name the tail's 'ffn_down')
 LEARNER_CASES = {  # learner, kwargs, whether its inner loop adapts the tail
   "melu": ("melu", dict(inner_steps=2, inner_lr=0.1, adapt_regex=W), False),  # second order

@@ -45,15 +45,16 @@ def make_eval_step(
     "task_mask": bool[T], "task_id": int32[T]}; per-task metrics f32 [T] (padded tasks included).
   """
   names = tuple(metric_names)
-  share = (learner.model.aux or {}).get("share_params")  # e.g. the text tail, once per batch (text.catalogue_tail)
+  # e.g. the text tail's catalogue table (text.catalogue_tail): computed outside the jitted step, once per
+  # meta-parameters (an evaluation passes the same ones for every batch), and read by it as a parameter.
+  share = (learner.model.aux or {}).get("share_params")
+  shared: list = []  # [(meta_params, their shared form)] of the last call
 
   def one_task(meta_params, support, query, key):
     scores = score_task(learner, meta_params, support, query, key)
     return metrics_lib.evaluate_task(names, scores, query["target"], query["mask"], relevance)
 
   def eval_step(meta_params, batch, key):
-    if share is not None:
-      meta_params = share(learner, meta_params, batch["support"], key)
     keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(batch["task_id"])
     return jax.vmap(one_task, in_axes=(None, 0, 0, 0))(meta_params, batch["support"], batch["query"], keys)
 
@@ -65,6 +66,10 @@ def make_eval_step(
     jitted = dispatch.bounded(jitted, mesh)  # several CPU devices: at most 8 calls in flight (transfer_meta.dispatch)
 
   def ordered(meta_params, batch, key):  # jit returns dicts with sorted keys; keep the declared metric order
+    if share is not None:
+      if not shared or shared[0][0] is not meta_params:
+        shared[:] = [(meta_params, share(learner, meta_params, batch["support"], key))]
+      meta_params = shared[0][1]
     out = jitted(meta_params, batch, key)
     return {name: out[name] for name in names}
 

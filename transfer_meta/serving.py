@@ -264,9 +264,6 @@ def _share_catalogue(learner: Learner, meta_params, catalogue: dict, user: dict,
   return learner.model.aux[SHARE_PARAMS](learner, meta_params, one_task, key)
 
 
-_share_jitted = jax.jit(_share_catalogue, static_argnums=0)
-
-
 def served_params(bundle: Bundle) -> Any:
   """`bundle.meta_params` as `adapt` reads them: for a model with a `share_params` hook (MiniLM's fine-tuned last
   layer, `text.last_layer.with_text_tail`) whose learner does not adapt the hooked parameters, the tail's output
@@ -279,7 +276,8 @@ def served_params(bundle: Bundle) -> Any:
   if "params" not in bundle._served:
     row = user_row(bundle.data, None, {})
     key = jax.random.key(0)  # shapes only
-    out = _share_jitted(bundle.learner, bundle.meta_params, bundle.catalogue, row, key)
+    # Called eagerly: the hook runs its catalogue table as its own program (no host callback: cacheable).
+    out = _share_catalogue(bundle.learner, bundle.meta_params, bundle.catalogue, row, key)
     # Unchanged (the learner adapts the hooked parameters: per-slot path): keep the bundle's own arrays.
     same = jax.tree.structure(out) == jax.tree.structure(bundle.meta_params)
     bundle._served["params"] = bundle.meta_params if same else out

@@ -63,6 +63,20 @@ def length_groups(mask: np.ndarray, pad: int = PAD) -> tuple[Group, ...]:
   return tuple((np.flatnonzero(rounded == g).astype(np.int32), int(g)) for g in np.unique(rounded))
 
 
+def trimmed(states: np.ndarray, mask: np.ndarray, groups: Sequence[Group]) -> tuple[np.ndarray, ...]:
+  """The groups' layer inputs, each trimmed to its length: (states f32 [n_g, L_g, H], mask bool [n_g, L_g], ...)."""
+  return tuple(a for ids, L in groups for a in (states[ids, :L], mask[ids, :L]))
+
+
+def assemble(tail_fn: Callable, tail_params: Any, parts: Sequence, groups: Sequence[Group], n_items: int) -> jax.Array:
+  """f32 [I, H]: row i = `tail_fn` of item i, from `trimmed`'s parts (host arrays, callback results or arguments)."""
+  outs = [tail_fn(tail_params, parts[2 * g], parts[2 * g + 1]).astype(jnp.float32) for g in range(len(groups))]
+  out = jnp.zeros((n_items, outs[0].shape[-1]), jnp.float32)
+  for (ids, _), o in zip(groups, outs):
+    out = out.at[ids].set(o)
+  return out
+
+
 def catalogue_features(
   tail_fn: Callable, tail_params: Any, states: np.ndarray, mask: np.ndarray, groups: Sequence[Group]
 ) -> jax.Array:
@@ -83,16 +97,31 @@ def catalogue_features(
     for ids, L in groups
     for s in (jax.ShapeDtypeStruct((len(ids), L, H), jnp.float32), jax.ShapeDtypeStruct((len(ids), L), bool))
   )
-
-  def host():  # the trimmed inputs reach the device per call instead of as [I, L, H] constants in each program
-    return tuple(a for ids, L in groups for a in (states[ids, :L], mask[ids, :L]))
-
+  host = lambda: trimmed(states, mask, groups)  # noqa: E731  (per call, instead of [I, L, H] constants per program)
   # Inlined, behind a barrier: XLA does not fold the layer into the constants, so both paths compute the same bits.
   parts = jax.lax.optimization_barrier(host()) if inlined(states, mask) else jax.pure_callback(host, shapes)
-  out = jnp.zeros((I, H), jnp.float32)
-  for g, (ids, _) in enumerate(groups):
-    out = out.at[ids].set(tail_fn(tail_params, parts[2 * g], parts[2 * g + 1]).astype(jnp.float32))
-  return out
+  return assemble(tail_fn, tail_params, parts, groups, I)
+
+
+def catalogue_fn(tail_fn: Callable, states: np.ndarray, mask: np.ndarray, groups: Sequence[Group]) -> Callable:
+  """`tail_params -> f32 [I, H]`: `catalogue_features` inside a trace (a jitted meta-step differentiates it);
+  called eagerly (evaluation and serving, once per evaluation / bundle), one jitted program that takes the trimmed
+  inputs as arguments, uploaded once: no host callback, so jax's persistent compilation cache keeps it."""
+  on_device: list = []  # the trimmed inputs on the device, from the first eager call on
+
+  def program(tail_params, parts):
+    return assemble(tail_fn, tail_params, parts, groups, states.shape[0])
+
+  jitted = jax.jit(program)
+
+  def catalogue(tail_params):
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(tail_params)):
+      return catalogue_features(tail_fn, tail_params, states, mask, groups)
+    if not on_device:
+      on_device.append(jax.device_put(trimmed(states, mask, groups)))
+    return jitted(tail_params, on_device[0])
+
+  return catalogue
 
 
 # ---------------------------------------------------------------------------------------------- tree plumbing

@@ -187,8 +187,7 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
   groups = catalogue_tail.length_groups(table.mask)
   tail_fn = lambda p, s, m: _tail_remat(p, table.config, s, m)  # noqa: E731
 
-  def catalogue(tail):
-    return catalogue_tail.catalogue_features(tail_fn, tail, table.states, table.mask, groups)
+  catalogue = catalogue_tail.catalogue_fn(tail_fn, table.states, table.mask, groups)
 
   def checked(x: Mapping | None):
     if x is not None and "item_dense" in x and x["item_dense"].shape[-1] < column + H:
