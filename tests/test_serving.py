@@ -132,8 +132,9 @@ def test_bf16_run_is_served_as_it_was_evaluated(tmp_path):
   """A model trained and evaluated in bf16 is served in bf16: served scores equal the evaluator's, which
   differ from the same parameters computed in f32 (so the check can fail)."""
   config = _config()
-  with config.unlocked():
+  with config.unlocked():  # 2 steps, one evaluation and checkpoint, no plots: only the served dtype is checked
     config.compute_dtype, config.seeds = "bfloat16", 1
+    config.num_steps, config.checkpoint_every, config.plots = 2, 2, False
   workdir = str(tmp_path)
   train.train_and_evaluate(config, workdir)
   exp = train.build_experiment(config)

@@ -834,12 +834,15 @@ def test_eager_catalogue_is_a_callback_free_program_once_per_evaluation(tiny, mo
   one = jax.tree.map(lambda a: a[0], batch["support"])
   meta = learner.init(jax.random.key(1), model.init(jax.random.key(0), one, one))
   ev = {**batch, "task_id": np.arange(3, dtype=np.int32)}
+  traces, adapts_tail = [], catalogue_tail.adapts_tail
+  monkeypatch.setattr(catalogue_tail, "adapts_tail", lambda *a: traces.append(1) or adapts_tail(*a))
   step = evaluate.make_eval_step(learner, ("mae",), None)
   first = step(meta, ev, jax.random.key(2))
   chex.assert_trees_all_equal(step(meta, ev, jax.random.key(2)), first)
   assert len(shares) == 1  # the same meta-parameters: the table is reused
   step(jax.tree.map(lambda a: a * 1.0, meta), ev, jax.random.key(2))
   assert len(shares) == 2  # other meta-parameters: computed again
+  assert len(traces) == 1  # whether the learner adapts the tail: traced once for the signature
 
 
 W = r"^params/w"  # the probe's own weights ('w' alone would also name the tail's 'ffn_down')

@@ -184,7 +184,26 @@ def _shared_path(learner, meta_params: Any, support: dict, key: jax.Array) -> tu
   if len(paths) != 1 or TABLE in get_path(meta_params, paths[0]):
     return None
   one_task = _abstract(support, drop_lead=True)
-  return None if adapts_tail(learner, meta_params, one_task, key) else paths[0]
+  return None if _adapts_tail_once(learner, meta_params, one_task, key) else paths[0]
+
+
+_ADAPTS: dict = {}  # (learner, input signature) -> adapts_tail: the meta-step, evaluation and serving each ask
+_ADAPTS_MAX = 64
+
+
+def _adapts_tail_once(learner, meta_params: Any, support: Any, key: jax.Array) -> bool:
+  """`adapts_tail`, traced once per learner and input signature (tracing `learner.adapt` is its whole cost)."""
+  leaves, tree = jax.tree.flatten((meta_params, support))
+  sig = (learner, tree, tuple((a.shape, a.dtype) for a in leaves), key.shape, key.dtype)
+  try:
+    hash(sig)
+  except TypeError:  # a learner holding an unhashable field: ask every time
+    return adapts_tail(learner, meta_params, support, key)
+  if sig not in _ADAPTS:
+    if len(_ADAPTS) >= _ADAPTS_MAX:
+      _ADAPTS.clear()
+    _ADAPTS[sig] = adapts_tail(learner, meta_params, support, key)
+  return _ADAPTS[sig]
 
 
 def _with_table(tree: Any, path: tuple, feats: Any) -> Any:
