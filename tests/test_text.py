@@ -429,8 +429,18 @@ def test_load_dataset_text_features_flag(real, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------- serving and table
 
 
+TEXT_FIELDS = dict(text_features=True, text_template="{title}")  # text_run's dataset fields
+
+
+@pytest.fixture(scope="module")
+def text_data():
+  """ML-100K with its item text features, loaded once for the three `text_run` variants and their serving (their
+  dataset fields are the same; `text_finetune_last_layer` is read by the model builder only)."""
+  return tm.load_dataset("ml-100k", **TEXT_FIELDS)
+
+
 @pytest.fixture(scope="module", params=["plain", "residual_oov", "tail"])
-def text_run(request, real, tmp_path_factory):
+def text_run(request, real, text_data, tmp_path_factory):
   """A 1-step MAML-MeLU run on ML-100K with item text features (1 seed, no comparisons or baselines): 'plain'
   without the main config's residual and OOV rows, 'residual_oov' with them (and its numeric release year),
   'tail' as 'plain' with MiniLM's last layer fine-tuned (`text_finetune_last_layer`).
@@ -449,8 +459,10 @@ def text_run(request, real, tmp_path_factory):
     config.compare_learners, config.baselines, config.progress = (), (), False
     config.compare_kwargs = {}
   workdir = str(tmp_path_factory.mktemp("text_run"))
-  train.train_and_evaluate(config, workdir)
-  return serving.load_meta_params(workdir)
+  fields = {k: v for k, v in config.dataset.to_dict().items() if k != "text_finetune_last_layer"}
+  assert config.dataset_name == "ml-100k" and fields == TEXT_FIELDS, fields  # what text_data loaded
+  train.train_and_evaluate(config, workdir, data=text_data)
+  return serving.load_meta_params(workdir, data=text_data)
 
 
 def test_zero_shot_rows_reproduce_catalogue_items(text_run, real, monkeypatch):
