@@ -268,7 +268,7 @@ def served_params(bundle: Bundle) -> Any:
   """`bundle.meta_params` as `adapt` reads them: for a model with a `share_params` hook (MiniLM's fine-tuned last
   layer, `text.last_layer.with_text_tail`) whose learner does not adapt the hooked parameters, the tail's output
   for the whole catalogue precomputed once per bundle (`catalogue_tail.share_params`, as evaluation does once per
-  batch), so each request reads rows of it instead of running the layer over every catalogue item; otherwise
+  evaluation), so each request reads rows of it instead of running the layer over every catalogue item; otherwise
   `bundle.meta_params` itself. Computed at the first call and kept in the bundle.
   """
   if SHARE_PARAMS not in (bundle.learner.model.aux or {}):

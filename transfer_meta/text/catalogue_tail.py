@@ -17,6 +17,11 @@ cotangent is pulled back through the tail once (`jax.vjp`).
 Whether the tail is adapted is read from the learner itself, not from a regex: `adapts_tail` traces
 `learner.adapt` and checks that every tail leaf of its output is the input leaf, passed through. A learner
 that adapts it (e.g. MAML with adapt regex '.*') gets its gradient from the per-slot path, unchanged.
+
+Inside the jitted meta-step the cached inputs reach the device through `jax.pure_callback` (a small table,
+`INLINE_BYTES`, is compiled in as constants instead); evaluation and serving call the hook eagerly, and the
+table is then one jitted program over the inputs as arguments (`catalogue_fn`), computed once per evaluation.
+jax never writes a program holding a host callback to its persistent compilation cache; these it keeps.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from transfer_meta.text.catalogue_tail import TABLE, TAIL
 log = logging.getLogger(__name__)
 
 # TAIL: top-level key of the tail's parameters in the wrapped model's params; params[TAIL] = {TABLE: [I, H]} is the
-# tail's output precomputed for the catalogue (`catalogue_tail`: once per meta-step / evaluation batch).
+# tail's output precomputed for the catalogue (`catalogue_tail`: once per meta-step / evaluation).
 SHARE_GRAD, SHARE_PARAMS = "share_grad", "share_params"  # model.aux hooks the trainer and evaluation call
 # Optional example fields: the rows' own last-layer inputs f32 [..., L, H] / bool [..., L], read instead of the
 # cached states of x["item"] (`zero_shot.tail_catalogue`: brand-new items at serving time).
@@ -180,7 +180,7 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
   Returns:
     A `Model` with params {**model's, TAIL: the layer's params}; same name, adapt and head regexes. Its `aux`
     adds SHARE_GRAD / SHARE_PARAMS (`catalogue_tail.share_grad` / `share_params` bound to the table): the
-    trainer and evaluation call them to run the tail once per meta-step / evaluation batch for the whole
+    trainer and evaluation call them to run the tail once per meta-step / evaluation for the whole
     catalogue when the learner does not adapt it; `apply` then reads rows of params[TAIL][TABLE].
   """
   H = table.config.hidden
