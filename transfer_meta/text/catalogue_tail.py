@@ -126,6 +126,7 @@ def catalogue_fn(tail_fn: Callable, states: np.ndarray, mask: np.ndarray, groups
       on_device.append(jax.device_put(trimmed(states, mask, groups)))
     return jitted(tail_params, on_device[0])
 
+  catalogue.adapts_memo = {}  # `_adapts_tail_once`'s answers for the hooks bound to this catalogue
   return catalogue
 
 
@@ -183,32 +184,30 @@ def adapts_tail(learner, meta_params: Any, support: dict, key: jax.Array) -> boo
   return False
 
 
-def _shared_path(learner, meta_params: Any, support: dict, key: jax.Array) -> tuple | None:
+def _shared_path(learner, meta_params: Any, support: dict, key: jax.Array, memo: dict | None = None) -> tuple | None:
   """The tail's path in `meta_params` when the fast path applies (one tail, not adapted), else None."""
   paths = tail_paths(meta_params)
   if len(paths) != 1 or TABLE in get_path(meta_params, paths[0]):
     return None
   one_task = _abstract(support, drop_lead=True)
-  return None if _adapts_tail_once(learner, meta_params, one_task, key) else paths[0]
+  return None if _adapts_tail_once(learner, meta_params, one_task, key, memo) else paths[0]
 
 
-_ADAPTS: dict = {}  # (learner, input signature) -> adapts_tail: the meta-step, evaluation and serving each ask
-_ADAPTS_MAX = 64
-
-
-def _adapts_tail_once(learner, meta_params: Any, support: Any, key: jax.Array) -> bool:
-  """`adapts_tail`, traced once per learner and input signature (tracing `learner.adapt` is its whole cost)."""
+def _adapts_tail_once(learner, meta_params: Any, support: Any, key: jax.Array, memo: dict | None) -> bool:
+  """`adapts_tail`, traced once per learner and input signature (tracing `learner.adapt` is its whole cost): the
+  meta-step, evaluation and serving each ask. `memo` lives with the model's catalogue (`catalogue_fn`), so it is
+  freed with the model; None: ask every time."""
   leaves, tree = jax.tree.flatten((meta_params, support))
   sig = (learner, tree, tuple((a.shape, a.dtype) for a in leaves), key.shape, key.dtype)
   try:
     hash(sig)
   except TypeError:  # a learner holding an unhashable field: ask every time
+    memo = None
+  if memo is None:
     return adapts_tail(learner, meta_params, support, key)
-  if sig not in _ADAPTS:
-    if len(_ADAPTS) >= _ADAPTS_MAX:
-      _ADAPTS.clear()
-    _ADAPTS[sig] = adapts_tail(learner, meta_params, support, key)
-  return _ADAPTS[sig]
+  if sig not in memo:
+    memo[sig] = adapts_tail(learner, meta_params, support, key)
+  return memo[sig]
 
 
 def _with_table(tree: Any, path: tuple, feats: Any) -> Any:
@@ -237,7 +236,7 @@ def share_params(learner, catalogue: Callable, meta_params: Any, support: dict, 
   Returns:
     meta_params with params[TAIL] = {TABLE: catalogue(tail)}, or meta_params itself (per-slot path).
   """
-  path = _shared_path(learner, meta_params, support, key)
+  path = _shared_path(learner, meta_params, support, key, getattr(catalogue, "adapts_memo", None))
   if path is None:
     return meta_params
   return _with_table(meta_params, path, catalogue(get_path(meta_params, path)))
@@ -252,7 +251,7 @@ def share_grad(learner, catalogue: Callable, grad_fn: Callable) -> Callable:
   """
 
   def wrapped(meta_params, batch, key):
-    path = _shared_path(learner, meta_params, batch["support"], key)
+    path = _shared_path(learner, meta_params, batch["support"], key, getattr(catalogue, "adapts_memo", None))
     if path is None:
       return grad_fn(meta_params, batch, key)
     feats, pull = jax.vjp(catalogue, get_path(meta_params, path))
