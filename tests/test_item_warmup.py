@@ -112,12 +112,20 @@ def _load_config(arg):
   return module.get_config(arg)
 
 
+# Workdirs of the poisoned runs finished in this module: the `warmup` learner trains identically in [smoke] and
+# [mwuf_smoke] (same data, protocol and keywords; only the strategy differs), so the second run reuses the first's
+# (`train_and_evaluate(reuse_from=...)`, bit-identical to training it again: tests/test_strategies.py). Run alone,
+# either case trains it.
+_POISONED_RUNS: list[str] = []
+
+
 @pytest.mark.parametrize("arg", ["smoke", "mwuf_smoke"])
 def test_poisoned_cold_ratings_never_reach_training(arg, tmp_path):
   """Every cold and validation item's ratings set to 1e4: training losses stay on the rating scale (had one such
   rating reached a training step, its squared error would be ~1e8), while evaluation sees them. Also the
   throughput count: the learner's tasks are its meta-steps', the strategy's its task stage's (not the config's
-  num_steps, which here differs from meta_steps)."""
+  num_steps, which here differs from meta_steps). A learner reused from the other case's run keeps that run's
+  records (its losses are checked here too) and its training seconds."""
   config = _load_config(arg)
   with config.unlocked():
     config.num_steps = 2  # the learner's 2 meta-steps; the strategy's meta stage runs its own meta_steps (4)
@@ -134,7 +142,10 @@ def test_poisoned_cold_ratings_never_reach_training(arg, tmp_path):
       "rating_scale": (1.0, 1e4),
     }
   )
-  results = train.train_and_evaluate(config, str(tmp_path), data=poisoned)
+  donors = list(_POISONED_RUNS)
+  results = train.train_and_evaluate(config, str(tmp_path), data=poisoned, reuse_from=donors)
+  _POISONED_RUNS.append(str(tmp_path))
+  assert results["train"].get("reused", {}) == ({config.learner_name: donors[0]} if donors else {})
   with open(tmp_path / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
   losses = [v for r in records for k, v in r.items() if k.startswith("train/") and k.endswith("loss")]

@@ -35,12 +35,14 @@ def test_maml_adaptation_beats_none_on_new_users_of_planted_data(tmp_path):
 
 
 def test_melu_on_ml100k_clears_a_quality_floor(tmp_path):
-  """melu protocol on real ML-100K, 1 seed, 60 meta-steps. Global mean ~0.86 and item mean ~0.80 new-user MAE here;
-  an untrained MeLU predicts ~3.5 everywhere (~0.9). The full config reaches ~0.79; 0.83 separates working from
-  broken."""
+  """melu protocol on real ML-100K, 1 seed, 20 meta-steps. Global mean ~0.86 and item mean ~0.80 new-user MAE here;
+  an untrained plain MeLU predicts ~3.5 everywhere (~0.9), while the config's residual over item_user_offset starts
+  at that reference (0.752 here), so the floor checks the pipeline more than learning; 0.83 separates working from
+  broken. 20 steps, validated at 10 and 20: the 60-step run this test used to make (validated at 20, 40, 60)
+  selected step 20 too, so both end on the same model (new-user MAE 0.753)."""
   config = _config("melu_ml100k", None)
   with config.unlocked():
-    config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 60, 20, 60
+    config.seeds, config.num_steps, config.eval_every, config.checkpoint_every = 1, 20, 10, 20
     config.compare_learners, config.compare_kwargs = (), ml_collections.ConfigDict()
     config.baselines, config.progress, config.plots = ("global_mean",), False, False  # no check reads the PNGs
   results = train.train_and_evaluate(config, str(tmp_path))

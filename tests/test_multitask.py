@@ -208,11 +208,26 @@ def test_streams_carry_the_task_paths_prior_oov_features_and_labels():
   np.testing.assert_array_equal(pairs["sampled"]["user_cat"], oov.user_cat[pairs["sampled"]["user"]])
 
 
+# Workdirs of this module's end-to-end runs: both train the config's `none` learner identically (only the strategy
+# differs), so the later run reuses it (`train_and_evaluate(reuse_from=...)`, bit-identical to training it again:
+# tests/test_strategies.py). Run alone, either test trains it.
+_RUNS: list[str] = []
+
+
+def _run(config, workdir) -> dict:
+  """`train_and_evaluate` reusing the learner of an earlier run of this module; checks that it was reused."""
+  donors = list(_RUNS)
+  results = train.train_and_evaluate(config, str(workdir), reuse_from=donors)
+  _RUNS.append(str(workdir))
+  assert results["train"].get("reused", {}) == ({config.learner_name: donors[0]} if donors else {})
+  return results
+
+
 def test_multitask_with_residual_and_oov_reports_every_head(tmp_path):
   config = _residual_oov_config()
   config.strategy_name = "multitask"
   config.strategy = dict(batch_size=64, arch="mmoe", n_experts=2, steps=6)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = _run(config, tmp_path)
   heads = results["strategy"]["heads"]
   exp = train.build_experiment(config)
   st = exp.seeds[0]
@@ -234,7 +249,7 @@ def test_pretrain_finetune_runs_with_residual_and_oov(tmp_path):
   few steps the row stays near item_user_offset (without the prior it would score offsets near 0, MAE ~3)."""
   config = _residual_oov_config()
   config.strategy = dict(pretrain_steps=6, batch_size=64, meta_steps=4)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = _run(config, tmp_path)
   row = results["comparisons"]["pretrain_finetune"]
   ref = results["baselines"]["item_user_offset"]
   for scenario in ("new_user", "warm"):
