@@ -33,9 +33,10 @@ RUN_MALLOC := glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_t
 # so splitting each over Eigen's thread pool only adds spin-waiting on an idle core: idle 2-core box 178.1 -> 156.8
 # CPU-s and 2:16 -> 1:55 wall, the printed table byte-identical (README, "`make run`'s CPU, profiled").
 RUN_XLA := --xla_cpu_multi_thread_eigen=false
-# NPROC=1 (unless the caller sets NPROC): XLA's CPU client sizes its intra-op pool from NPROC, so the job's
-# programs run on one pool thread instead of two; the second thread's share of each step cost more CPU than it
-# saved (README, "`make run`'s CPU, profiled"; results bit-identical). Multi-device runs still get one thread a device.
+# NPROC=1 (unless the caller sets NPROC): XLA's CPU client sizes its intra-op pool from NPROC (default: the cores),
+# so each program runs on one pool thread instead of hopping over two: melu 196-201 vs 231-297 CPU-ms a meta-step,
+# fomaml 65-73 vs 74-81, states bit-identical (`NPROC=1 python -m experiments.job_cost steps --groups=0:16` against
+# NPROC unset, load ~20). A mesh of D CPU devices still gets max(NPROC, D) threads.
 run: $(RUN_STAMP)
 	NPROC=$${NPROC:-1} GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}$(RUN_MALLOC) XLA_FLAGS="$(RUN_XLA) $${XLA_FLAGS:-}" $(BIN)/python -m transfer_meta.main --config=configs/melu_ml100k.py --workdir=runs/melu_ml100k
 

@@ -6,8 +6,8 @@ round differently, though (LLVM forms fused multiply-adds and vectorises differe
 with `RARE_PROGRAM` only where its outputs were checked bit-identical to the default level's
 (`python -m experiments.job_cost options [--small]`, tests/test_job_cost_changes.py):
 
-- the per-seed initialiser (`step.make_init`): 5.3 -> 2.9 CPU-s on the MeLU ML-100K job (load ~12), the same
-  bits for the job's model and a small synthetic MeLU (level 0 is not: it forms no FMAs, and a normal draw moves);
+- the per-seed initialiser (`step.make_init`): 4.2-4.4 -> 2.7-3.2 CPU-s on the MeLU ML-100K job (load ~15), the
+  same bits for the job's model and a small synthetic MeLU (level 0 is not: a normal draw moved in the last bit);
 - the per-seed selection (`step._select`, a `where` over the parameter tree): exact at any level.
 - not the evaluation step: its metrics moved in the last bit at level 1.
 
