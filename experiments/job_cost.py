@@ -23,7 +23,7 @@ bit-identical results. CPU-seconds are inflated by the machine's load (printed),
 
 `options` compiles the job's per-seed initialiser (`step.init_one`) with XLA's default options and with
 `xla_options.RARE_PROGRAM`, alternating `--repeats` times, and prints each compile's CPU and whether the initial
-states of every seed are bit-identical to the default level's (why the initialiser stays at the default level:
+states of every seed are bit-identical to the default level's (the check behind `step.make_init`'s level,
 `transfer_meta/xla_options.py`); `--small` does the same for a small MeLU on synthetic data.
 """
 
