@@ -33,12 +33,14 @@ RUN_MALLOC := glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_t
 # so splitting each over Eigen's thread pool only adds spin-waiting on an idle core: idle 2-core box 178.1 -> 156.8
 # CPU-s and 2:16 -> 1:55 wall, the printed table byte-identical (README, "`make run`'s CPU, profiled").
 RUN_XLA := --xla_cpu_multi_thread_eigen=false
-# PJRT_NPROC=1 (unless the caller sets it): XLA's CPU client runs programs on a pool of one thread instead of one per
-# core. The job's programs are serial chains of small ops, and the second pool thread spent its time spinning for
-# work (per-thread CPU: two tf_XLAEigen threads of ~54 CPU-s each); the Python thread keeps the other core for
-# building the next batch. Table byte-identical (README, "`make run`'s CPU, profiled").
+# PJRT_NPROC=1 (unless the caller sets it; XLA reads PJRT_NPROC, then NPROC): XLA's CPU client sizes its intra-op
+# pool from it (default: the cores), so each program runs on one pool thread instead of hopping over two, and the
+# Python thread keeps the other core for building the next batch: melu 196-201 vs 231-297 CPU-ms a meta-step, fomaml
+# 65-73 vs 74-81, states bit-identical (`PJRT_NPROC=1 python -m experiments.job_cost steps --groups=0:16` against
+# unset, load ~20); the whole job 163.7 -> 135.8 CPU-s (with the rare programs' level 1), table byte-identical
+# (README, "`make run`'s CPU, profiled"). A mesh of D CPU devices still gets max(PJRT_NPROC, D) threads.
 run: $(RUN_STAMP)
-	GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}$(RUN_MALLOC) XLA_FLAGS="$(RUN_XLA) $${XLA_FLAGS:-}" PJRT_NPROC=$${PJRT_NPROC:-1} $(BIN)/python -m transfer_meta.main --config=configs/melu_ml100k.py --workdir=runs/melu_ml100k
+	PJRT_NPROC=$${PJRT_NPROC:-1} GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}$(RUN_MALLOC) XLA_FLAGS="$(RUN_XLA) $${XLA_FLAGS:-}" $(BIN)/python -m transfer_meta.main --config=configs/melu_ml100k.py --workdir=runs/melu_ml100k
 
 baselines: $(RUN_STAMP)
 	$(BIN)/python -m experiments.baselines --seeds=5

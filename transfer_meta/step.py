@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from transfer_meta import chunking, dispatch, learner_state, sharding
+from transfer_meta import chunking, dispatch, learner_state, sharding, xla_options
 from transfer_meta.learners.base import Learner, has_extensions
 
 
@@ -62,7 +62,7 @@ def make_init(learner: Learner, tx: optax.GradientTransformation, example: dict,
   initialiser several times slower, and the unvmapped one is shared by every learner with the same model.
   """
   rep = sharding.replicated(mesh) if mesh is not None else None
-  one = jax.jit(functools.partial(init_one, learner, tx, example))
+  one = xla_options.jit_rare(functools.partial(init_one, learner, tx, example))  # a few calls: cheap compile
 
   names = ("meta_params", "opt_state", learner_state.STATE)
 
@@ -165,7 +165,7 @@ def jit_meta_step(fn: Callable, mesh: Mesh) -> Callable:
   return dispatch.bounded(jitted, mesh)
 
 
-@jax.jit
+@xla_options.jit_rare  # a few calls per learner: cheap compile (a `where`: exact at any level)
 def _select(best, current, improved):
   """Per seed: `current` where `improved` [N] else `best` (fresh buffers, never aliases the donated state)."""
   return jax.tree.map(lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b), best, current)
