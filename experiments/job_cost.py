@@ -2,7 +2,7 @@
 
     python -m experiments.job_cost phases --workdir=/tmp/jc            # the whole `make run` job, phases timed
     python -m experiments.job_cost steps --groups=0:16,2:50,3:50       # CPU per meta-step, ungrouped vs grouped
-    PJRT_NPROC=1 python -m experiments.job_cost steps --groups=0:16         # the same on a 1-thread XLA pool
+    PJRT_NPROC=1 python -m experiments.job_cost steps --groups=0:16    # the same on a 1-thread XLA pool
     python -m experiments.job_cost options [--small]                   # init compile: default vs jit_rare level
 
 `phases` runs `train.train_and_evaluate` on configs/melu_ml100k.py (progress off, compilation cache in the
@@ -17,9 +17,10 @@ their CPU includes XLA's work on the previous step; `steps` and a host-only timi
 `config.length_groups` / `length_group_step` (G=0: the trainer's ungrouped step) reports the first call's CPU
 (compile) and the CPU-milliseconds per later step. Every line also prints the batch build CPU per step (host).
 Each line ends with the CPU per step of each thread family (`/proc/self/task/*/comm`: `tf_XLAEigen` is XLA's
-intra-op pool, whose size XLA's CPU client takes from the environment's PJRT_NPROC (else NPROC), default the core count; `python` the
-interpreter's threads) and a hash of the final state, so two runs (e.g. PJRT_NPROC=1 and unset) can be checked for
-bit-identical results. CPU-seconds are inflated by the machine's load (printed), so compare lines of one run only.
+intra-op pool, whose size XLA's CPU client takes from the environment's PJRT_NPROC (else NPROC), default the core
+count; `python` the interpreter's threads) and a hash of the final state, so two runs (e.g. PJRT_NPROC=1 and
+unset) can be checked for bit-identical results. CPU-seconds are inflated by the machine's load (printed), so
+compare lines of one run only.
 
 `options` compiles the job's per-seed initialiser (`step.init_one`) with XLA's default options and with
 `xla_options.RARE_PROGRAM`, alternating `--repeats` times, and prints each compile's CPU and whether the initial
