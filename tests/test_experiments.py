@@ -57,7 +57,10 @@ def produced(tmp_path_factory, jax_cache):
   suite's XLA cache so the sweep's runs reuse the programs compiled for the reproduce run (and other tests')."""
   root = tmp_path_factory.mktemp("experiments")
   runs, out, cache = str(root / "runs"), str(root / "results"), jax_cache
-  common = ["--set", "num_steps=2", f"--runs={runs}", f"--out={out}", f"--compilation_cache={cache}"]
+  # plots=False: no run's PNGs are read here (its plot tests draw from the runs' CSV and metrics.jsonl; the per-run
+  # PNGs are test_run_outputs'), and each of the four runs would spend ~1-4 CPU-s drawing five.
+  common = ["--set", "num_steps=2", "--set", "plots=False", f"--runs={runs}", f"--out={out}"]
+  common.append(f"--compilation_cache={cache}")
   _cli("reproduce", f"--configs={SPEC}", "--seeds=2", *common)
   _cli("ablate", f"--config={SPEC}", "--sweep=support_cap", *common)
   return types.SimpleNamespace(runs=runs, out=out, common=common)
@@ -95,6 +98,7 @@ def _check_rows(rows: list[dict], expected: dict) -> None:
 def test_reproduce_writes_the_table_of_the_run(produced):
   results = _results(os.path.join(produced.runs, "reproduce", NAME))
   assert results["seeds"] == [0, 1] and results["train"]["steps"] == 2
+  assert not glob.glob(os.path.join(produced.runs, "**", "*.png"), recursive=True)  # `--set plots=False` reached them
   rows = _csv(os.path.join(produced.out, f"{NAME}.csv"))
   assert list(dict.fromkeys(r["method"] for r in rows)) == METHODS
   assert list(dict.fromkeys(r["scenario"] for r in rows)) == ["valid", *SCENARIOS]

@@ -17,9 +17,10 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from forkrun import TRAINING_PRELOAD, ForkServer
 from jax.flatten_util import ravel_pytree
 from test_resume import _run, _run_and_kill_when
-from xla_flags import run_script
+from xla_flags import xla_flags
 
 from transfer_meta import learner_reuse, runlog, stages, step, train
 from transfer_meta.checkpoint import COMMIT_MARKER
@@ -35,6 +36,17 @@ from transfer_meta.strategies.soup import soup_model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/strategies_synthetic.py:tiny"  # pretrain 6 steps -> meta 4 steps, checkpoints every 2
 COMMON = dict(batch_size=64)  # keywords every strategy takes (stage steps default to config.num_steps)
+# The SIGKILL test's four `transfer_meta.main` launches and the 8-device script run in forks of one interpreter that
+# has imported jax, the library and matplotlib (tests/forkrun.py): one import (~2 CPU-s) instead of five. A fork
+# creates its XLA backend after the fork, so the 8-device script's XLA_FLAGS (set per command) give it 8 devices.
+SERVER = ForkServer(ROOT, preload=TRAINING_PRELOAD)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_server():
+  """The fork server is waited for at the end of this module, so its CPU is charged to this file's tests."""
+  yield
+  SERVER.close()
 
 
 def load_config(arg: str | None = "tiny") -> ml_collections.ConfigDict:
@@ -358,11 +370,11 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path):
   # program included (a directory given to the flag would cache only those compiled in >= 0.5 s: not this config's)
   cache = ""
   uninterrupted, killed = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
-  _run(uninterrupted, cache, CONFIG)
+  _run(uninterrupted, cache, CONFIG, SERVER)
   where = os.path.join("checkpoints", "pretrain_finetune")
-  _run_and_kill_when(killed, cache, os.path.join(where, "0_pretrain", "2", "commit_success.txt"), CONFIG)
-  _run_and_kill_when(killed, cache, os.path.join(where, "1_meta", "2", "commit_success.txt"), CONFIG)
-  _run(killed, cache, CONFIG)
+  _run_and_kill_when(killed, cache, os.path.join(where, "0_pretrain", "2", "commit_success.txt"), CONFIG, SERVER)
+  _run_and_kill_when(killed, cache, os.path.join(where, "1_meta", "2", "commit_success.txt"), CONFIG, SERVER)
+  _run(killed, cache, CONFIG, SERVER)
   assert _results_without_timing(killed) == _results_without_timing(uninterrupted)
   for name in ("metrics.jsonl", "split_manifest.json", "config.json"):
     assert _read(killed, name) == _read(uninterrupted, name), name
@@ -509,7 +521,7 @@ print("SHARDED_OK")
 
 def test_stages_on_8_fake_devices_equal_one_device():
   """Every stage (interaction minibatches, then task batches) split over 8 devices gives one device's result."""
-  done = run_script(SHARDED_SCRIPT.format(root=ROOT), devices=8, cwd=ROOT)
+  done = SERVER.run(["-c", SHARDED_SCRIPT.format(root=ROOT)], ROOT, timeout=600, env={"XLA_FLAGS": xla_flags(8)})
   assert done.returncode == 0 and "SHARDED_OK" in done.stdout, done.stderr[-4000:]
 
 
