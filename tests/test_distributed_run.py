@@ -24,6 +24,7 @@ ARGS = [
   "--config.num_steps=6",
   "--config.compare_learners=()",
   "--config.batch_size=8",
+  "--config.plots=False",  # nothing here reads the PNGs (test_run_outputs checks them): ~1-4 CPU-s a finished run
   "--compilation_cache=",
 ]
 

@@ -30,6 +30,7 @@ NAME = "smoke_synthetic-tiny"
 K_LABELS = ["support_cap=1", "support_cap=5", "support_cap=all"]  # smoke_synthetic's support_cap sweep: 1, 5, 0
 METHODS = ["maml", "none", "global_mean", "item_user_offset"]  # tiny: learner, comparison, baselines
 SCENARIOS = ["warm", "new_user", "new_item", "new_user_new_item"]
+SETS = {"num_steps": 2, "plots": False}  # the produced runs' `--set` overrides (`produced`)
 
 
 # The command lines run in forks of one interpreter that has imported jax and the library (tests/forkrun.py; a fresh
@@ -57,7 +58,10 @@ def produced(tmp_path_factory, jax_cache):
   suite's XLA cache so the sweep's runs reuse the programs compiled for the reproduce run (and other tests')."""
   root = tmp_path_factory.mktemp("experiments")
   runs, out, cache = str(root / "runs"), str(root / "results"), jax_cache
-  common = ["--set", "num_steps=2", f"--runs={runs}", f"--out={out}", f"--compilation_cache={cache}"]
+  # plots=False: no run's PNGs are read here (its plot tests draw from the runs' CSV and metrics.jsonl; the per-run
+  # PNGs are test_run_outputs'), and each of the four runs would spend ~1-4 CPU-s drawing five.
+  common = [*(a for k, v in SETS.items() for a in ("--set", f"{k}={v}")), f"--runs={runs}", f"--out={out}"]
+  common.append(f"--compilation_cache={cache}")
   _cli("reproduce", f"--configs={SPEC}", "--seeds=2", *common)
   _cli("ablate", f"--config={SPEC}", "--sweep=support_cap", *common)
   return types.SimpleNamespace(runs=runs, out=out, common=common)
@@ -95,6 +99,7 @@ def _check_rows(rows: list[dict], expected: dict) -> None:
 def test_reproduce_writes_the_table_of_the_run(produced):
   results = _results(os.path.join(produced.runs, "reproduce", NAME))
   assert results["seeds"] == [0, 1] and results["train"]["steps"] == 2
+  assert not glob.glob(os.path.join(produced.runs, "**", "*.png"), recursive=True)  # `--set plots=False` reached them
   rows = _csv(os.path.join(produced.out, f"{NAME}.csv"))
   assert list(dict.fromkeys(r["method"] for r in rows)) == METHODS
   assert list(dict.fromkeys(r["scenario"] for r in rows)) == ["valid", *SCENARIOS]
@@ -237,7 +242,7 @@ def test_paired_improvement_by_hand():
 
 
 def test_a_run_of_another_config_is_refused_not_reused(produced):
-  config = runner.apply_overrides(runner.load_config(SPEC), {"num_steps": 3})
+  config = runner.apply_overrides(runner.load_config(SPEC), {**SETS, "num_steps": 3})
   with pytest.raises(ValueError, match=r"different config \(keys \['num_steps'\]\)"):
     runner.run(config, os.path.join(produced.runs, "reproduce", NAME))
 
@@ -462,7 +467,7 @@ def test_reproduce_writes_the_paper_table_beside_the_run(produced, tmp_path):
     f"PAPER = {{'table': 'melu_table2', 'scenarios': {MELU_SCENARIOS!r}, 'methods': {{'maml': 'MeLU-1'}}}}\n"
   )
   out = str(tmp_path / "out")
-  paths = reproduce.reproduce(f"{path}:tiny", 2, {"num_steps": 2}, produced.runs, out, "cmd")
+  paths = reproduce.reproduce(f"{path}:tiny", 2, SETS, produced.runs, out, "cmd")
   assert [os.path.basename(p) for p in paths] == [f"{NAME}.md", f"{NAME}.csv", f"{NAME}_paper.md", f"{NAME}_paper.csv"]
   results = _results(os.path.join(produced.runs, "reproduce", NAME))
   rows = _csv(os.path.join(out, f"{NAME}_paper.csv"))

@@ -171,7 +171,10 @@ CONFIG = "configs/smoke_synthetic.py:tiny"  # 2 seeds, 8 steps, checkpoints ever
 # mamo alone: the smoke config's second learner (`none`, trained after it, never killed) adds nothing to what
 # this test checks (resuming a learner with state) and costs each full launch its trace and evaluation;
 # tests/test_resume.py kills and resumes a run during its second learner.
-OVERRIDES = ("--config.learner_name=mamo", "--config.resample_train=True", "--config.compare_learners=()")
+# No PNGs either (`--config.plots=False`): nothing here reads them (test_run_outputs checks the plots).
+OVERRIDES = (
+  "--config.learner_name=mamo", "--config.resample_train=True", "--config.compare_learners=()", "--config.plots=False"
+)  # fmt: skip
 
 
 # The three launches run in forks of one preloaded interpreter (tests/forkrun.py), as in tests/test_resume.py.

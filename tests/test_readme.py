@@ -3,7 +3,7 @@
 Found generically, so a section someone adds is under test with no new test code:
   - every ```python block is executed for real, in a scratch directory holding the repository's configs/ and
     examples/; a `runs/<name>` it reads is first made by the README command that writes it, in smoke form
-    (the config's seconds-long variant, 1 seed, 2 steps, no comparison learners); every `train_and_evaluate` a
+    (the config's seconds-long variant, 1 seed, 2 steps, no comparison learners, no plots); every `train_and_evaluate` a
     snippet calls runs its config with those same overrides (`SNIPPET_OVERRIDES`), set by a prelude that wraps the
     function and then runs the snippet's text unchanged (`runpy`): what is checked is that the code runs as written,
     not how long it trains;
@@ -237,12 +237,13 @@ def _smoke(args: list[str], workdir: str) -> list[str]:
     elif a.startswith("--workdir="):
       a = f"--workdir={workdir}"
     out.append(a)
-  overrides = ["--config.seeds=1", "--config.num_steps=2", "--config.compare_learners=()", "--config.compare_kwargs={}"]
+  overrides = [f"--config.{k}={v}" for k, v in SNIPPET_OVERRIDES.items()]
   return [*out, *overrides, "--compilation_cache="]
 
 
-# The point overrides of every `train_and_evaluate` call in a snippet: the writers' smoke form above.
-SNIPPET_OVERRIDES = {"seeds": 1, "num_steps": 2, "compare_learners": (), "compare_kwargs": {}}
+# The point overrides of every `train_and_evaluate` call in a snippet, and of the writers' smoke form above. No PNGs
+# (`plots`): no snippet reads them, test_run_outputs checks them, and each run would spend ~1-4 CPU-s drawing them.
+SNIPPET_OVERRIDES = {"seeds": 1, "num_steps": 2, "compare_learners": (), "compare_kwargs": {}, "plots": False}
 _PRELUDE = """import runpy, sys
 import transfer_meta
 from transfer_meta import train

@@ -23,6 +23,9 @@ CONFIG = "configs/smoke_synthetic.py:tiny"  # maml then none, 2 seeds, 8 steps, 
 # With issue 8's training protocol on: episodic resampling (whose split depends on the pass), a residual over
 # item_user_offset and OOV rows; resume must stay bit-identical with all of them.
 PROTOCOL = {"resample_train": "True", "residual": "item_user_offset", "oov_min_count": "3"}
+# No PNGs: nothing here reads them (test_run_outputs and test_strategies' table runs check the plots), and each
+# finished launch would spend ~1-4 CPU-s drawing five of them.
+OVERRIDES = {**PROTOCOL, "plots": "False"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,7 +41,7 @@ def _command(workdir: str, cache: str, config: str = CONFIG) -> list[str]:
     f"--config={config}",
     f"--workdir={workdir}",
     f"--compilation_cache={cache}",
-    *(f"--config.{k}={v}" for k, v in PROTOCOL.items()),  # strategies too: their streams carry prior and OOV
+    *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),  # strategies too: their streams carry prior and OOV
   ]
 
 
@@ -109,6 +112,7 @@ def uninterrupted(tmp_path_factory, cache):
   assert "| new_user | maml |" in done.stdout and "| new_user | item_user_offset |" in done.stdout
   config = json.loads(_read(workdir, "config.json"))
   assert (config["resample_train"], config["residual"], config["oov_min_count"]) == (True, "item_user_offset", 3)
+  assert not config["plots"] and not [f for f in os.listdir(workdir) if f.endswith(".png")]
   return workdir
 
 

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +18,10 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from forkrun import TRAINING_PRELOAD, ForkServer
 from jax.flatten_util import ravel_pytree
 from test_resume import _run, _run_and_kill_when
-from xla_flags import run_script
+from xla_flags import xla_flags
 
 from transfer_meta import learner_reuse, runlog, stages, step, train
 from transfer_meta.checkpoint import COMMIT_MARKER
@@ -35,6 +37,17 @@ from transfer_meta.strategies.soup import soup_model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/strategies_synthetic.py:tiny"  # pretrain 6 steps -> meta 4 steps, checkpoints every 2
 COMMON = dict(batch_size=64)  # keywords every strategy takes (stage steps default to config.num_steps)
+# The SIGKILL test's four `transfer_meta.main` launches and the 8-device script run in forks of one interpreter that
+# has imported jax, the library and matplotlib (tests/forkrun.py): one import (~2 CPU-s) instead of five. A fork
+# creates its XLA backend after the fork, so the 8-device script's XLA_FLAGS (set per command) give it 8 devices.
+SERVER = ForkServer(ROOT, preload=TRAINING_PRELOAD)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_server():
+  """The fork server is waited for at the end of this module, so its CPU is charged to this file's tests."""
+  yield
+  SERVER.close()
 
 
 def load_config(arg: str | None = "tiny") -> ml_collections.ConfigDict:
@@ -165,6 +178,14 @@ def test_every_strategy_trains_and_is_a_table_row(name, table_runs):
     assert results["train"]["reused"] == {"none": donor_dir} and keys == learner_reuse.recorded_keys(donor_dir)
     assert results["metrics"] == donor_results["metrics"] and _none_records(workdir) == _none_records(donor_dir)
     assert results["selection"]["best_step"]["none"] == donor_results["selection"]["best_step"]["none"]
+  # `none`'s evaluation: computed by the donor, copied by the others (recorded again under the same key).
+  evals = learner_reuse.recorded_evaluations(workdir)
+  assert set(evals) == {"none"} and evals["none"]["key"] == keys["none"]
+  assert evals == learner_reuse.recorded_evaluations(table_runs.get(donor)[0])
+  (seed0,) = evals["none"]["evaluated"]  # one seed: the values results.json reports for `none`
+  assert set(seed0) == set(results["metrics"])
+  for scenario, per in results["metrics"].items():
+    assert per and all(v["per_seed"] == [seed0[scenario][m]] for m, v in per.items()), scenario
 
 
 def test_a_reused_learner_gives_the_results_of_training_it_again(table_runs, tmp_path):
@@ -174,6 +195,7 @@ def test_a_reused_learner_gives_the_results_of_training_it_again(table_runs, tmp
   config, _ = _table_config(REUSED_CHECK)
   fresh = train.train_and_evaluate(config, str(tmp_path), data=table_runs.get(REUSED_CHECK)[2].data)
   assert "reused" not in fresh["train"] and not os.path.exists(tmp_path / learner_reuse.KEYS_FILE)
+  assert not os.path.exists(tmp_path / learner_reuse.EVALS_FILE)
   assert {k: v for k, v in fresh.items() if k != "train"} == {k: v for k, v in reused.items() if k != "train"}
   for name in ("results.md", "metrics.jsonl", "split_manifest.json", "config.json"):
     assert _read(str(tmp_path), name) == _read(reused_dir, name), name
@@ -239,6 +261,36 @@ def test_take_copies_only_a_committed_last_step_recorded_under_the_same_key(tmp_
   assert off.take("none", {}) is None and off.results_entry() == {}
   off.record("none", {})
   assert not os.path.exists(run / learner_reuse.KEYS_FILE)
+
+
+def test_a_donors_recorded_evaluation_is_copied_only_under_the_same_key(exp, tmp_path):
+  """`Reuse.take` hands on the donor's recorded evaluation of the learner it copies when the keys match (what
+  train_and_evaluate then uses instead of evaluating); a value a JSON round trip would change is never recorded."""
+  donor, run = tmp_path / "donor", tmp_path / "run"
+  last = donor / "checkpoints" / "none" / str(exp.config.num_steps)
+  last.mkdir(parents=True)
+  (last / COMMIT_MARKER).write_text("")
+  (donor / "metrics.jsonl").write_text("")
+  run.mkdir()
+  mlog = runlog.MetricsLog(str(run / "metrics.jsonl"), ["none"])
+  key = learner_reuse.Reuse(exp, str(run), [], mlog).key("none", {})
+  learner_reuse.record(str(donor), "none", key)
+  evaluated = [{"valid": {"mae": 0.75, "ndcg@3": 0.5}, "new_user": {"mae": 0.875, "auc/tasks": 3.0}}]
+  for bad in ([{"valid": {"mae": np.float32(0.75)}}], [{"valid": {"mae": (0.75,)}}], [{"valid": {1: 0.75}}]):
+    assert not learner_reuse.json_exact(bad) and not learner_reuse.record_evaluation(str(donor), "none", key, bad)
+  assert not os.path.exists(donor / learner_reuse.EVALS_FILE)
+  for recorded_key, want in ((f"not {key}", None), (key, evaluated)):
+    assert learner_reuse.record_evaluation(str(donor), "none", recorded_key, evaluated)
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    reuse = learner_reuse.Reuse(exp, str(run), [str(donor)], mlog)
+    assert reuse.take("none", {}) == str(donor) and reuse.evaluation("none") == want
+  reuse.record_evaluation("none", {}, evaluated)
+  assert learner_reuse.recorded_evaluations(str(run)) == {"none": {"key": key, "evaluated": evaluated}}
+  copied = learner_reuse.recorded_evaluations(str(run))["none"]["evaluated"][0]
+  assert [list(v) for v in copied.values()] == [list(v) for v in evaluated[0].values()]  # order kept: the tables'
+  off = learner_reuse.Reuse(None, str(tmp_path / "off"), None, mlog)  # reuse_from=None: nothing read or written
+  off.record_evaluation("none", {}, evaluated)
+  assert off.evaluation("none") is None and not os.path.exists(tmp_path / "off")
 
 
 def test_frozen_leaves_are_bitwise_unchanged_and_the_others_move(exp):
@@ -358,11 +410,11 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path):
   # program included (a directory given to the flag would cache only those compiled in >= 0.5 s: not this config's)
   cache = ""
   uninterrupted, killed = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
-  _run(uninterrupted, cache, CONFIG)
+  _run(uninterrupted, cache, CONFIG, SERVER)
   where = os.path.join("checkpoints", "pretrain_finetune")
-  _run_and_kill_when(killed, cache, os.path.join(where, "0_pretrain", "2", "commit_success.txt"), CONFIG)
-  _run_and_kill_when(killed, cache, os.path.join(where, "1_meta", "2", "commit_success.txt"), CONFIG)
-  _run(killed, cache, CONFIG)
+  _run_and_kill_when(killed, cache, os.path.join(where, "0_pretrain", "2", "commit_success.txt"), CONFIG, SERVER)
+  _run_and_kill_when(killed, cache, os.path.join(where, "1_meta", "2", "commit_success.txt"), CONFIG, SERVER)
+  _run(killed, cache, CONFIG, SERVER)
   assert _results_without_timing(killed) == _results_without_timing(uninterrupted)
   for name in ("metrics.jsonl", "split_manifest.json", "config.json"):
     assert _read(killed, name) == _read(uninterrupted, name), name
@@ -509,7 +561,7 @@ print("SHARDED_OK")
 
 def test_stages_on_8_fake_devices_equal_one_device():
   """Every stage (interaction minibatches, then task batches) split over 8 devices gives one device's result."""
-  done = run_script(SHARDED_SCRIPT.format(root=ROOT), devices=8, cwd=ROOT)
+  done = SERVER.run(["-c", SHARDED_SCRIPT.format(root=ROOT)], ROOT, timeout=600, env={"XLA_FLAGS": xla_flags(8)})
   assert done.returncode == 0 and "SHARDED_OK" in done.stdout, done.stderr[-4000:]
 
 

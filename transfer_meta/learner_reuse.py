@@ -9,7 +9,9 @@ empty), `train_and_evaluate` records in DIR/learner_keys.json the key (`learner_
 and before training a learner looks in those workdirs, in order, for one that finished a learner of the same key:
 it copies that run's last checkpoint of the learner (checkpoints/<learner>/<num_steps>/) and its metrics.jsonl
 records (`take`), and `train.train_learner` restores the checkpoint at its last step, as a resumed run would
-(exact resume: no step runs again). The learner's evaluation is computed afresh. The run's results.json,
+(exact resume: no step runs again). Its evaluation is copied too when the donor recorded one under the same key
+(DIR/learner_evals.json, written only for values a JSON round trip keeps exactly), so the reusing run neither traces
+nor runs the learner's evaluation programs again; else it is computed afresh. The run's results.json,
 metrics.jsonl and checkpoints are then those of training it again, bit for bit (tests/test_strategies.py);
 results.json's "train" says which learner came from where ("reused": {learner: workdir}) and keeps the seconds
 its training took there.
@@ -41,6 +43,7 @@ from transfer_meta.data.interactions import FeatureTable, Interactions
 log = logging.getLogger(__name__)
 
 KEYS_FILE = "learner_keys.json"
+EVALS_FILE = "learner_evals.json"  # {learner: {"key": learner key, "evaluated": [per-seed {set: {metric: value}}]}}
 # Config fields no learner's training reads: the strategy (trained after the learners), which learners the run
 # trains (the learner's own name and keywords are keyed apart), the reference baselines, the progress bar, the plots.
 REUSE_FREE = (
@@ -120,6 +123,36 @@ def record(workdir: str, name: str, key: str) -> None:
   runlog.atomic_write(os.path.join(workdir, KEYS_FILE), json.dumps(keys, indent=1, sort_keys=True))
 
 
+def json_exact(value: Any) -> bool:
+  """Whether `value` comes back from a JSON round trip unchanged (written without sorting keys, so dicts keep their
+  order): dicts with str keys, lists, and str, int, float, bool or None leaves (exactly those types: a tuple would
+  come back a list, a numpy scalar a Python number)."""
+  if type(value) is dict:
+    return all(type(k) is str and json_exact(v) for k, v in value.items())
+  if type(value) is list:
+    return all(json_exact(v) for v in value)
+  return value is None or type(value) in (str, int, float, bool)
+
+
+def recorded_evaluations(workdir: str) -> dict:
+  """{learner: {"key", "evaluated"}} of the evaluations a run in `workdir` recorded ({} when none)."""
+  path = os.path.join(workdir, EVALS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def record_evaluation(workdir: str, name: str, key: str, evaluated: list) -> bool:
+  """Adds learner `name`'s evaluation (`train.evaluate_trained`'s per-seed results) under `key` to workdir's
+  learner_evals.json, if a JSON round trip keeps it exactly (`json_exact`); returns whether it was recorded."""
+  if not json_exact(evaluated):
+    return False
+  evals = {**recorded_evaluations(workdir), name: {"key": key, "evaluated": evaluated}}
+  runlog.atomic_write(os.path.join(workdir, EVALS_FILE), json.dumps(evals))  # key order kept: the tables' order
+  return True
+
+
 def take(
   name: str, key: str, num_steps: int, workdir: str, donors: Sequence[str], mlog: runlog.MetricsLog
 ) -> str | None:
@@ -178,6 +211,7 @@ class Reuse:
     self.fingerprint = None if donors is None else data_fingerprint(exp.data)
     self.reused: dict[str, str] = {}
     self._keys: dict[str, str] = {}
+    self._evaluations: dict[str, list] = {}
 
   def key(self, name: str, kwargs: dict) -> str:
     if name not in self._keys:
@@ -191,12 +225,24 @@ class Reuse:
     donor = take(name, self.key(name, kwargs), self.exp.config.num_steps, self.workdir, self.donors, self.mlog)
     if donor is not None:
       self.reused[name] = donor
+      recorded = recorded_evaluations(donor).get(name)
+      if recorded is not None and recorded["key"] == self.key(name, kwargs):
+        self._evaluations[name] = recorded["evaluated"]
     return donor
+
+  def evaluation(self, name: str) -> list | None:
+    """The evaluation of `name` copied from its donor by `take` (None: evaluate it)."""
+    return self._evaluations.get(name)
 
   def record(self, name: str, kwargs: dict) -> None:
     """After `name` finished training (or was restored at its last step): records its key in the workdir."""
     if self.donors is not None:
       record(self.workdir, name, self.key(name, kwargs))
+
+  def record_evaluation(self, name: str, kwargs: dict, evaluated: list) -> None:
+    """After `name` was evaluated: records the evaluation in the workdir for later runs (`record_evaluation`)."""
+    if self.donors is not None:
+      record_evaluation(self.workdir, name, self.key(name, kwargs), evaluated)
 
   def results_entry(self) -> dict[str, Any]:
     """What results.json's "train" gains: {"reused": {learner: donor workdir}} when any learner was reused."""

@@ -510,7 +510,9 @@ def _train_and_evaluate(
     reuse.take(name, kwargs)  # a finished identical learner of another run: train_learner restores its last step
     trained[name] = train_learner(exp, name, kwargs, workdir, mlog)
     reuse.record(name, kwargs)
-    evaluated[name] = evaluate_trained(exp, trained[name])
+    copied = reuse.evaluation(name)  # the donor's evaluation of the same learner (then nothing is traced again)
+    evaluated[name] = copied if copied is not None else evaluate_trained(exp, trained[name])
+    reuse.record_evaluation(name, kwargs, evaluated[name])
   if config.strategy_name:  # transfer strategies (stages) run after the learners, as one more table row
     from transfer_meta import strategies  # noqa: PLC0415 (strategies build on this module)
 
