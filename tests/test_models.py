@@ -15,7 +15,7 @@ from test_learners import FAST_COMPILE
 from transfer_meta import losses
 from transfer_meta.data.examples import FeatureMatrices, FeatureSpec, make_examples
 from transfer_meta.models import MODELS, get_model
-from transfer_meta.models.base import adapt_mask, path_str, trace_once
+from transfer_meta.models.base import adapt_mask, path_str
 from transfer_meta.models.features import SideFeatures
 from transfer_meta.models.transformer import masked_softmax
 
@@ -174,49 +174,14 @@ def test_adapt_and_head_regex(case):
 def test_adapt_set_gradients_finite_and_nonzero(case):
   model, params, _, _, context = built(case, "rich")
   support = context
-  grad_of = lambda apply: jax.jit(
-    jax.grad(lambda p: losses.examples_loss(apply, p, support, support)), compiler_options=FAST_COMPILE
+  grads = jax.jit(
+    jax.grad(lambda p: losses.examples_loss(model.apply, p, support, support)), compiler_options=FAST_COMPILE
   )(params)
-  grads = grad_of(model.apply)
   chex.assert_tree_all_finite(grads)
-  # Traced through `trace_once`'s nested jit, the compiled gradient is the plain module's, bit for bit.
-  jax.tree.map(np.testing.assert_array_equal, grads, grad_of(getattr(model.apply, "__wrapped__", model.apply)))
   adapt = leaves_with_paths(adapt_mask(params, model.adapt_regex))
   for path, g in leaves_with_paths(grads).items():
     if adapt[path]:
       assert np.abs(g).max() > 0, f"zero gradient for adapted parameter {path}"
-
-
-def test_trace_once_traces_once_per_signature_and_runs_eagerly_as_is():
-  calls = []
-
-  def fn(p, x, context=None):
-    calls.append(1)  # once per Python execution: a trace, or an eager call
-    return jnp.tanh(x @ p["w"]) + (0.0 if context is None else context["b"])
-
-  once = trace_once(fn)
-  p, x, c = {"w": jnp.arange(6.0).reshape(3, 2) / 6}, jnp.ones((4, 3)), {"b": jnp.full((2,), 0.5)}
-  np.testing.assert_array_equal(once(p, x, c), fn(p, x, c))  # eager: fn itself, op by op
-  np.testing.assert_array_equal(once(p, x, context=c), fn(p, x, c))
-  assert len(calls) == 4 and once.__wrapped__ is fn
-
-  def program_of(f):  # three calls at one signature, under grad and vmap, and one at another
-    def program(p, x, c):
-      loss = lambda q: jnp.sum(f(q, x, c)) + jnp.sum(jax.vmap(lambda r: f(q, r[None], c))(x)) + jnp.sum(f(q, x, c))
-      return jax.grad(loss)(p), f(p, x[:2], None)
-
-    return program
-
-  del calls[:]
-  jaxpr = str(jax.make_jaxpr(program_of(once))(p, x, c))
-  assert len(calls) == 3, len(calls)  # (x, c) once for two calls, (row, c) once, (x[:2], None) once
-  assert jaxpr.count("name=fn") >= 3, jaxpr  # the calls stay nested jits of fn
-  assert str(jax.make_jaxpr(program_of(once))(p, x, c)) == jaxpr and len(calls) == 3  # cached: fn never reruns
-  del calls[:]
-  jax.make_jaxpr(program_of(fn))(p, x, c)
-  assert len(calls) == 4, len(calls)  # without trace_once each call site runs fn's Python again
-  got, plain = jax.jit(program_of(once))(p, x, c), jax.jit(program_of(fn))(p, x, c)
-  jax.tree.map(np.testing.assert_array_equal, got, plain)  # XLA inlines the nested jit: the same numbers
 
 
 def test_get_model_rejects_unknown_names_and_kwargs():

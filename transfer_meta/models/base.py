@@ -16,7 +16,6 @@ latent encoder and cluster assignment, `models/tanp.py`); wrappers (`_replace(ap
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -44,33 +43,7 @@ def from_module(name: str, module, adapt_regex: str, head_regex: str) -> Model:
   def apply(params, x, context=None):
     return module.apply(params, x, context)
 
-  return Model(name, init, trace_once(apply), adapt_regex, head_regex)
-
-
-def trace_once(fn: Callable[..., Any]) -> Callable[..., Any]:
-  """`fn` (array-pytree arguments), run through one `jax.jit` of it whenever an argument is traced.
-
-  A learner's program calls `model.apply` many times (inner loss per step, after-loss, outer loss, under grad,
-  vmap and scan); each direct call re-runs Flax's Python to trace the module again. Called under a trace, the jitted
-  `fn` is traced once per input signature and then reused as one cached jaxpr that vmap, grad and scan transform
-  without re-running the module: on the 12 learners x the test transformer, tracing 9.2 -> 3.2 CPU-s (README
-  "Test-suite and `make run` cost"). XLA inlines the nested call, so the compiled program computes the same.
-  Called eagerly (no tracer among the arguments), `fn` runs as it is, op by op, exactly as before.
-
-  Args:
-    fn: a pure function of pytrees of arrays (and None), e.g. a Flax module's `apply`.
-  Returns:
-    A function with `fn`'s signature and results.
-  """
-  jitted = jax.jit(fn)
-
-  @functools.wraps(fn)
-  def call(*args, **kwargs):
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
-      return jitted(*args, **kwargs)
-    return fn(*args, **kwargs)
-
-  return call
+  return Model(name, init, apply, adapt_regex, head_regex)
 
 
 def path_str(path) -> str:

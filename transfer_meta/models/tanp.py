@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from transfer_meta.data.examples import FeatureSpec
-from transfer_meta.models.base import Model, trace_once
+from transfer_meta.models.base import Model
 from transfer_meta.models.features import SideFeatures, require_inputs
 from transfer_meta.models.transformer import empty_context
 
@@ -202,9 +202,9 @@ def tanp(
   def apply(params, x, context=None):
     return module.apply(params, x, context)
 
-  aux = {  # each traced once per signature inside a learner's program (`trace_once`)
-    "latent": trace_once(lambda params, context: module.apply(params, context, method=TaNP.latent)),
-    "assign": trace_once(lambda params, context: module.apply(params, context, method=TaNP.assign)),
-    "embed": trace_once(lambda params, context: module.apply(params, context, method=TaNP.embed)),
+  aux = {
+    "latent": lambda params, context: module.apply(params, context, method=TaNP.latent),
+    "assign": lambda params, context: module.apply(params, context, method=TaNP.assign),
+    "embed": lambda params, context: module.apply(params, context, method=TaNP.embed),
   }
-  return Model("tanp", init, trace_once(apply), adapt_regex, head_regex, aux)
+  return Model("tanp", init, apply, adapt_regex, head_regex, aux)
