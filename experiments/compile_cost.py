@@ -4,6 +4,7 @@
     python -m experiments.compile_cost --model=melu
     python -m experiments.compile_cost --model=melu --options='{"xla_cpu_use_fusion_emitters": false}'
     python -m experiments.compile_cost --model=mf --per_learner   # the test's layout now: one jit per learner
+    python -m experiments.compile_cost --model=transformer --per_learner --no_compile [--plain_apply]
 
 Each phase is timed as this process's CPU (user + sys, all threads: XLA compiles fusions on a thread pool), so
 the figure hardly depends on other jobs; the machine, the load average and the program's HLO size are printed
@@ -27,7 +28,9 @@ def _cpu() -> float:
   return r.ru_utime + r.ru_stime
 
 
-def compile_cost(model_name: str, options: dict, per_learner: bool = False) -> dict:
+def compile_cost(
+  model_name: str, options: dict, per_learner: bool = False, plain_apply: bool = False, no_compile: bool = False
+) -> dict:
   """{'trace_s', 'lower_s', 'compile_s', 'hlo_lines'} of the smoke program for `model_name` ('tiny' or a MODELS name).
 
   Args:
@@ -35,6 +38,8 @@ def compile_cost(model_name: str, options: dict, per_learner: bool = False) -> d
     options: XLA compile options passed to `jax.jit(compiler_options=...)`, e.g. {'xla_backend_optimization_level': 0}.
     per_learner: one program per learner (tests/test_learners.py's `check_learners` since s13b), the phases summed
       over them; False: one program holding every learner (its layout before).
+    plain_apply: the backbone's own `apply`/`aux` instead of the test's `trace_once` wrappers (its layout before).
+    no_compile: time tracing and lowering only (`compile_s` stays 0).
   """
   import jax
 
@@ -48,6 +53,9 @@ def compile_cost(model_name: str, options: dict, per_learner: bool = False) -> d
     params = model.init(jax.random.key(0), support0, support0)
   else:
     model, params = tl.built_model(model_name)
+    if plain_apply:
+      aux = model.aux and {k: f.__wrapped__ for k, f in model.aux.items()}
+      model = model._replace(apply=model.apply.__wrapped__, aux=aux)
   names = [n for n in tl.LEARNERS if tl.LEARNER_MODELS.get(n, model_name) == model_name]
   learners = {n: tl.get_learner(n, model) for n in names}
   batch, key = tl.tiny_batch(2), jax.random.key(1)
@@ -72,7 +80,8 @@ def compile_cost(model_name: str, options: dict, per_learner: bool = False) -> d
     t1 = _cpu()
     lowered = traced.lower()
     t2 = _cpu()
-    lowered.compile()
+    if not no_compile:
+      lowered.compile()
     t3 = _cpu()
     totals["trace_s"] += t1 - t0
     totals["lower_s"] += t2 - t1
@@ -86,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--model", default="melu", help="'tiny' or a registered backbone")
   parser.add_argument("--options", default="{}", help="JSON dict of XLA compile options")
   parser.add_argument("--per_learner", action="store_true", help="one program per learner (the test's layout)")
+  parser.add_argument("--plain_apply", action="store_true", help="the model's own apply, not the test's trace_once")
+  parser.add_argument("--no_compile", action="store_true", help="trace and lower only")
   args = parser.parse_args(argv)
   options = json.loads(args.options)
   if not isinstance(options, dict):
@@ -93,11 +104,13 @@ def main(argv: list[str] | None = None) -> None:
   from experiments import bench_common
 
   load0 = os.getloadavg()[0]
-  out = compile_cost(args.model, options, per_learner=args.per_learner)
+  out = compile_cost(args.model, options, args.per_learner, args.plain_apply, args.no_compile)
   out.update(
     model=args.model,
     options=options,
     per_learner=args.per_learner,
+    plain_apply=args.plain_apply,
+    no_compile=args.no_compile,
     load_1min=(round(load0, 2), round(os.getloadavg()[0], 2)),
   )
   out["machine"] = bench_common.machine()

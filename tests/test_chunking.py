@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_learners import trace_once
 
 import transfer_meta as tm
 from transfer_meta import chunking
@@ -28,6 +29,7 @@ def setup():
   data = tm.load_dataset("synthetic", n_users=30, n_items=40, ratings_per_user=(5, 10), seed=0)
   feats, spec = FeatureMatrices.from_interactions(data), FeatureSpec.from_interactions(data)
   model = get_model("melu", spec, emb_dim=4, hidden=(8,))
+  model = model._replace(apply=trace_once(model.apply))  # one trace of the module per signature in each program
   rng = np.random.default_rng(0)
 
   def part(n):
