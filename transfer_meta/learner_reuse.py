@@ -108,13 +108,18 @@ def learner_key(exp, name: str, kwargs: dict, fingerprint: str) -> str:
   return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def recorded_keys(workdir: str) -> dict:
-  """{learner: key} of the learners a run in `workdir` finished ({} when it recorded none)."""
-  path = os.path.join(workdir, KEYS_FILE)
+def _read_record(workdir: str, filename: str) -> dict:
+  """The JSON dict a run in `workdir` recorded in `filename` ({} when there is no such file)."""
+  path = os.path.join(workdir, filename)
   if not os.path.exists(path):
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+def recorded_keys(workdir: str) -> dict:
+  """{learner: key} of the learners a run in `workdir` finished ({} when it recorded none)."""
+  return _read_record(workdir, KEYS_FILE)
 
 
 def record(workdir: str, name: str, key: str) -> None:
@@ -136,11 +141,7 @@ def json_exact(value: Any) -> bool:
 
 def recorded_evaluations(workdir: str) -> dict:
   """{learner: {"key", "evaluated"}} of the evaluations a run in `workdir` recorded ({} when none)."""
-  path = os.path.join(workdir, EVALS_FILE)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  return _read_record(workdir, EVALS_FILE)
 
 
 def record_evaluation(workdir: str, name: str, key: str, evaluated: list) -> bool:
