@@ -80,27 +80,23 @@ def _leaves(tree) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
-def _burn_named(name: bytes, seconds: float) -> None:
+def _burn_named(name: bytes, seconds: float, readings: list) -> None:
+  """Names this thread `name`, burns `seconds` of its own CPU, then reads `job_cost.thread_cpu()` from inside
+  itself (so the reading is taken while the thread is certainly alive) into `readings`."""
   ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME: the thread's comm
   end = time.thread_time() + seconds
   while time.thread_time() < end:
     pass
+  readings.append(job_cost.thread_cpu())
 
 
 def test_thread_cpu_charges_a_named_thread():
-  before = job_cost.thread_cpu()
-  mid = before
-  t = threading.Thread(target=_burn_named, args=(b"u5_burner", 0.3))
+  before, readings = job_cost.thread_cpu(), []
+  t = threading.Thread(target=_burn_named, args=(b"u5_burner", 0.3, readings))
   t.start()
-  time.sleep(0.05)
-  while t.is_alive():
-    # Read while it runs: an ended thread leaves /proc/self/task, and `is_alive` can still be True for a moment
-    # after it left, so keep the last reading that still lists it.
-    reading = job_cost.thread_cpu()
-    mid = reading if "u5_burner" in reading else mid
-    time.sleep(0.02)
   t.join()
-  delta = job_cost.thread_delta(before, mid)
+  assert len(readings) == 1, "the burner thread did not finish its work"
+  delta = job_cost.thread_delta(before, readings[0])
   assert 0.1 <= delta.get("u5_burner", 0.0) <= 0.35, delta
   assert all(v > 0 for v in delta.values()) and list(delta.values()) == sorted(delta.values(), reverse=True)
 
