@@ -19,7 +19,7 @@ from transfer_meta.data.labels import aux_labels, click_label, first_week_label,
 from transfer_meta.data.split import ColdStartSplit, TaskSet
 from transfer_meta.data.tasks import PRIOR
 from transfer_meta.models.multitask import head_model, mixture, multitask_net
-from transfer_meta.strategies.multitask import check_weights, logloss, multitask_objective, pooled_auc
+from transfer_meta.strategies.multitask import average_ranks, check_weights, logloss, multitask_objective, pooled_auc
 
 D = 86400  # seconds per day
 # row: (user, item, timestamp, rating)
@@ -169,6 +169,10 @@ def test_pooled_auc_and_logloss_equal_brute_force():
   pos, neg = scores[labels], scores[~labels]
   pairs = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
   np.testing.assert_allclose(pooled_auc(scores, labels), pairs.mean(), rtol=1e-12)
+  # average ranks by brute force: 1 + (values below) + (other values equal) / 2, exact halves in float64
+  below, equal = (scores[None, :] < scores[:, None]).sum(1), (scores[None, :] == scores[:, None]).sum(1)
+  np.testing.assert_array_equal(average_ranks(scores), 1 + below + (equal - 1) / 2)
+  assert average_ranks(np.array([])).shape == (0,) and np.isnan(average_ranks(np.array([2.0, np.nan]))).all()
   assert np.isnan(pooled_auc(scores, np.zeros(40)))
   p = 1 / (1 + np.exp(-scores))
   y = labels.astype(np.float64)
