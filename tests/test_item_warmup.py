@@ -131,6 +131,11 @@ def test_poisoned_cold_ratings_never_reach_training(arg, tmp_path):
     config.num_steps = 2  # the learner's 2 meta-steps; the strategy's meta stage runs its own meta_steps (4)
     config.checkpoint_every = 100  # one checkpoint at the end of each stage: no check here reads them
     config.plots = arg == "smoke"  # the PNGs of this results layout once ([mwuf_smoke]'s are the same layout)
+    # Two widths, 10 (every support: at most 3 rounds of 2 ratings) and 200 (every query batch needs more than 10):
+    # one batch shape per run, so each step and evaluation program is traced and lowered once instead of once per
+    # width (the config's six buckets gave the learner's step 2 shapes and each evaluation 3); padding changes no
+    # loss or metric (tests/test_tasks.py), and all-padded rounds change nothing (learners/warmup.py).
+    config.buckets = (10, 200)
   exp = train.build_experiment(config)
   split = exp.seeds[0].split
   cold_items = np.concatenate([split.tasks[n].task_ids for n in ("valid", "cold")])
