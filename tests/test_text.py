@@ -257,7 +257,7 @@ REF_COORDS = {  # title -> first 4 coordinates
 
 @pytest.fixture(scope="module")
 def real():
-  return minilm.load_minilm()
+  return minilm.shared_encoder()  # `load_minilm()`, the one the library's text tail loads too (not twice)
 
 
 def test_real_tokenizer_ids_and_truncation(real):
@@ -458,6 +458,7 @@ def text_run(request, real, text_data, tmp_path_factory):
     config.eval_batch_size = 320
     config.compare_learners, config.baselines, config.progress = (), (), False
     config.compare_kwargs = {}
+    config.plots = False  # nothing here reads the PNGs
   workdir = str(tmp_path_factory.mktemp("text_run"))
   fields = {k: v for k, v in config.dataset.to_dict().items() if k != "text_finetune_last_layer"}
   assert config.dataset_name == "ml-100k" and fields == TEXT_FIELDS, fields  # what text_data loaded

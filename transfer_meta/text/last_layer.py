@@ -103,7 +103,7 @@ def item_tail_table(
   """
   from transfer_meta.text import minilm
 
-  encoder = minilm.load_minilm(cache_dir) if encoder is None else encoder
+  encoder = minilm.shared_encoder(cache_dir) if encoder is None else encoder
   last = encoder.config.layers - 1
   texts = item_features.render_texts(data, template)
   key = item_features.cache_key(data.name, template, encoder.checksum, texts)
