@@ -257,7 +257,7 @@ REF_COORDS = {  # title -> first 4 coordinates
 
 @pytest.fixture(scope="module")
 def real():
-  return minilm.load_minilm()
+  return minilm.shared_encoder()  # `load_minilm()`, the one the library's text tail loads too (not twice)
 
 
 def test_real_tokenizer_ids_and_truncation(real):
@@ -458,6 +458,7 @@ def text_run(request, real, text_data, tmp_path_factory):
     config.eval_batch_size = 320
     config.compare_learners, config.baselines, config.progress = (), (), False
     config.compare_kwargs = {}
+    config.plots = False  # nothing here reads the PNGs
   workdir = str(tmp_path_factory.mktemp("text_run"))
   fields = {k: v for k, v in config.dataset.to_dict().items() if k != "text_finetune_last_layer"}
   assert config.dataset_name == "ml-100k" and fields == TEXT_FIELDS, fields  # what text_data loaded
@@ -855,6 +856,55 @@ def test_eager_catalogue_is_a_callback_free_program_once_per_evaluation(tiny, mo
   step(jax.tree.map(lambda a: a * 1.0, meta), ev, jax.random.key(2))
   assert len(shares) == 2  # other meta-parameters: computed again
   assert len(traces) == 1  # whether the learner adapts the tail: traced once for the signature
+
+
+def test_meta_step_takes_the_catalogue_inputs_as_arguments(tiny, monkeypatch):
+  """The trainer's jitted meta-step (`step.jit_meta_step`) takes the tail's trimmed inputs as arguments (the
+  model's `step_inputs` hook), so a table too large to inline reaches it without a `pure_callback` (a program jax's
+  persistent compilation cache keeps); two steps give the same state and metrics, bit for bit, as the same step
+  jitted by hand, whose tail reads its inputs through the callback."""
+  import optax
+
+  from transfer_meta import sharding, step
+  from transfer_meta.learners import get_learner
+
+  table, _, _ = _tiny_table(tiny)
+  monkeypatch.setattr(catalogue_tail, "INLINE_BYTES", 0)  # as ML-100K's: the hand-jitted step streams by callback
+  model = last_layer.with_text_tail(_probe(2 + TINY.hidden + 1), table, column=2)
+  learner = get_learner("melu", model, inner_steps=1, inner_lr=0.1, adapt_regex=W)
+  tx = optax.adam(1e-2)
+  batch = {**_tail_tasks(table), "task_id": np.arange(3, dtype=np.int32)}
+  example = {part: jax.tree.map(lambda a: a[:1], batch[part]) for part in ("support", "query")}
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  _, init = step.make_init(learner, tx, example, mesh)
+  keys, _ = step.seed_keys([0])
+  stacked = step.stack_seed_batches([batch])
+  fn = step.meta_step_fn(learner, tx)
+  assert fn.step_inputs is model.aux[last_layer.STEP_INPUTS]
+
+  callbacks, real_callback = [], jax.pure_callback  # host calls made by the compiled steps (not by tracing)
+
+  def counted(host, *a, **k):
+    return real_callback(lambda *x: callbacks.append(1) or host(*x), *a, **k)
+
+  monkeypatch.setattr(jax, "pure_callback", counted)
+  by_args = step.jit_meta_step(fn, mesh)
+  state, runs = init(keys), []
+  for _ in range(2):
+    state, metrics = by_args(state, stacked, keys)
+    runs.append((jax.device_get(state), jax.device_get(metrics)))
+  assert callbacks == []  # no host call: the inputs were arguments
+  by_callback = jax.jit(lambda *a: fn(*a))  # a plain jit: no step inputs, the tail's callback path
+  state = init(keys)
+  for got in runs:
+    state, metrics = by_callback(state, stacked, keys)
+    chex.assert_trees_all_equal(got, (jax.device_get(state), jax.device_get(metrics)))
+  assert len(callbacks) == 2  # the reference read the table through the callback, once per step
+  meta = runs[1][0]["meta_params"]
+  (path,) = catalogue_tail.tail_paths(meta)
+  tail = catalogue_tail.get_path(meta, path)
+  moved = max(float(np.abs(a[0] - b).max()) for a, b in zip(jax.tree.leaves(tail), jax.tree.leaves(table.params)))
+  assert moved > 1e-4  # the tail trained: its gradient came through the bound inputs
 
 
 W = r"^params/w"  # the probe's own weights ('w' alone would also name the tail's 'ffn_down')

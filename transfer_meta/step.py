@@ -24,6 +24,8 @@ from jax.sharding import Mesh
 from transfer_meta import chunking, dispatch, learner_state, sharding, xla_options
 from transfer_meta.learners.base import Learner, has_extensions
 
+STEP_INPUTS = "step_inputs"  # model.aux hook / step attribute: arrays the jitted step takes as arguments
+
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """optax outer optimiser `config.optimizer_name(**config.optimizer)`, after global-norm clipping if
@@ -101,8 +103,12 @@ def meta_step_fn(
   if has_extensions(learner):
     return learner_state.meta_step_fn(learner, tx, chunk_size, groups)
   grad_fn = task_batch_grad_fn(learner, chunk_size, groups)
-  share = (learner.model.aux or {}).get("share_grad")  # e.g. the text tail, once per step (text.catalogue_tail)
-  return step_fn(share(learner, grad_fn) if share else grad_fn, tx)
+  aux = learner.model.aux or {}
+  share = aux.get("share_grad")  # e.g. the text tail, once per step (text.catalogue_tail)
+  fn = step_fn(share(learner, grad_fn) if share else grad_fn, tx)
+  if share and aux.get(STEP_INPUTS) is not None:
+    fn.step_inputs = aux[STEP_INPUTS]  # `jit_meta_step` passes them as arguments
+  return fn
 
 
 def task_batch_grad_fn(learner: Learner, chunk_size: int | None = None, groups: int = 1) -> Callable:
@@ -157,12 +163,28 @@ def step_fn(grad_fn: Callable, tx: optax.GradientTransformation) -> Callable:
 def jit_meta_step(fn: Callable, mesh: Mesh) -> Callable:
   """jit with explicit shardings (state/keys/metrics replicated, batch split on its task axis 1) and the
   state donated. On a mesh of several CPU devices the calls are bounded to `dispatch.MAX_INFLIGHT` in flight
-  (`dispatch.bounded`: more than 32 un-synced calls deadlock XLA's CPU client)."""
+  (`dispatch.bounded`: more than 32 un-synced calls deadlock XLA's CPU client).
+
+  A step with `fn.step_inputs` (`meta_step_fn`, from the model's `step_inputs` hook, e.g. the text tail's cached
+  layer inputs: `() -> (arrays, bind)`) gets those arrays as one more argument of the jitted program, placed
+  replicated once and not donated, and is traced under `bind(their tracers)`: a large table is then neither a
+  constant of the program nor a host callback (which jax never writes to its persistent compilation cache). The
+  returned callable keeps the `(state, batch, keys)` signature."""
   rep = sharding.replicated(mesh)
-  jitted = jax.jit(
-    fn, in_shardings=(rep, sharding.task_sharding(mesh, 1), rep), out_shardings=(rep, rep), donate_argnums=0
-  )
-  return dispatch.bounded(jitted, mesh)
+  in_shardings = (rep, sharding.task_sharding(mesh, 1), rep)
+  inputs = getattr(fn, STEP_INPUTS, None)
+  if inputs is None:
+    return dispatch.bounded(jax.jit(fn, in_shardings=in_shardings, out_shardings=(rep, rep), donate_argnums=0), mesh)
+  arrays, bind = inputs()
+
+  def with_inputs(state, batch, keys, arrays):
+    with bind(arrays):
+      return fn(state, batch, keys)
+
+  jitted = jax.jit(with_inputs, in_shardings=(*in_shardings, rep), out_shardings=(rep, rep), donate_argnums=0)
+  placed = jax.device_put(arrays, rep)
+  step = dispatch.bounded(jitted, mesh)
+  return lambda state, batch, keys: step(state, batch, keys, placed)
 
 
 @xla_options.jit_rare  # a few calls per learner: cheap compile (a `where`: exact at any level)

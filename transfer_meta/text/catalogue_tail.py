@@ -18,15 +18,20 @@ Whether the tail is adapted is read from the learner itself, not from a regex: `
 `learner.adapt` and checks that every tail leaf of its output is the input leaf, passed through. A learner
 that adapts it (e.g. MAML with adapt regex '.*') gets its gradient from the per-slot path, unchanged.
 
-Inside the jitted meta-step the cached inputs reach the device through `jax.pure_callback` (a small table,
-`INLINE_BYTES`, is compiled in as constants instead); evaluation and serving call the hook eagerly, and the
-table is then one jitted program over the inputs as arguments (`catalogue_fn`), computed once per evaluation.
-jax never writes a program holding a host callback to its persistent compilation cache; these it keeps.
+The trainer's jitted meta-step takes the trimmed inputs as ordinary arguments (`step.jit_meta_step` reads the
+model's `step_inputs` hook: uploaded once, kept on the device, not donated; while the step is traced, `bind` hands
+the catalogue their tracers): no constants in the program and no host round trip, so jax's persistent compilation
+cache keeps the step whatever the table's size. Traced anywhere else (a meta-step jitted by hand), the inputs reach
+the device through `jax.pure_callback` (a small table, `INLINE_BYTES`, is compiled in as constants instead);
+evaluation and serving call the hook eagerly, and the table is then one jitted program over the inputs as arguments
+(`catalogue_fn`), computed once per evaluation. All three paths compute the same bits (tested). jax never writes a
+program holding a host callback to its persistent compilation cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -37,10 +42,11 @@ from jax.extend import core as jex_core
 TAIL = "text_tail"  # top-level key of the tail's parameters in the wrapped model's params
 TABLE = "catalogue_features"  # params[TAIL] = {TABLE: f32 [I, H]}: the tail's output, precomputed
 PAD = 8  # group lengths are multiples of this (minilm.PAD_MULTIPLE)
-# Cached layer inputs up to this size (states + mask, bytes) are compiled into the programs that read them as
-# constants; larger ones (ML-100K's: 1682 x 32 x 384 f32, ~83 MB) reach the device through `jax.pure_callback`
-# per call instead of being embedded in every program. jax never writes a program holding a host callback to its
-# persistent compilation cache, so inlined tables also make their programs cacheable.
+# Outside the trainer's meta-step (which takes them as arguments: `catalogue_fn`'s `step_inputs`), cached layer
+# inputs up to this size (states + mask, bytes) are compiled into the programs that read them as constants; larger
+# ones (ML-100K's: 1682 x 32 x 384 f32, ~83 MB) reach the device through `jax.pure_callback` per call instead of
+# being embedded in every program. jax never writes a program holding a host callback to its persistent compilation
+# cache, so inlined tables also make their programs cacheable.
 INLINE_BYTES = 1 << 20
 
 
@@ -111,22 +117,46 @@ def catalogue_features(
 def catalogue_fn(tail_fn: Callable, states: np.ndarray, mask: np.ndarray, groups: Sequence[Group]) -> Callable:
   """`tail_params -> f32 [I, H]`: `catalogue_features` inside a trace (a jitted meta-step differentiates it);
   called eagerly (evaluation and serving, once per evaluation / bundle), one jitted program that takes the trimmed
-  inputs as arguments, uploaded once: no host callback, so jax's persistent compilation cache keeps it."""
-  on_device: list = []  # the trimmed inputs on the device, from the first eager call on
+  inputs as arguments, uploaded once: no host callback, so jax's persistent compilation cache keeps it.
+
+  The returned function also has `step_inputs() -> (parts, bind)`: the trimmed inputs on the device (the eager
+  program's upload, shared) and a context manager `bind(traced parts)` under which a traced call reads those
+  tracers instead of a callback or constants (`step.jit_meta_step` passes them as arguments of the step)."""
+  on_device: list = []  # the trimmed inputs on the device, from the first eager call / `step_inputs` on
+  bound: list = []  # tracers of those inputs while a jitted step that takes them as arguments is traced
 
   def program(tail_params, parts):
     return assemble(tail_fn, tail_params, parts, groups, states.shape[0])
 
   jitted = jax.jit(program)
 
-  def catalogue(tail_params):
-    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(tail_params)):
-      return catalogue_features(tail_fn, tail_params, states, mask, groups)
+  def device_parts() -> tuple:
     if not on_device:
       on_device.append(jax.device_put(trimmed(states, mask, groups)))
-    return jitted(tail_params, on_device[0])
+    return on_device[0]
+
+  @contextlib.contextmanager
+  def bind(parts: Sequence) -> Iterator[None]:
+    if len(parts) != 2 * len(groups):
+      raise ValueError(
+        f"catalogue tail: bind wants {2 * len(groups)} arrays (states, mask per group), got {len(parts)}"
+      )
+    bound.append(tuple(parts))
+    try:
+      yield
+    finally:
+      bound.pop()
+
+  def catalogue(tail_params):
+    if bound:  # inside the trace of a step that takes the inputs as arguments
+      return program(tail_params, bound[-1])
+    # jax.core.Tracer: a public export of jax.core in jax 0.10 (not among its deprecated names)
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(tail_params)):
+      return catalogue_features(tail_fn, tail_params, states, mask, groups)
+    return jitted(tail_params, device_parts())
 
   catalogue.adapts_memo = {}  # `_adapts_tail_once`'s answers for the hooks bound to this catalogue
+  catalogue.step_inputs = lambda: (device_parts(), bind)
   return catalogue
 
 

@@ -17,7 +17,8 @@ inner loop adapts them only when a regex names `text_tail`.
 The states stay in host memory and reach the device through `jax.pure_callback` (one gather of the batch's
 item ids): closed over as a constant, a [1682, 40, 384] table would be embedded in every compiled program. A table
 of at most `catalogue_tail.INLINE_BYTES` is compiled in as a constant instead (no host round trip, and programs
-jax's persistent compilation cache can keep, which it never does for host callbacks).
+jax's persistent compilation cache can keep, which it never does for host callbacks). The trainer's meta-step,
+when the learner does not adapt the tail, takes the catalogue's inputs as arguments instead (`STEP_INPUTS`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 # TAIL: top-level key of the tail's parameters in the wrapped model's params; params[TAIL] = {TABLE: [I, H]} is the
 # tail's output precomputed for the catalogue (`catalogue_tail`: once per meta-step / evaluation).
 SHARE_GRAD, SHARE_PARAMS = "share_grad", "share_params"  # model.aux hooks the trainer and evaluation call
+# model.aux hook `step.jit_meta_step` reads: the catalogue's trimmed inputs, arguments of the jitted step (not
+# constants or callbacks: a program jax's persistent compilation cache keeps, with no host round trip per step)
+STEP_INPUTS = "step_inputs"
 # Optional example fields: the rows' own last-layer inputs f32 [..., L, H] / bool [..., L], read instead of the
 # cached states of x["item"] (`zero_shot.tail_catalogue`: brand-new items at serving time).
 STATES, STATES_MASK = "text_states", "text_states_mask"
@@ -99,7 +103,7 @@ def item_tail_table(
   """
   from transfer_meta.text import minilm
 
-  encoder = minilm.load_minilm(cache_dir) if encoder is None else encoder
+  encoder = minilm.shared_encoder(cache_dir) if encoder is None else encoder
   last = encoder.config.layers - 1
   texts = item_features.render_texts(data, template)
   key = item_features.cache_key(data.name, template, encoder.checksum, texts)
@@ -181,7 +185,8 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
     A `Model` with params {**model's, TAIL: the layer's params}; same name, adapt and head regexes. Its `aux`
     adds SHARE_GRAD / SHARE_PARAMS (`catalogue_tail.share_grad` / `share_params` bound to the table): the
     trainer and evaluation call them to run the tail once per meta-step / evaluation for the whole
-    catalogue when the learner does not adapt it; `apply` then reads rows of params[TAIL][TABLE].
+    catalogue when the learner does not adapt it; `apply` then reads rows of params[TAIL][TABLE]. And
+    STEP_INPUTS (`catalogue_fn`'s `step_inputs`): the jitted meta-step takes the catalogue's inputs as arguments.
   """
   H = table.config.hidden
   groups = catalogue_tail.length_groups(table.mask)
@@ -227,6 +232,7 @@ def with_text_tail(model: Model, table: TailTable, column: int) -> Model:
   aux = _Hooks(model.aux or {})
   aux[SHARE_GRAD] = lambda learner, grad_fn: catalogue_tail.share_grad(learner, catalogue, grad_fn)
   aux[SHARE_PARAMS] = lambda learner, *a: catalogue_tail.share_params(learner, catalogue, *a)
+  aux[STEP_INPUTS] = catalogue.step_inputs
   return model._replace(init=init, apply=apply, aux=aux)
 
 

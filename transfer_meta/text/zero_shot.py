@@ -29,9 +29,8 @@ from transfer_meta.data.interactions import UNKNOWN, DataError, FeatureTable, In
 from transfer_meta.text import item_features, minilm
 
 
-@functools.lru_cache(maxsize=2)
 def _encoder(cache_dir=None) -> minilm.TextEncoder:
-  return minilm.load_minilm(cache_dir)
+  return minilm.shared_encoder(cache_dir)
 
 
 def new_item_table(data: Interactions, new_items: Sequence[Mapping]) -> FeatureTable:
