@@ -31,6 +31,7 @@ import sys
 
 import forkrun
 import pytest
+import shrunk_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READMES = ("README.md", "experiments/README.md")
@@ -241,23 +242,14 @@ def _smoke(args: list[str], workdir: str) -> list[str]:
   return [*out, *overrides, "--compilation_cache="]
 
 
-# The point overrides of every `train_and_evaluate` call in a snippet, and of the writers' smoke form above. No PNGs
-# (`plots`): no snippet reads them, test_run_outputs checks them, and each run would spend ~1-4 CPU-s drawing them.
-SNIPPET_OVERRIDES = {"seeds": 1, "num_steps": 2, "compare_learners": (), "compare_kwargs": {}, "plots": False}
-_PRELUDE = """import runpy, sys
-import transfer_meta
-from transfer_meta import train
-
-_train_and_evaluate = train.train_and_evaluate
-
-def _shrunk(config, workdir, data=None):
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    for name, value in OVERRIDES.items():
-      setattr(config, name, value)
-  return _train_and_evaluate(config, workdir, data)
-
-transfer_meta.train_and_evaluate = train.train_and_evaluate = _shrunk
+# The point overrides of every `train_and_evaluate` call in a snippet, and of the writers' smoke form above
+# (tests/shrunk_runs.py, shared with the notebooks' kernels).
+SNIPPET_OVERRIDES = shrunk_runs.OVERRIDES
+_PRELUDE = f"""import runpy, sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import shrunk_runs
+sys.path.pop(0)
+shrunk_runs.install()
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -281,7 +273,7 @@ def test_readme_python_snippet_runs(where, code, why, tmp_path):
       assert done.returncode == 0, f"{where}: making {rel}: {done.stderr[-3000:]}"
   script, prelude = tmp_path / "snippet.py", tmp_path / "readme_prelude.py"
   script.write_text(code + "\n")
-  prelude.write_text(_PRELUDE.replace("OVERRIDES", repr(SNIPPET_OVERRIDES)))
+  prelude.write_text(_PRELUDE)
   done = SERVER.run([str(prelude), str(script)], str(tmp_path), timeout=600)
   assert done.returncode == 0, f"{where} failed as written:\n{code}\n---\n{done.stderr[-3000:]}"
 
