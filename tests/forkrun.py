@@ -191,6 +191,7 @@ class ForkServer:
 def _child(request: dict, out_path: str, err_path: str) -> None:
   """In the fork: become `python ...` of the request and never return."""
   import runpy  # noqa: PLC0415
+  import tempfile  # noqa: PLC0415
   import traceback  # noqa: PLC0415
 
   args = request["args"]
@@ -205,6 +206,7 @@ def _child(request: dict, out_path: str, err_path: str) -> None:
       os.environ.pop(name, None)
     else:
       os.environ[name] = value
+  tempfile.tempdir = None  # the server's serving loop cached its own; a fresh `python` reads TMPDIR at first use
   os.chdir(request["cwd"])
   code = 0
   try:

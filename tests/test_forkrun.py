@@ -87,6 +87,16 @@ def test_environment_changes_reach_one_command_and_its_xla_backend(tmp_path):
   assert (plain.returncode, plain.stdout) == (0, "1 None True\n"), plain.stderr[-2000:]  # not the server's env
 
 
+def test_a_child_takes_its_temporary_directory_from_its_own_environment(tmp_path):
+  """The server's serving loop has used `tempfile` (its TMPDIR cached in `tempfile.tempdir`); a child must read
+  TMPDIR afresh, as a new interpreter does (the notebooks' kernels write their runs under the test's TMPDIR)."""
+  code = "import tempfile; print(tempfile.gettempdir())"
+  mine = SERVER.run(["-c", code], str(tmp_path), env={"TMPDIR": str(tmp_path)})
+  assert (mine.returncode, mine.stdout) == (0, f"{tmp_path}\n"), mine.stderr[-2000:]
+  real = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert SERVER.run(["-c", code], str(tmp_path)).stdout == real.stdout  # the server's environment's, as in `python`
+
+
 def test_close_kills_what_still_runs_and_a_later_command_restarts_it(tmp_path):
   proc = SERVER.start(["-c", "import time; time.sleep(60)"], str(tmp_path))
   pid = proc.pid

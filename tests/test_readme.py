@@ -5,8 +5,9 @@ Found generically, so a section someone adds is under test with no new test code
     examples/; a `runs/<name>` it reads is first made by the README command that writes it, in smoke form
     (the config's seconds-long variant, 1 seed, 2 steps, no comparison learners, no plots); every `train_and_evaluate` a
     snippet calls runs its config with those same overrides (`SNIPPET_OVERRIDES`), set by a prelude that wraps the
-    function and then runs the snippet's text unchanged (`runpy`): what is checked is that the code runs as written,
-    not how long it trains;
+    function (tests/shrunk_runs.py, shared with the notebooks' test) and then runs the snippet's text unchanged
+    (`runpy`): what is checked is that the code runs as written, not how long it trains; a snippet whose run trains
+    a learner an earlier snippet trained identically copies it (`learner_reuse`, the same results bit for bit);
   - every command line of a ```bash block and every inline `python -m ...` / `make ...` code span goes to the
     handler of its kind: `transfer_meta.main` runs with --dry_run (the real config loading and override
     parsing); other `python -m` modules answer --help and list every flag the command passes; `make T` is
@@ -31,6 +32,7 @@ import sys
 
 import forkrun
 import pytest
+import shrunk_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READMES = ("README.md", "experiments/README.md")
@@ -241,31 +243,31 @@ def _smoke(args: list[str], workdir: str) -> list[str]:
   return [*out, *overrides, "--compilation_cache="]
 
 
-# The point overrides of every `train_and_evaluate` call in a snippet, and of the writers' smoke form above. No PNGs
-# (`plots`): no snippet reads them, test_run_outputs checks them, and each run would spend ~1-4 CPU-s drawing them.
-SNIPPET_OVERRIDES = {"seeds": 1, "num_steps": 2, "compare_learners": (), "compare_kwargs": {}, "plots": False}
-_PRELUDE = """import runpy, sys
-import transfer_meta
-from transfer_meta import train
-
-_train_and_evaluate = train.train_and_evaluate
-
-def _shrunk(config, workdir, data=None):
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    for name, value in OVERRIDES.items():
-      setattr(config, name, value)
-  return _train_and_evaluate(config, workdir, data)
-
-transfer_meta.train_and_evaluate = train.train_and_evaluate = _shrunk
+# The point overrides of every `train_and_evaluate` call in a snippet, and of the writers' smoke form above
+# (tests/shrunk_runs.py, shared with the notebooks' kernels).
+SNIPPET_OVERRIDES = shrunk_runs.OVERRIDES
+_PRELUDE = f"""import runpy, sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import shrunk_runs
+sys.path.pop(0)
+shrunk_runs.install(donors=DONORS)
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.fixture(scope="module")
+def _donors(tmp_path_factory) -> str:
+  """The file listing the workdirs of this module's finished snippet runs (`shrunk_runs.install(donors=...)`): a
+  later snippet that trains the same smoke learner copies it from an earlier one instead of training it again
+  (README.md's strategy snippet takes its `melu` from README.md's first snippet). The `runs/<name>` writers go
+  through `transfer_meta.main`, whose completed config keywords key their learners apart, so they train their own."""
+  return str(tmp_path_factory.mktemp("snippet_runs") / "donors.txt")
+
+
 @pytest.mark.slow  # each snippet runs for real (a smoke-sized training run or two)
 @pytest.mark.parametrize("where, code, why", _python_blocks(), ids=[w for w, _, _ in _python_blocks()])
-def test_readme_python_snippet_runs(where, code, why, tmp_path):
+def test_readme_python_snippet_runs(where, code, why, tmp_path, _donors):
   if why is not None:
     named = re.findall(r"tests/\w+\.py", why)
     assert named, f"{where}: a not-run block must name the test that covers it: {why!r}"
@@ -274,14 +276,14 @@ def test_readme_python_snippet_runs(where, code, why, tmp_path):
     return
   for name in ("configs", "examples"):
     os.symlink(os.path.join(ROOT, name), tmp_path / name)
+  script, prelude = tmp_path / "snippet.py", tmp_path / "readme_prelude.py"
+  script.write_text(code + "\n")
+  prelude.write_text(_PRELUDE.replace("DONORS", repr(_donors)))
   writers = _workdir_commands()
   for rel in sorted(set(re.findall(r"runs/[\w.-]+", code))):
     if rel in writers and not os.path.exists(tmp_path / rel):
       done = SERVER.run(_smoke(writers[rel], str(tmp_path / rel)), str(tmp_path), timeout=600)
       assert done.returncode == 0, f"{where}: making {rel}: {done.stderr[-3000:]}"
-  script, prelude = tmp_path / "snippet.py", tmp_path / "readme_prelude.py"
-  script.write_text(code + "\n")
-  prelude.write_text(_PRELUDE.replace("OVERRIDES", repr(SNIPPET_OVERRIDES)))
   done = SERVER.run([str(prelude), str(script)], str(tmp_path), timeout=600)
   assert done.returncode == 0, f"{where} failed as written:\n{code}\n---\n{done.stderr[-3000:]}"
 
