@@ -22,7 +22,9 @@ Every stage runs the same way as the meta-step: every seed at once (state [N, ..
 (DIR/checkpoints/<strategy>/<k>_<stage>/) holding params, best params, optimiser state, data-iterator states and
 selection bookkeeping, so a SIGKILLed run resumes mid-stage bit-identically; a finished stage is not rerun, its
 output params are restored from its last checkpoint. metrics.jsonl records carry 'learner' (the strategy),
-'stage' and a step counted across stages.
+'stage' and a step counted across stages. Its programs (initialiser, optimiser init, stage steps, eval step) are
+built once per value of what they close over (`programs.cached`), so a later run of an equal strategy in the same
+process (a sweep, a clean and a poisoned run) traces nothing again.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from transfer_meta import baselines, evaluate, programs, runlog, sharding, step
+from transfer_meta import baselines, evaluate, programs, runlog, sharding, step, xla_options
 from transfer_meta import train as train_lib
 from transfer_meta.checkpoint import Checkpointer
 from transfer_meta.data.labels import aux_labels
@@ -244,7 +246,9 @@ def run_strategy(exp, strategy: Strategy, workdir: str, mlog: runlog.MetricsLog)
   # Each program once per value of its closures (`programs.cached`): a later run of an equal strategy (a sweep, a
   # clean and a poisoned run) reuses the traced programs, bit for bit those a fresh build would trace.
   abstract_state, init = programs.cached(
-    "init", (learner, example, mesh), lambda: step.make_init(learner, optax.identity(), example, mesh)
+    "init",
+    (learner, example, mesh, xla_options.rare_options()),  # make_init's compile options, read when it is built
+    lambda: step.make_init(learner, optax.identity(), example, mesh),
   )
   abstract_params = abstract_state(train_keys)["meta_params"]
   one_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract_params)
