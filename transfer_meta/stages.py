@@ -22,7 +22,9 @@ Every stage runs the same way as the meta-step: every seed at once (state [N, ..
 (DIR/checkpoints/<strategy>/<k>_<stage>/) holding params, best params, optimiser state, data-iterator states and
 selection bookkeeping, so a SIGKILLed run resumes mid-stage bit-identically; a finished stage is not rerun, its
 output params are restored from its last checkpoint. metrics.jsonl records carry 'learner' (the strategy),
-'stage' and a step counted across stages.
+'stage' and a step counted across stages. Its programs (initialiser, optimiser init, stage steps, eval step) are
+built once per value of what they close over (`programs.cached`), so a later run of an equal strategy in the same
+process (a sweep, a clean and a poisoned run) traces nothing again.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from transfer_meta import baselines, evaluate, runlog, sharding, step
+from transfer_meta import baselines, evaluate, programs, runlog, sharding, step, xla_options
 from transfer_meta import train as train_lib
 from transfer_meta.checkpoint import Checkpointer
 from transfer_meta.data.labels import aux_labels
@@ -240,17 +242,27 @@ def run_strategy(exp, strategy: Strategy, workdir: str, mlog: runlog.MetricsLog)
   train_keys, eval_keys = step.seed_keys(seeds)
   first = exp.seeds[0].tasks["train"].batch(np.arange(1))
   example = {"support": step.unstack(first["support"], 0), "query": step.unstack(first["query"], 0)}
-  abstract_state, init = step.make_init(strategy.learner, optax.identity(), example, mesh)
+  learner = strategy.learner
+  # Each program once per value of its closures (`programs.cached`): a later run of an equal strategy (a sweep, a
+  # clean and a poisoned run) reuses the traced programs, bit for bit those a fresh build would trace.
+  abstract_state, init = programs.cached(
+    "init",
+    (learner, example, mesh, xla_options.rare_options()),  # make_init's compile options, read when it is built
+    lambda: step.make_init(learner, optax.identity(), example, mesh),
+  )
   abstract_params = abstract_state(train_keys)["meta_params"]
   one_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract_params)
   valid = [list(eval_batches(st.tasks["valid"], config.eval_batch_size)) for st in exp.seeds]
-  eval_step = evaluate.make_eval_step(strategy.learner, exp.seeds[0].split.metrics, train_lib._relevance(exp), mesh)
+  names, relevance = tuple(exp.seeds[0].split.metrics), train_lib._relevance(exp)
+  eval_step = programs.cached(
+    "eval", (learner, names, relevance, mesh), lambda: evaluate.make_eval_step(learner, names, relevance, mesh)
+  )
   metric = config.select_metric.split("/", 1)[1]
   params, best, seconds, offset = None, None, {}, 0
   for k, stage in enumerate(strategy.stages):
     last_stage = k == len(strategy.stages) - 1
     tx = freeze(stage.tx, one_params, stage.trainable)
-    opt_init = jax.jit(jax.vmap(tx.init), out_shardings=rep)
+    opt_init = programs.cached("opt_init", (tx, mesh), lambda tx=tx: jax.jit(jax.vmap(tx.init), out_shardings=rep))
     abstract_opt = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), jax.eval_shape(opt_init, abstract_params)
     )
@@ -292,7 +304,9 @@ def run_strategy(exp, strategy: Strategy, workdir: str, mlog: runlog.MetricsLog)
     if start < stage.steps:
       mlog.rewind(strategy.name, offset + start)
     stage_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(train_keys, k)
-    jstep = step.jit_meta_step(step.step_fn(stage.grad_fn, tx), mesh)
+    jstep = programs.cached(
+      "stage", (stage.grad_fn, tx, mesh), lambda g=stage.grad_fn, tx=tx: step.jit_meta_step(step.step_fn(g, tx), mesh)
+    )
     t0 = time.time()
     for s in range(start, stage.steps):
       batch = sharding.shard_batch(stack([next(it) for it in iterators]), mesh, 1)

@@ -1,0 +1,151 @@
+"""Jitted programs built once per value of what they close over, and reused by later runs in the process.
+
+    jstep = programs.cached("stage", (grad_fn, tx, mesh), lambda: step.jit_meta_step(step.step_fn(grad_fn, tx), mesh))
+
+`jax.jit` caches its traces by the identity of the function, so a run that rebuilds its closures (every
+`stages.run_strategy` call builds its strategy's objectives, optimiser, initialiser and eval step afresh) traces,
+lowers and loads every program again, even when the new closures are the same code over the same values. `cached`
+keys a built object by `fingerprint` of its ingredients instead: equal fingerprints mean the same code objects
+(compared by identity) over equal values (closure cells, defaults, NamedTuple / dataclass fields, containers and
+array contents compared by value), so the reused jitted function traces to the same jaxpr, and so to the same
+program, as a fresh build would: results are bit for bit those of a fresh build. Anything it cannot compare by
+value (an object of another class, a jitted function, a bound flax module) is compared by identity and kept alive
+with the entry, so a different object never matches. Like `jax.jit` itself, it assumes module globals and the
+objects a function reads are not mutated between the calls.
+
+Measured (tests/test_cross_domain_methods.py's poisoned-data check: a clean and a poisoned run of each strategy,
+built alike): the poisoned run traces, lowers and loads no program; the four checks 29.1 -> 14.8 CPU-s (warm
+compilation cache, load ~10).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import hashlib
+import types
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+MAX_PROGRAMS = 64  # built objects kept (least recently used evicted): each holds its traces and executables
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()  # key -> (built object, objects kept alive)
+STATS = {"hits": 0, "misses": 0}
+
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+
+
+def fingerprint(obj: Any) -> tuple[Hashable, list]:
+  """(hashable key, objects the key names by identity): equal keys mean interchangeable objects (see module).
+
+  Functions: their code object and globals dict (by identity), defaults, keyword defaults, attributes and
+  closure cells (by value); partials and bound methods: their parts; tuples (NamedTuples with their class),
+  lists, dicts (in order), frozen or not dataclasses (flax modules when unbound) and numpy / jax arrays
+  (dtype, shape, sha256 of the bytes) by value; meshes and shardings by their own equality; everything else
+  (flax modules bound to variables among them: their state is not their fields) by identity.
+  """
+  keep: list = []
+  active: dict[int, int] = {}  # id -> depth of the objects being fingerprinted (reference cycles)
+
+  def ident(x) -> tuple:
+    keep.append(x)
+    return ("id", id(x))
+
+  def fp(x) -> Hashable:
+    t = type(x)
+    if t in _SCALARS:
+      return (t.__name__, float.hex(x) if t is float else x)
+    if id(x) in active:
+      return ("cycle", active[id(x)])
+    active[id(x)] = len(active)
+    try:
+      return visit(x, t)
+    finally:
+      del active[id(x)]
+
+  def visit(x, t) -> Hashable:
+    if isinstance(x, np.ndarray | np.generic) or _is_jax_array(x):
+      a = np.asarray(x)
+      if a.dtype.hasobject:
+        return ident(x)
+      return ("array", t.__name__, a.dtype.str, a.shape, hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
+    if t is types.FunctionType:
+      cells = tuple(_cell(c, fp) for c in (x.__closure__ or ()))
+      return (
+        "function",
+        ident(x.__code__),
+        ident(x.__globals__),
+        fp(x.__defaults__),
+        fp(x.__kwdefaults__),
+        fp(x.__dict__),
+        cells,
+      )
+    if t is functools.partial:
+      return ("partial", fp(x.func), fp(x.args), fp(x.keywords))
+    if t is types.MethodType:
+      return ("method", fp(x.__func__), fp(x.__self__))
+    if isinstance(x, tuple):
+      cls = ident(t) if t is not tuple else "tuple"
+      return ("tuple", cls, tuple(fp(v) for v in x))
+    if t is list:
+      return ("list", tuple(fp(v) for v in x))
+    if t is dict:
+      return ("dict", tuple((fp(k), fp(v)) for k, v in x.items()))
+    if _is_mesh_or_sharding(x):  # hashable, equal by devices and axes (each experiment builds its own)
+      return ("sharding", x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type) and getattr(x, "scope", None) is None:
+      return ("dataclass", ident(t), tuple((f.name, fp(getattr(x, f.name))) for f in dataclasses.fields(x)))
+    return ident(x)
+
+  return fp(obj), keep
+
+
+def _cell(cell, fp) -> Hashable:
+  try:
+    contents = cell.cell_contents
+  except ValueError:  # an empty cell (a name assigned after the inner function was made)
+    return ("empty",)
+  return fp(contents)
+
+
+def _is_jax_array(x) -> bool:
+  import jax  # noqa: PLC0415 (imported by the library anyway; kept out of this module's import)
+
+  return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+
+
+def _is_mesh_or_sharding(x) -> bool:
+  import jax  # noqa: PLC0415
+
+  return isinstance(x, jax.sharding.Mesh | jax.sharding.Sharding)
+
+
+def cached(kind: str, parts: Any, build: Callable[[], T]) -> T:
+  """`build()` once per (kind, `fingerprint(parts)`) in this process, the same object on later calls.
+
+  Args:
+    kind: what is built (keeps different builders' entries apart).
+    parts: everything `build` reads (functions, optimisers, learners, example batches, the mesh).
+    build: makes the object (a jitted function, or a tuple of them) from `parts`.
+  """
+  key, keep = fingerprint(parts)
+  key = (kind, key)
+  if key in _PROGRAMS:
+    _PROGRAMS.move_to_end(key)
+    STATS["hits"] += 1
+    return _PROGRAMS[key][0]
+  STATS["misses"] += 1
+  built = build()
+  _PROGRAMS[key] = (built, keep)
+  while len(_PROGRAMS) > MAX_PROGRAMS:
+    _PROGRAMS.popitem(last=False)
+  return built
+
+
+def clear() -> None:
+  """Forgets every built object (the next `cached` call of each key builds afresh)."""
+  _PROGRAMS.clear()
