@@ -67,9 +67,12 @@ def test_plots_are_written_and_read_back(run):
 
 def test_a_fresh_rerun_is_bit_identical_on_cpu(run, smoke_tiny_runs):
   """README "Reproducibility": a second-order run repeated into a fresh workdir gives the same bits (run 1 of
-  smoke_tiny_runs is the same config as run 0, trained again into its own workdir; test_serving serves it)."""
+  smoke_tiny_runs is the same config as run 0, trained again into its own workdir; test_serving serves it), and a
+  run on reused programs equals one on freshly built ones."""
   workdir, results = run
   again_dir, again, _ = smoke_tiny_runs(1)
   assert again_dir != workdir
+  # Run 0 built its programs afresh, run 1 reused them (`program_reuse`): maml's and none's meta-step and eval step.
+  assert smoke_tiny_runs.reused == {0: 0, 1: 4}, smoke_tiny_runs.reused
   assert again["metrics"] == results["metrics"] and again["comparisons"] == results["comparisons"]
   assert open(os.path.join(workdir, "metrics.jsonl")).read() == open(os.path.join(again_dir, "metrics.jsonl")).read()

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from transfer_meta import chunking, evaluate, runlog, train
+from transfer_meta import chunking, evaluate, program_reuse, runlog, train
 from transfer_meta.checkpoint import Checkpointer
 from transfer_meta.data.tasks import eval_batches
 from transfer_meta.learners import get_learner, inner
@@ -219,6 +219,7 @@ def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   config = load_config("smoke_synthetic", "tiny")
   make = evaluate.make_eval_step
+  program_reuse.clear()  # an earlier test's identical learner would be reused: this run builds its own eval steps
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(evaluate, "make_eval_step", lambda *a, **k: EVAL_STEPS_BUILT.append(a[0].name) or make(*a, **k))
     return config, workdir, train.train_and_evaluate(config, workdir)
@@ -395,3 +396,38 @@ def test_auto_chunking_with_padded_tasks_trains_like_the_plain_vmap(tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
   assert trained[0].selection.value == pytest.approx(trained[-1].selection.value, rel=1e-5)
   assert trained[0].selection.step == trained[-1].selection.step == [3]  # trained params, not the initial ones
+
+
+def test_program_reuse_keys_are_the_builders_arguments_by_value_type_and_identity(exp):
+  """`program_reuse`: equal arguments give the same object (so the same jitted functions, already traced), and any
+  difference in value, type, array content or function identity builds afresh; unkeyable arguments are not cached.
+  (A reused program's results equal a fresh one's: test_run_outputs' bit-identical rerun, test_rerun_... above.)"""
+  freeze = program_reuse.freeze
+  assert len({freeze(1), freeze(1.0), freeze(True), freeze(np.int64(1))}) == 4
+  assert freeze([1, 2]) != freeze((1, 2)) and freeze({"a": 1, "b": 2}) == freeze({"b": 2, "a": 1})
+  a = np.arange(6, dtype=np.float32).reshape(2, 3)
+  assert freeze(a) == freeze(a.copy()) and freeze(a) != freeze(a.reshape(3, 2)) and freeze(a) != freeze(a + 1)
+  assert freeze(a) != freeze(a.astype(np.float64))
+  f, g = (lambda x: x), (lambda x: x)
+  assert freeze(f) == freeze(f) and freeze(f) != freeze(g)
+  with pytest.raises(program_reuse.Unfreezable):
+    freeze(object())
+
+  built = []
+  build = program_reuse.reused(lambda *args, **kw: built.append(args) or object())
+  x = build(1, k=2)
+  assert build(1, k=2) is x and build(1.0, k=2) is not x and build(1, k=3) is not x
+  assert build(object()) is not build(object())  # unkeyable: built afresh every time
+  assert dict(build.stats) == {"hits": 1, "misses": 3, "uncached": 2} and len(built) == 5
+
+  c, spec = load_config("smoke_synthetic", "tiny"), exp.spec
+  assert train.build_model(c, spec) is train.build_model(load_config("smoke_synthetic", "tiny"), spec)
+  assert train.make_optimizer(c) is train.make_optimizer(load_config("smoke_synthetic", "tiny"))
+  with c.unlocked():
+    c.model.emb_dim += 1
+    c.optimizer.learning_rate *= 2
+  other = load_config("smoke_synthetic", "tiny")
+  assert train.build_model(c, spec) is not train.build_model(other, spec)
+  assert train.make_optimizer(c) is not train.make_optimizer(other)
+  program_reuse.clear()
+  assert not train._jit_meta_step.entries and not train._jit_meta_step.stats

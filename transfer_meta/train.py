@@ -33,7 +33,18 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from transfer_meta import baselines, chunking, evaluate, learner_state, plots, precision, ranking_eval, runlog, sharding
+from transfer_meta import (
+  baselines,
+  chunking,
+  evaluate,
+  learner_state,
+  plots,
+  precision,
+  program_reuse,
+  ranking_eval,
+  runlog,
+  sharding,
+)
 from transfer_meta import learner_reuse as reuse_lib
 from transfer_meta import length_groups as length_groups_lib
 from transfer_meta import metrics as metrics_lib
@@ -224,21 +235,37 @@ def build_experiment(config: ml_collections.ConfigDict, data: Interactions | Non
 def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec, data: Interactions | None = None) -> Model:
   """The run's model as training, evaluation and serving all use it: the backbone with its keywords (and a
   trainable last text-encoder layer when `config.dataset.text_finetune_last_layer`, which needs `data`), in its
-  compute dtype, wrapped as a residual over `config.residual` when set."""
-  kwargs = config.model.to_dict()
-  if config.residual:
-    residual.check_kind(config.residual)
+  compute dtype, wrapped as a residual over `config.residual` when set.
+
+  The same object for the same arguments within a process (`program_reuse`: built from exactly the arguments of
+  `_model`, which reads nothing else), so the programs built over it are reused by later runs; a text tail holds
+  the dataset and reads the encoder's files, so it is built afresh each time."""
+  tail = config.dataset.get("text_finetune_last_layer", False)
+  text = (data, config.dataset.text_template, config.dataset.get("cache_dir")) if tail else None
+  build = _model.__wrapped__ if tail else _model
+  return build(
+    config.model_name, config.model.to_dict(), spec, text, config.compute_dtype, config.residual, config.residual_lam
+  )
+
+
+@program_reuse.reused
+def _model(
+  name: str, kwargs: dict, spec: FeatureSpec, text: tuple | None, compute_dtype: str, kind: str, lam: float
+) -> Model:
+  """`build_model` from its inputs (text: None, or the tail's (data, template, cache_dir))."""
+  if kind:
+    residual.check_kind(kind)
     # The network predicts the offset from the reference, so its output bias starts at 0; the backbone's
     # rating-scale default (which the config's keyword filling writes into config.model) does not apply.
-    kwargs["global_bias"] = 0.0
-  model = get_model(config.model_name, spec, **kwargs)
-  if config.dataset.get("text_finetune_last_layer", False):
+    kwargs = {**kwargs, "global_bias": 0.0}
+  model = get_model(name, spec, **kwargs)
+  if text is not None:
     from transfer_meta.text import last_layer
 
-    model = last_layer.with_dataset_tail(model, data, config.dataset.text_template, config.dataset.get("cache_dir"))
-  if config.compute_dtype != "float32":
-    model = precision.with_compute_dtype(model, config.compute_dtype)
-  return residual.with_residual(model, config.residual, config.residual_lam) if config.residual else model
+    model = last_layer.with_dataset_tail(model, *text)
+  if compute_dtype != "float32":
+    model = precision.with_compute_dtype(model, compute_dtype)
+  return residual.with_residual(model, kind, lam) if kind else model
 
 
 def _check_metrics(exp: Experiment) -> None:
@@ -332,6 +359,17 @@ def _validate(exp: Experiment, eval_step: Callable, meta_params, valid: list, ev
   ]
 
 
+# Process-level reuse (`program_reuse`): a later run whose builders get equal arguments (the model from
+# `build_model`, the optimiser from `make_optimizer`, both reused too) gets the same objects, so the same jitted
+# functions, already traced and lowered. The smoke config's second run in a process: see `program_reuse`.
+_learner = program_reuse.reused(lambda name, model, kwargs: get_learner(name, model, **kwargs))
+_make_init = program_reuse.reused(make_init)
+_eval_learner = program_reuse.reused(learner_state.eval_learner)
+_eval_step = program_reuse.reused(lambda *args: evaluate.make_eval_step(*args))  # looked up per miss
+_step_parts = program_reuse.reused(length_groups_lib.step_parts)
+_jit_meta_step = program_reuse.reused(jit_meta_step)
+
+
 def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: runlog.MetricsLog) -> Trained:
   """Trains learner `name` on every seed of `exp` (resuming from its checkpoints), selecting on valid.
 
@@ -339,13 +377,13 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
     `Trained` with the selected seed-stacked meta-params.
   """
   config, mesh = exp.config, exp.mesh
-  learner = get_learner(name, exp.model, **kwargs)
+  learner = _learner(name, exp.model, kwargs)
   tx = make_optimizer(config)
   seeds = [st.seed for st in exp.seeds]
   train_keys, eval_keys = seed_keys(seeds)
   first = exp.seeds[0].tasks["train"].batch(np.arange(1))
   example = {"support": unstack(first["support"], 0), "query": unstack(first["query"], 0)}
-  abstract_state, init = make_init(learner, tx, example, mesh)
+  abstract_state, init = _make_init(learner, tx, example, mesh)
   abstract = abstract_state(train_keys)
   chunk, slots = chunking.resolve_chunk_size(config.chunk_size, config.batch_size, mesh.devices.size)
   iterators = [
@@ -362,8 +400,8 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
   ]
   valid = [list(eval_batches(st.tasks["valid"], config.eval_batch_size)) for st in exp.seeds]
   # A stateful learner is evaluated, selected and checkpointed as the bundle of its meta-params and state.
-  view, evaluated = learner_state.params_view, learner_state.eval_learner(learner)
-  eval_step = evaluate.make_eval_step(evaluated, exp.seeds[0].split.metrics, _relevance(exp), mesh)
+  view, evaluated = learner_state.params_view, _eval_learner(learner)
+  eval_step = _eval_step(evaluated, tuple(exp.seeds[0].split.metrics), _relevance(exp), mesh)
   metric = config.select_metric.split("/", 1)[1]
 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), ARRAY_ITEMS, JSON_ITEMS, keep=config.keep_checkpoints)
@@ -392,12 +430,12 @@ def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: 
     log.info("%s: resumed from step %d", name, start)
   mlog.rewind(name, start)
 
-  raw_step, build, bypassed = length_groups_lib.step_parts(
+  raw_step, build, bypassed = _step_parts(
     learner, tx, chunk, mesh.devices.size, slots, config.length_groups, config.length_group_step
   )
   if bypassed:
     log.warning("%s: config.length_groups=%d not applied (ungrouped step): %s", name, config.length_groups, bypassed)
-  meta_step = jit_meta_step(raw_step, mesh)
+  meta_step = _jit_meta_step(raw_step, mesh)
   bar = tqdm(
     total=config.num_steps, initial=start, desc=name, unit="step", disable=not (config.progress and runlog.is_writer())
   )
