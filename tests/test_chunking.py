@@ -202,3 +202,25 @@ def test_auto_chunked_padded_batch_equals_plain_vmap_on_the_real_tasks(setup):
   want = MEAN(learner.task_grad, params, real_task, keys[real], np.ones(len(real), bool), None, 1)
   got = MEAN(learner.task_grad, params, padded, pkeys, mask, 3, 1)
   chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+SUMS = jax.jit(chunking.task_grad_sums, static_argnums=(0, 5, 6, 7))  # (task_grad, ..., chunk, groups, task_loss)
+
+
+@pytest.mark.parametrize("learner_name,chunks", [("maml", ((3, 1),)), ("fomaml", ((None, 1), (2, 2)))])
+def test_folded_task_sums_equal_the_per_task_gradients(setup, learner_name, chunks):
+  """`task_loss=` (one gradient of a chunk's masked loss sum, the grouped step's path) gives the vmapped sums:
+  plain, chunked, with per-device partial sums; NaN in padded tasks never leaks; no real task gives zeros."""
+  model, task, keys, params = setup
+  learner = learner_for(model, learner_name)
+  assert learner.task_loss is not None
+  (grads, metrics), count = SUMS(learner.task_grad, params, task, keys, jnp.asarray(REAL), None, 1, None)
+  assert float(count) == REAL.sum()
+  for chunk, groups in chunks:
+    got, got_count = SUMS(learner.task_grad, params, task, keys, jnp.asarray(REAL), chunk, groups, learner.task_loss)
+    chex.assert_tree_all_finite(got)
+    chex.assert_trees_all_close(got, (grads, metrics), rtol=1e-5, atol=1e-6)
+    assert float(got_count) == REAL.sum()
+    none, _ = SUMS(learner.task_grad, params, task, keys, jnp.zeros(T, bool), chunk, groups, learner.task_loss)
+    for leaf in jax.tree.leaves(none):
+      np.testing.assert_array_equal(np.asarray(leaf), 0.0)

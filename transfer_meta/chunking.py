@@ -160,11 +160,14 @@ def task_grad_sums(
   task_mask: jax.Array,
   chunk_size: int | None = None,
   groups: int = 1,
+  task_loss: TaskGrad | None = None,
 ) -> tuple:
   """Sums over real tasks of `task_grad`'s gradients and metrics, and the real-task count (floored at 1).
 
   The parts of `mean_task_grads`, for callers that add several task sets' sums before dividing once
   (`transfer_meta.length_groups`). Arguments as `mean_task_grads`; `chunk_size` None or T: one vmap.
+  task_loss: None, or the learner's `task_loss` (`task_grad` == its gradient): each chunk's sums are then ONE
+    gradient of its masked loss sum (`folded_task_sums`), equal up to float summation order.
 
   Returns:
     ((grad sums: tree like `meta_params`, metric sums: {name: f32 []}), count: f32 [] = max(real tasks, 1)).
@@ -174,6 +177,8 @@ def task_grad_sums(
   per_task = jax.vmap(task_grad, in_axes=(None, 0, 0))
   count = jnp.maximum(jnp.sum(task_mask.astype(jnp.float32)), 1.0)
   if chunk_size is None or chunk_size == n_tasks:
+    if task_loss is not None:
+      return folded_task_sums(task_loss, meta_params, task, keys, task_mask), count
     out = per_task(meta_params, task, keys)
     return jax.tree.map(lambda v: jnp.sum(jnp.where(_expand(task_mask, v.ndim), v, 0.0), axis=0), out), count
   if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or chunk_size % groups:
@@ -184,6 +189,10 @@ def task_grad_sums(
 
   def body(sums, chunk):
     chunk_task, chunk_keys, chunk_mask = chunk
+    if task_loss is not None:  # one folded gradient per partial sum (each device's share of the chunk)
+      folded = lambda t, k, m: folded_task_sums(task_loss, meta_params, t, k, m)
+      out = jax.vmap(folded)(*jax.tree.map(grouped, (chunk_task, chunk_keys, chunk_mask)))
+      return jax.tree.map(jnp.add, sums, out), None
     out = per_task(meta_params, chunk_task, chunk_keys)
     mask = grouped(chunk_mask)
     add = lambda s, v: s + jnp.sum(jnp.where(_expand(mask, v.ndim + 1), grouped(v), 0.0), axis=1)
@@ -194,3 +203,36 @@ def task_grad_sums(
   zeros = jax.tree.map(lambda s: jnp.zeros((groups, *s.shape), s.dtype), shapes)
   sums, _ = jax.lax.scan(body, zeros, chunks)
   return jax.tree.map(lambda s: jnp.sum(s, axis=0), sums), count
+
+
+def folded_task_sums(task_loss: TaskGrad, meta_params, task: dict, keys: jax.Array, task_mask: jax.Array) -> tuple:
+  """Sums over real tasks of grad(task_loss) and of its metrics, as ONE gradient of the masked sum of the losses.
+
+  The vmapped `task_grad` materialises a gradient per task ([T, 96, 64] for MeLU's first layer), masks it and
+  sums it; the gradient of the sum lets the backward pass add the tasks inside its matmuls and scatters (a
+  leaf shared by every task, e.g. an embedding table read by the query, gets one [T * Q]-row product). On the
+  length-grouped first-order MeLU step (256 / 466 tasks, chunk 32, G = 4) that was 1.13-1.18x (CPU time per step;
+  experiments/README.md "Folded task sums"); the ungrouped step gained nothing and keeps the vmapped path.
+
+  Padded tasks must not reach the sums even when they hold NaN: their loss is dropped by a `where`, which stops
+  their cotangent at exactly 0, and their inputs are replaced by a real task's (so 0 multiplies finite values in
+  the backward pass); a set with no real task returns zeros.
+
+  Args:
+    task_loss: `(meta_params, task, key) -> (scalar loss, {name: scalar})` for ONE task.
+    meta_params, task ([T, ...] leaves), keys [T], task_mask bool [T]: as `task_grad_sums`.
+  Returns:
+    (grad sums: tree like `meta_params`, metric sums: {name: f32 []}), equal to `task_grad_sums`' up to float
+    summation order.
+  """
+  first = jnp.argmax(task_mask)  # a real task's slot (slot 0 when there is none)
+  task = jax.tree.map(lambda x: jnp.where(_expand(task_mask, x.ndim), x, x[first]), task)
+
+  def total(params):
+    losses, metrics = jax.vmap(task_loss, in_axes=(None, 0, 0))(params, task, keys)
+    return jnp.sum(jnp.where(task_mask, losses, 0.0)), metrics
+
+  grads, metrics = jax.grad(total, has_aux=True)(meta_params)
+  real = jnp.any(task_mask)
+  grads = jax.tree.map(lambda g: jnp.where(real, g, jnp.zeros_like(g)), grads)
+  return grads, jax.tree.map(lambda v: jnp.sum(jnp.where(task_mask, v, 0.0)), metrics)

@@ -13,10 +13,12 @@ G groups of FIXED sizes (`group_sizes`: the same for every batch of a run), and 
 query to the smallest width on a fixed grid (multiples of `width_step`, capped at the batch's own width) that holds
 the group's longest member. Each group keeps its slots' original positions (`task_index`), so slot t keeps the
 key `split(key, T)[t]` it has in the ungrouped step. The gradient sums the groups' per-task gradient and
-metric sums (`chunking.task_grad_sums`, chunked like the ungrouped step) and divides by the real-task count
-once: the ungrouped step's result up to float summation order (tests/test_length_groups.py), computed on
-widths w_1 <= ... <= w_G instead of G times the batch width. ML-100K recbole_metarec training tasks have a
-mean support of 37.5 in a batch padded to 100, so most of the executed FLOPs were padding.
+metric sums (`chunking.task_grad_sums`, chunked like the ungrouped step; for a learner with a `task_loss`, MAML
+and its variants, each chunk's sums are one gradient of its masked loss sum, `chunking.folded_task_sums`) and
+divides by the real-task count once: the ungrouped step's result up to float summation order
+(tests/test_length_groups.py), computed on widths w_1 <= ... <= w_G instead of G times the batch width.
+ML-100K recbole_metarec training tasks have a mean support of 37.5 in a batch padded to 100, so most of the
+executed FLOPs were padding.
 
 Compiles: a group's support width is one of ceil(S / width_step) grid values for each batch width S, and the widths
 are non-decreasing across groups, so a run compiles at most C(K + G - 1, G) step programs per batch width
@@ -267,6 +269,8 @@ def grouped_batch_grad_fn(learner: Learner, chunk_size: int | None = None, parti
   if reason is not None:
     raise ValueError(f"length grouping refused: {reason}")
 
+  fold = learner.task_loss  # None: the vmapped per-task gradients (`chunking.folded_task_sums` says why)
+
   def grad_fn(meta_params, batch, key):
     groups = batch["groups"]
     task_keys = jax.random.split(key, sum(g["task_mask"].shape[0] for g in groups))
@@ -276,7 +280,7 @@ def grouped_batch_grad_fn(learner: Learner, chunk_size: int | None = None, parti
       chunk = chunk_size if chunk_size and size > chunk_size and size % chunk_size == 0 else None
       task = {"support": g["support"], "query": g["query"]}
       sums, _ = chunking.task_grad_sums(
-        learner.task_grad, meta_params, task, task_keys[g["task_index"]], g["task_mask"], chunk, partial
+        learner.task_grad, meta_params, task, task_keys[g["task_index"]], g["task_mask"], chunk, partial, fold
       )
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
       count = count + jnp.sum(g["task_mask"].astype(jnp.float32))

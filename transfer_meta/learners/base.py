@@ -20,6 +20,13 @@ A learner with `init_state` takes the state as a trailing argument everywhere:
 `adapt(meta_params, support, key, state)`, `task_grad(meta_params, task, key, state)`,
 `task_outputs(meta_params, task, key, state)`. A learner that sets none of them is the plain contract above,
 and the trainer runs it exactly as before.
+
+    loss, metrics = learner.task_loss(meta_params, task, key)   # optional: task_grad == grad(task_loss)
+
+`task_loss` (None unless the learner's gradient IS the gradient of a per-task scalar, as for MAML and its
+variants) lets the length-grouped step take the gradient of a chunk's masked loss sum at once
+(`chunking.task_grad_sums(task_loss=...)`): the sum over tasks then happens inside the backward matmuls and
+scatters instead of on materialised per-task gradients (`transfer_meta.length_groups`).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class Learner(NamedTuple):
   update_state: Callable[..., Any] | None = None  # (state, meta_params, outputs [T], task_mask [T]) -> state
   task_outputs: Callable[..., Any] | None = None  # (meta_params, task, key[, state]) -> per-task outputs pytree
   batch_loss: Callable[..., tuple[Any, dict]] | None = None  # (meta_params, outputs [T], mask [T]) -> (loss, metrics)
+  task_loss: Callable[..., tuple[Any, dict]] | None = None  # (meta_params, task, key) -> (loss, metrics), see above
 
 
 def has_extensions(learner: Learner) -> bool:

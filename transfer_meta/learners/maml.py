@@ -72,18 +72,18 @@ def maml(
     del key  # models are deterministic; kept for the contract
     return inner_loop(meta_params, support)[0]
 
-  def task_grad(meta_params: Params, task: dict, key: jax.Array) -> tuple[Params, dict]:
+  def task_loss(meta_params: Params, task: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+    """The outer (query) loss after the inner loop, and the task's metrics; `task_grad` is its gradient."""
     del key
+    task_params, metrics = inner_loop(meta_params, task["support"])
+    outer_loss = inner.query_loss(model, loss, task_params, task["query"], task["support"])
+    return outer_loss, {**metrics, "outer_loss": outer_loss}
 
-    def outer(params):
-      task_params, metrics = inner_loop(params, task["support"])
-      outer_loss = inner.query_loss(model, loss, task_params, task["query"], task["support"])
-      return outer_loss, {**metrics, "outer_loss": outer_loss}
-
-    (_, metrics), grads = jax.value_and_grad(outer, has_aux=True)(meta_params)
+  def task_grad(meta_params: Params, task: dict, key: jax.Array) -> tuple[Params, dict]:
+    (_, metrics), grads = jax.value_and_grad(task_loss, has_aux=True)(meta_params, task, key)
     return grads, metrics
 
-  return Learner(name, model, init, adapt, task_grad)
+  return Learner(name, model, init, adapt, task_grad, task_loss=task_loss)
 
 
 def fomaml(model: Model, **kw) -> Learner:
