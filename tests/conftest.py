@@ -107,12 +107,12 @@ def smoke_tiny_runs(tmp_path_factory):
   Returns:
     `runs(i) -> (workdir, results, config)` for i in (0, 1): run 1 repeats run 0 into a fresh workdir (test_run_outputs
     checks the two are bit-identical; test_serving serves run 1). Run 0 builds and traces its programs afresh
-    (`program_reuse.clear()` first); run 1 reuses them when it comes after run 0 in the process, so the check also
+    (`programs.clear()` first); run 1 reuses them when it comes after run 0 in the process, so the check also
     shows a reused meta-step and eval step agree with fresh ones bit for bit. `runs.reused[i]`: the program-builder
-    calls of run i answered from `program_reuse` (its meta-step's and eval step's).
+    calls of run i answered from `programs` (its meta-step's and eval step's).
   """
   from experiments import runner
-  from transfer_meta import program_reuse, train
+  from transfer_meta import programs, train
 
   done, reused = {}, {}
   builders = (train._jit_meta_step, train._eval_step)
@@ -129,7 +129,7 @@ def smoke_tiny_runs(tmp_path_factory):
     if i not in done:
       workdir = str(tmp_path_factory.mktemp(f"smoke_tiny_run{i}"))
       if i == 0:
-        program_reuse.clear()
+        programs.clear()
       hits = sum(b.stats["hits"] for b in builders)
       done[i] = (workdir, train.train_and_evaluate(config(), workdir), config())
       reused[i] = sum(b.stats["hits"] for b in builders) - hits

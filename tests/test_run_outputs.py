@@ -72,7 +72,7 @@ def test_a_fresh_rerun_is_bit_identical_on_cpu(run, smoke_tiny_runs):
   workdir, results = run
   again_dir, again, _ = smoke_tiny_runs(1)
   assert again_dir != workdir
-  # Run 0 built its programs afresh, run 1 reused them (`program_reuse`): maml's and none's meta-step and eval step.
+  # Run 0 built its programs afresh, run 1 reused them (`programs`): maml's and none's meta-step and eval step.
   assert smoke_tiny_runs.reused == {0: 0, 1: 4}, smoke_tiny_runs.reused
   assert again["metrics"] == results["metrics"] and again["comparisons"] == results["comparisons"]
   assert open(os.path.join(workdir, "metrics.jsonl")).read() == open(os.path.join(again_dir, "metrics.jsonl")).read()

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from transfer_meta import chunking, dispatch, learner_state, program_reuse, sharding, xla_options
+from transfer_meta import chunking, dispatch, learner_state, programs, sharding, xla_options
 from transfer_meta.learners.base import Learner, has_extensions
 
 STEP_INPUTS = "step_inputs"  # model.aux hook / step attribute: arrays the jitted step takes as arguments
@@ -29,12 +29,12 @@ STEP_INPUTS = "step_inputs"  # model.aux hook / step attribute: arrays the jitte
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """optax outer optimiser `config.optimizer_name(**config.optimizer)`, after global-norm clipping if
-  `config.grad_clip_norm > 0`; the same object for the same three (`program_reuse`), so the programs built over
+  `config.grad_clip_norm > 0`; the same object for the same three (`programs.reused`), so the programs built over
   it are reused by later runs of the process."""
   return optimizer(config.optimizer_name, config.optimizer.to_dict(), config.grad_clip_norm)
 
 
-@program_reuse.reused
+@programs.reused
 def optimizer(name: str, kwargs: dict, grad_clip_norm: float) -> optax.GradientTransformation:
   """`make_optimizer` from its inputs: optax's `name(**kwargs)`, after global-norm clipping if `grad_clip_norm > 0`."""
   factory = getattr(optax, name, None)

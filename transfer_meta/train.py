@@ -40,7 +40,7 @@ from transfer_meta import (
   learner_state,
   plots,
   precision,
-  program_reuse,
+  programs,
   ranking_eval,
   runlog,
   sharding,
@@ -237,7 +237,7 @@ def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec, data: Inte
   trainable last text-encoder layer when `config.dataset.text_finetune_last_layer`, which needs `data`), in its
   compute dtype, wrapped as a residual over `config.residual` when set.
 
-  The same object for the same arguments within a process (`program_reuse`: built from exactly the arguments of
+  The same object for the same arguments within a process (`programs.reused`: built from exactly the arguments of
   `_model`, which reads nothing else), so the programs built over it are reused by later runs; a text tail holds
   the dataset and reads the encoder's files, so it is built afresh each time."""
   tail = config.dataset.get("text_finetune_last_layer", False)
@@ -248,7 +248,7 @@ def build_model(config: ml_collections.ConfigDict, spec: FeatureSpec, data: Inte
   )
 
 
-@program_reuse.reused
+@programs.reused
 def _model(
   name: str, kwargs: dict, spec: FeatureSpec, text: tuple | None, compute_dtype: str, kind: str, lam: float
 ) -> Model:
@@ -359,15 +359,15 @@ def _validate(exp: Experiment, eval_step: Callable, meta_params, valid: list, ev
   ]
 
 
-# Process-level reuse (`program_reuse`): a later run whose builders get equal arguments (the model from
+# Process-level reuse (`programs.reused`): a later run whose builders get equal arguments (the model from
 # `build_model`, the optimiser from `make_optimizer`, both reused too) gets the same objects, so the same jitted
-# functions, already traced and lowered. The smoke config's second run in a process: see `program_reuse`.
-_learner = program_reuse.reused(lambda name, model, kwargs: get_learner(name, model, **kwargs))
-_make_init = program_reuse.reused(make_init)
-_eval_learner = program_reuse.reused(learner_state.eval_learner)
-_eval_step = program_reuse.reused(lambda *args: evaluate.make_eval_step(*args))  # looked up per miss
-_step_parts = program_reuse.reused(length_groups_lib.step_parts)
-_jit_meta_step = program_reuse.reused(jit_meta_step)
+# functions, already traced and lowered. The smoke config's second run in a process: see `programs.reused`.
+_learner = programs.reused(lambda name, model, kwargs: get_learner(name, model, **kwargs))
+_make_init = programs.reused(make_init)
+_eval_learner = programs.reused(learner_state.eval_learner)
+_eval_step = programs.reused(lambda *args: evaluate.make_eval_step(*args))  # looked up per miss
+_step_parts = programs.reused(length_groups_lib.step_parts)
+_jit_meta_step = programs.reused(jit_meta_step)
 
 
 def train_learner(exp: Experiment, name: str, kwargs: dict, workdir: str, mlog: runlog.MetricsLog) -> Trained:
