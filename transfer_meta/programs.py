@@ -134,16 +134,21 @@ def cached(kind: str, parts: Any, build: Callable[[], T]) -> T:
     build: makes the object (a jitted function, or a tuple of them) from `parts`.
   """
   key, keep = fingerprint(parts)
-  key = (kind, key)
-  if key in _PROGRAMS:
-    _PROGRAMS.move_to_end(key)
-    STATS["hits"] += 1
-    return _PROGRAMS[key][0]
-  STATS["misses"] += 1
+  return _lookup(_PROGRAMS, STATS, (kind, key), keep, build)
+
+
+def _lookup(entries: collections.OrderedDict, stats, key: Hashable, keep: list, build: Callable[[], T]) -> T:
+  """`entries[key]` (counted a hit), else `build()` stored under `key` beside `keep` (what the key names by
+  identity stays alive with the entry; counted a miss); the least recently used beyond `MAX_PROGRAMS` evicted."""
+  if key in entries:
+    entries.move_to_end(key)
+    stats["hits"] += 1
+    return entries[key][0]
+  stats["misses"] += 1
   built = build()
-  _PROGRAMS[key] = (built, keep)
-  while len(_PROGRAMS) > MAX_PROGRAMS:
-    _PROGRAMS.popitem(last=False)
+  entries[key] = (built, keep)
+  while len(entries) > MAX_PROGRAMS:
+    entries.popitem(last=False)
   return built
 
 
@@ -162,16 +167,7 @@ def reused(builder: Callable[..., T]) -> Callable[..., T]:
   @functools.wraps(builder)
   def call(*args, **kwargs):
     key, keep = fingerprint((args, kwargs))
-    if key in entries:
-      stats["hits"] += 1
-      entries.move_to_end(key)
-      return entries[key][0]
-    stats["misses"] += 1
-    built = builder(*args, **kwargs)
-    entries[key] = (built, keep)  # what the key names by identity stays alive with the entry
-    while len(entries) > MAX_PROGRAMS:
-      entries.popitem(last=False)
-    return built
+    return _lookup(entries, stats, key, keep, lambda: builder(*args, **kwargs))
 
   call.stats, call.entries = stats, entries
   _REUSED.append((entries, stats))

@@ -37,6 +37,7 @@ import numpy as np
 from transfer_meta.data import wheel_files
 from transfer_meta.data.interactions import DataError, Interactions
 from transfer_meta.models.base import Model
+from transfer_meta.step import STEP_INPUTS  # the model.aux hook the jitted meta-step reads
 from transfer_meta.text import catalogue_tail, item_features
 from transfer_meta.text.bert import BertConfig, Layer, mean_pool, states_before
 from transfer_meta.text.catalogue_tail import TABLE, TAIL
@@ -46,9 +47,6 @@ log = logging.getLogger(__name__)
 # TAIL: top-level key of the tail's parameters in the wrapped model's params; params[TAIL] = {TABLE: [I, H]} is the
 # tail's output precomputed for the catalogue (`catalogue_tail`: once per meta-step / evaluation).
 SHARE_GRAD, SHARE_PARAMS = "share_grad", "share_params"  # model.aux hooks the trainer and evaluation call
-# model.aux hook `step.jit_meta_step` reads: the catalogue's trimmed inputs, arguments of the jitted step (not
-# constants or callbacks: a program jax's persistent compilation cache keeps, with no host round trip per step)
-STEP_INPUTS = "step_inputs"
 # Optional example fields: the rows' own last-layer inputs f32 [..., L, H] / bool [..., L], read instead of the
 # cached states of x["item"] (`zero_shot.tail_catalogue`: brand-new items at serving time).
 STATES, STATES_MASK = "text_states", "text_states_mask"
