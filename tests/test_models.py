@@ -92,6 +92,19 @@ def built(case: int, spec_name: str):
   return model, model.init(KEY, x, context), feats, x, context
 
 
+_JITTED: dict[int, tuple] = {}
+
+
+def jitted(model):
+  """`model.apply`, jitted once per model object (FAST_COMPILE): a test's eager `model.apply` dispatches every
+  primitive as its own program (Flax also shape-checks each parameter per call), ~25% of this file's CPU; one
+  compiled program per (model, shapes) computes the same maths (the contract tests compare within tolerances, or
+  one program against itself)."""
+  if id(model) not in _JITTED:  # the model is kept with its entry, so its id is never reused by another object
+    _JITTED[id(model)] = (model, jax.jit(model.apply, compiler_options=FAST_COMPILE))
+  return _JITTED[id(model)][1]
+
+
 def leaves_with_paths(tree) -> dict:
   return {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
@@ -105,7 +118,7 @@ specs = pytest.mark.parametrize("spec_name", list(SPECS))
 def test_shapes_finite_float32(case, spec_name):
   model, params, _, x, context = built(case, spec_name)
   for ctx in (context, None):
-    scores = model.apply(params, x, ctx)
+    scores = jitted(model)(params, x, ctx)
     chex.assert_shape(scores, (N,))
     assert scores.dtype == jnp.float32
     chex.assert_tree_all_finite(scores)
@@ -116,7 +129,7 @@ def test_shapes_finite_float32(case, spec_name):
 def test_never_reads_scored_target(case):
   model, params, _, x, context = built(case, "rich")
   other = dict(x, target=x["target"] + 7.0)
-  np.testing.assert_array_equal(model.apply(params, x, context), model.apply(params, other, context))
+  np.testing.assert_array_equal(jitted(model)(params, x, context), jitted(model)(params, other, context))
 
 
 @cases
@@ -141,7 +154,7 @@ def test_vmap_over_tasks_equals_loop(case):
   cs = [make_task(feats, S, seed=30 + t, valid=S - t) for t in range(T)]
   stack = lambda ds: {k: np.stack([d[k] for d in ds]) for k in ds[0]}
   batched = jax.vmap(model.apply, in_axes=(None, 0, 0))(params, stack(xs), stack(cs))
-  looped = np.stack([model.apply(params, x, c) for x, c in zip(xs, cs)])
+  looped = np.stack([jitted(model)(params, x, c) for x, c in zip(xs, cs)])
   chex.assert_shape(batched, (T, N))
   np.testing.assert_allclose(batched, looped, rtol=1e-5, atol=1e-5)
 
@@ -150,12 +163,12 @@ def test_vmap_over_tasks_equals_loop(case):
 @specs
 def test_padding_invariance(case, spec_name):
   model, params, feats, x, context = built(case, spec_name)
-  base = model.apply(params, x, context)
+  base = jitted(model)(params, x, context)
   pad = make_task(feats, 3, seed=40, valid=0)
-  padded_x = model.apply(params, concat(x, pad), context)
+  padded_x = jitted(model)(params, concat(x, pad), context)
   chex.assert_shape(padded_x, (N + 3,))
   np.testing.assert_allclose(padded_x[:N], base, rtol=1e-5, atol=1e-5)
-  padded_context = model.apply(params, x, concat(context, pad))
+  padded_context = jitted(model)(params, x, concat(context, pad))
   np.testing.assert_allclose(padded_context, base, rtol=1e-5, atol=1e-5)
 
 
@@ -294,11 +307,11 @@ TRANSFORMER_CASES = [CASE_IDS.index(i) for i in CASE_IDS if i.startswith("transf
 @pytest.mark.parametrize("case", TRANSFORMER_CASES, ids=[CASE_IDS[c] for c in TRANSFORMER_CASES])
 def test_transformer_leave_one_out(case):
   model, params, _, _, support = built(case, "rich")  # the support's last token is padding
-  base = model.apply(params, support, support)
+  base = jitted(model)(params, support, support)
   j = 2
   changed = dict(support, target=support["target"].copy())
   changed["target"][j] = 1.0 if support["target"][j] > 3 else 5.0
-  after = model.apply(params, changed, changed)
+  after = jitted(model)(params, changed, changed)
   np.testing.assert_allclose(after[j], base[j], rtol=0, atol=1e-6)  # its own rating never reaches it
   others = np.array([i for i in range(S - 1) if i != j])
   assert np.all(np.abs(after[others] - base[others]) > 1e-5), (after, base)
@@ -307,7 +320,7 @@ def test_transformer_leave_one_out(case):
 def test_transformer_empty_context_is_finite_and_equals_none():
   model, params, feats, x, _ = built(TRANSFORMER_CASES[0], "rich")
   context = make_task(feats, S, seed=8, valid=0)
-  np.testing.assert_allclose(model.apply(params, x, context), model.apply(params, x, None), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jitted(model)(params, x, context), jitted(model)(params, x, None), rtol=1e-6, atol=1e-6)
   loss = lambda p: losses.examples_loss(model.apply, p, dict(x, target=x["target"] + 1), context)
   chex.assert_tree_all_finite(jax.jit(jax.grad(loss), compiler_options=FAST_COMPILE)(params))
 
