@@ -598,9 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   chosen = select(sweeps, args.sweep)
   base = ({"seeds": args.seeds} if args.seeds is not None else {}) | runner.parse_sets(args.sets)
-  runner.enable_compilation_cache(
-    os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
-  )
+  runner.enable_compilation_cache(args.compilation_cache)
   command = "python -m experiments.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
   select_metric = runner.load_config(args.config).select_metric
   for name, overrides in chosen.items():

@@ -5,8 +5,8 @@
     PJRT_NPROC=1 python -m experiments.job_cost steps --groups=0:16    # the same on a 1-thread XLA pool
     python -m experiments.job_cost options [--small]                   # init compile: default vs jit_rare level
 
-`phases` runs `train.train_and_evaluate` on configs/melu_ml100k.py (progress off, compilation cache in the
-workdir, as `transfer_meta.main` sets it) with the trainer's phases wrapped: user and system CPU-seconds of the
+`phases` runs `train.train_and_evaluate` on configs/melu_ml100k.py (progress off, a compilation cache of its own in
+the workdir, so compiles are measured) with the trainer's phases wrapped: user and system CPU-seconds of the
 whole process (every thread: XLA's pools included) while each phase ran, its wall time and call count, plus jax's
 own compile events (backend compiles, tracing, lowering, persistent-cache hits). Phases nest (the batch builders
 run inside `train_learner`), and the host-side batch builders overlap the asynchronously dispatched meta-step, so
@@ -170,7 +170,7 @@ def run_phases(workdir: str) -> None:
   timer.patch(tasks.TaskIterator, "__next__", "TaskIterator.__next__")
   timer.patch(tasks.TaskData, "resampled", "TaskData.resampled")
   timer.patch(checkpoint.Checkpointer, "save", "Checkpointer.save")
-  compile_cache.enable(os.path.join(workdir, "jax_cache"))  # as transfer_meta.main sets it
+  compile_cache.enable(os.path.join(workdir, "jax_cache"))  # its own (a fresh workdir: cold), so compiles are measured
   (u0, s0), t0 = cpu_times(), time.perf_counter()
   train.train_and_evaluate(job_config(), workdir)
   (u1, s1) = cpu_times()

@@ -186,8 +186,7 @@ def main(argv=None) -> int:
   parser.add_argument("--metric", default="recall@10", help="the catalogue/sampled metric of the notes and the plot")
   runner.add_run_args(parser, "RUNS/ranking/<config>")
   args = runner.parse_run_args(parser, argv)
-  cache = os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
-  runner.enable_compilation_cache(cache)
+  runner.enable_compilation_cache(args.compilation_cache)
   overrides = {"eval_ranking": PROTOCOLS, "progress": False, **args_sets(args)}
   if args.seeds is not None:
     overrides["seeds"] = args.seeds

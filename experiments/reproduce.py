@@ -182,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
   if not specs:
     parser.error("--configs names no config")
   overrides = runner.parse_sets(args.sets)
-  runner.enable_compilation_cache(
-    os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
-  )
+  runner.enable_compilation_cache(args.compilation_cache)
   command = "python -m experiments.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
   start = time.time()
   for spec in specs:

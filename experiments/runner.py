@@ -246,10 +246,11 @@ def machine() -> str:
   )
 
 
-def enable_compilation_cache(path: str) -> None:
-  """Persistent XLA compilation cache at `path` (runs of a sweep share compiled programs); '' leaves it off. The
+def enable_compilation_cache(value: str) -> None:
+  """Persistent XLA compilation cache (runs of a sweep share compiled programs): `value` 'auto' is the machine
+  user's shared cache of runs (`compile_cache.default_dir`), '' leaves it off, anything else is a directory. The
   threshold is `transfer_meta.main`'s (an explicit JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS wins)."""
-  compile_cache.enable(path)
+  compile_cache.enable(value)
 
 
 def add_run_args(parser: argparse.ArgumentParser, runs_layout: str) -> None:
@@ -268,7 +269,8 @@ def add_run_args(parser: argparse.ArgumentParser, runs_layout: str) -> None:
   parser.add_argument(
     "--compilation_cache",
     default="auto",
-    help="persistent XLA cache dir shared by the runs; 'auto': RUNS/jax_cache, '': off",
+    help="persistent XLA cache dir shared by the runs; 'auto': the user's shared cache of runs "
+    "(<$TRANSFER_META_CACHE or ~/.cache/transfer_meta>/jax_compilation_cache/runs), '': off",
   )
 
 

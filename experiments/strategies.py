@@ -208,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
   protocols = [p for p in args.protocols.split(",") if p]
   cells = grid(args.config, protocols, base, args.smoke)
   module, _ = runner.config_module(args.config)
-  runner.enable_compilation_cache(
-    os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
-  )
+  runner.enable_compilation_cache(args.compilation_cache)
   command = "python -m experiments.strategies " + " ".join(argv if argv is not None else sys.argv[1:])
   name = runner.config_name(args.config) + ("-smoke" if args.smoke else "")
   data = {}

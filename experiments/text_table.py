@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
   )
   runner.add_run_args(parser, "RUNS/text/<config>/text=<bool>")
   args = runner.parse_run_args(parser, argv)
-  cache = os.path.join(args.runs, "jax_cache") if args.compilation_cache == "auto" else args.compilation_cache
-  runner.enable_compilation_cache(cache)
+  runner.enable_compilation_cache(args.compilation_cache)
   tables, notes, walls = {}, [], []
   for spec in args.configs.split(","):
     name = spec.partition(":")[0]  # 'melu_ml100k:smoke' runs the smoke variant

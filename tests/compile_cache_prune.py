@@ -11,7 +11,8 @@ and test_ranking_eval write 2,081 entries in one cold run (~100 CPU-s of scans b
 a run pay most (test_lwa 9.1 CPU-s in the whole-suite run of fe0433f, which had no bound; 42.8 at the end of those
 nine files with it).
 
-So the suite runs jax's cache unbounded and tests/conftest.py calls `prune_lru` once, when the run ends, down to
+So the suite runs jax's cache unbounded and tests/conftest.py calls `prune_lru` (transfer_meta/compile_cache.py,
+which bounds the shared cache of runs the same way) once, when the run ends, down to
 the same bound. Recency is jax's access-time record where one exists (entries written by a bounded jax), else the
 entry file's own access or modification time, whichever is later (a cache hit reads the file, which moves its
 atime where the filesystem records reads). `python tests/compile_cache_prune.py --bench` prints the per-write cost.
@@ -19,56 +20,9 @@ atime where the filesystem records reads). `python tests/compile_cache_prune.py 
 
 from __future__ import annotations
 
-import heapq
-import os
 import sys
 
-CACHE_SUFFIX, ATIME_SUFFIX = "-cache", "-atime"  # jax/_src/lru_cache.py's file names: <key>-cache, <key>-atime
-
-
-def _recency_ns(path: str, key: str) -> int:
-  """When entry `key` was last used: jax's access-time record (ns, little-endian), else the entry file's later
-  of atime and mtime."""
-  try:
-    with open(os.path.join(path, key + ATIME_SUFFIX), "rb") as f:
-      return int.from_bytes(f.read(), "little")
-  except FileNotFoundError:
-    st = os.stat(os.path.join(path, key + CACHE_SUFFIX))
-    return max(st.st_atime_ns, st.st_mtime_ns)
-
-
-def prune_lru(path: str, max_bytes: int) -> list[str]:
-  """Evicts least-recently-used entries of a jax compilation-cache directory until its entries total <= max_bytes.
-
-  Args:
-    path: the cache directory (`jax_compilation_cache_dir`); a missing directory holds nothing.
-    max_bytes: the bound, >= 0 (the sizes of the `<key>-cache` files are summed).
-  Returns:
-    The evicted keys, oldest first (each entry's `-cache` and `-atime` files are removed).
-  """
-  if max_bytes < 0:
-    raise ValueError(f"max_bytes={max_bytes} must be >= 0")
-  if not os.path.isdir(path):
-    return []
-  entries, total = [], 0
-  for name in os.listdir(path):
-    if name.endswith(CACHE_SUFFIX):
-      key = name[: -len(CACHE_SUFFIX)]
-      size = os.stat(os.path.join(path, name)).st_size
-      total += size
-      entries.append((_recency_ns(path, key), key, size))
-  heapq.heapify(entries)
-  evicted = []
-  while total > max_bytes:
-    _, key, size = heapq.heappop(entries)
-    for suffix in (CACHE_SUFFIX, ATIME_SUFFIX):
-      try:
-        os.remove(os.path.join(path, key + suffix))
-      except FileNotFoundError:
-        pass
-    total -= size
-    evicted.append(key)
-  return evicted
+from transfer_meta.compile_cache import ATIME_SUFFIX, CACHE_SUFFIX, prune_lru  # noqa: F401  (the suite's names)
 
 
 def _bench(counts=(100, 500, 1000)) -> None:

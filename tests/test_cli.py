@@ -103,11 +103,14 @@ def test_compilation_cache_flag_keeps_the_environments_min_compile_time():
     "sys.argv = ['main', '--config=configs/smoke_synthetic.py:tiny', '--workdir=/nonexistent/never-written',"
     " *sys.argv[1:]]\napp.run(main.main)\n"
   )
-  # The server's jax read the variable's 0 at import; unset in the child, main sets its own 0.5.
+  # The server's jax read the variable's 0 at import; unset in the child, main sets its own 0.5. 'auto' (the
+  # default) is the user's shared cache of runs under the data cache root (nothing is compiled or written here).
+  auto = "/tmp/tm_root_x/jax_compilation_cache/runs"
   for flag, env, want in (
     ("--compilation_cache=/tmp/tm_cache_x", {}, "/tmp/tm_cache_x 0.0"),
     ("--compilation_cache=/tmp/tm_cache_x", {env_name: None}, "/tmp/tm_cache_x 0.5"),
     ("--compilation_cache=", {env_name: None}, f"{jax.config.jax_compilation_cache_dir} 0.0"),
+    ("--compilation_cache=auto", {env_name: None, "TRANSFER_META_CACHE": "/tmp/tm_root_x"}, f"{auto} 0.5"),
   ):
     done = SERVER.run(["-c", script, flag], ROOT, env=env)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,5 +1,6 @@
-"""tests/compile_cache_prune.py: one least-recently-used pass over a jax compilation-cache directory, checked
-against jax's own bounded cache (the files it writes) and by hand."""
+"""transfer_meta/compile_cache.py's `prune_lru` (re-exported by tests/compile_cache_prune.py): one
+least-recently-used pass over a jax compilation-cache directory, checked against jax's own bounded cache (the files
+it writes) and by hand; and where runs' `--compilation_cache=auto` puts its bounded shared cache."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import pytest
 from compile_cache_prune import ATIME_SUFFIX, CACHE_SUFFIX, prune_lru
 from jax._src.lru_cache import LRUCache
+
+from transfer_meta import compile_cache
 
 
 def _entry(path, key: str, size: int, atime_ns: int | None, mtime_ns: int) -> None:
@@ -49,3 +52,39 @@ def test_missing_directory_and_bad_bound(tmp_path):
   assert prune_lru(str(tmp_path / "absent"), 0) == []
   with pytest.raises(ValueError, match="max_bytes=-1 must be >= 0"):
     prune_lru(str(tmp_path), -1)
+
+
+def test_runs_share_one_cache_per_user_beside_the_data_cache():
+  """`--compilation_cache=auto` (transfer_meta.main and experiments/): one directory per machine user, sibling of
+  the suite's `tests` cache; '' and explicit directories pass through."""
+  home = os.path.join(os.path.expanduser("~"), ".cache", "transfer_meta", "jax_compilation_cache", "runs")
+  assert compile_cache.resolve("auto", {}) == compile_cache.default_dir({}) == home
+  assert compile_cache.resolve("auto", {"TRANSFER_META_CACHE": "/data/tm"}) == "/data/tm/jax_compilation_cache/runs"
+  assert compile_cache.resolve("", {"TRANSFER_META_CACHE": "/data/tm"}) == ""
+  assert compile_cache.resolve("/scratch/c", {}) == "/scratch/c"
+
+
+def test_enable_auto_bounds_the_shared_cache_at_exit_and_leaves_explicit_ones(tmp_path, monkeypatch):
+  """`enable('auto')` registers one least-recently-used pass over the shared directory for process exit (once per
+  directory); an explicit directory is the caller's and is never pruned. jax's config is recorded, not changed."""
+  applied, registered = [], []
+  monkeypatch.setattr(compile_cache.jax.config, "update", lambda name, value: applied.append((name, value)))
+  monkeypatch.setattr(compile_cache.atexit, "register", lambda fn, *args: registered.append((fn, args)))
+  monkeypatch.setattr(compile_cache, "_PRUNE_AT_EXIT", set())
+  env = {"TRANSFER_META_CACHE": str(tmp_path)}
+  shared = str(tmp_path / "jax_compilation_cache" / "runs")
+  for _ in range(2):
+    assert compile_cache.enable("auto", env) == {
+      "jax_compilation_cache_dir": shared,
+      "jax_persistent_cache_min_compile_time_secs": compile_cache.MIN_COMPILE_SECS,
+    }
+  compile_cache.enable(str(tmp_path / "mine"), env)
+  assert compile_cache.enable("", env) == {}
+  assert [d for name, d in applied if name == "jax_compilation_cache_dir"] == [shared, shared, str(tmp_path / "mine")]
+  assert registered == [(compile_cache.prune_lru, (shared, compile_cache.RUNS_MAX_BYTES))]
+  # What the exit hook does, at a bound small enough to see: the older entry goes.
+  os.makedirs(shared)
+  _entry(shared, "old", 100, 10, 5)
+  _entry(shared, "new", 100, 20, 5)
+  fn, (path, _) = registered[0]
+  assert fn(path, 150) == ["old"] and sorted(os.listdir(shared)) == ["new-atime", "new-cache"]

@@ -9,7 +9,6 @@ prints it and exits without touching the workdir.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import jax
@@ -25,8 +24,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, metrics 
 _CACHE = flags.DEFINE_string(
   "compilation_cache",
   "auto",
-  "Persistent XLA compilation cache directory, so a "
-  "resumed run does not compile again; 'auto': WORKDIR/jax_cache, '': off. Keeps compiles over 0.5 s, or over "
+  "Persistent XLA compilation cache directory, so a rerun, a resumed run or another workdir does not compile the "
+  "same programs again; 'auto': the user's shared cache of runs, <$TRANSFER_META_CACHE or "
+  "~/.cache/transfer_meta>/jax_compilation_cache/runs (bounded to 2 GiB at exit, least recently used first); "
+  "'': off. Keeps compiles over 0.5 s, or over "
   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS where the environment sets it.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> None:
   logging.getLogger("absl").setLevel(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  compile_cache.enable(os.path.join(_WORKDIR.value, "jax_cache") if _CACHE.value == "auto" else _CACHE.value)
+  compile_cache.enable(_CACHE.value)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
