@@ -51,6 +51,7 @@ def fingerprint(obj: Any) -> tuple[Hashable, list]:
   """
   keep: list = []
   active: dict[int, int] = {}  # id -> depth of the objects being fingerprinted (reference cycles)
+  arrays: dict[int, tuple] = {}  # id -> (array, its key): an array reached again in this call is hashed once
 
   def ident(x) -> tuple:
     keep.append(x)
@@ -70,10 +71,14 @@ def fingerprint(obj: Any) -> tuple[Hashable, list]:
 
   def visit(x, t) -> Hashable:
     if isinstance(x, np.ndarray | np.generic) or _is_jax_array(x):
+      if id(x) in arrays:  # kept in the entry, so its id cannot be another object's during this call
+        return arrays[id(x)][1]
       a = np.asarray(x)
       if a.dtype.hasobject:
         return ident(x)
-      return ("array", t.__name__, a.dtype.str, a.shape, hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
+      key = ("array", t.__name__, a.dtype.str, a.shape, array_digest(a))
+      arrays[id(x)] = (x, key)
+      return key
     if t is types.FunctionType:
       cells = tuple(_cell(c, fp) for c in (x.__closure__ or ()))
       return (
@@ -103,6 +108,12 @@ def fingerprint(obj: Any) -> tuple[Hashable, list]:
     return ident(x)
 
   return fp(obj), keep
+
+
+def array_digest(a: np.ndarray) -> str:
+  """SHA-256 (hex) of an array's bytes in C order: `hashlib.sha256(a.tobytes())`, read through a uint8 view of the
+  contiguous array instead of a copy (any dtype, bfloat16 and empty arrays included)."""
+  return hashlib.sha256(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).hexdigest()
 
 
 def _cell(cell, fp) -> Hashable:
