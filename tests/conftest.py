@@ -7,7 +7,8 @@ else, within this run and in every later run on the machine, from any clone. It 
 `<cache root>/jax_compilation_cache/tests` (`$TRANSFER_META_CACHE`, else `~/.cache/transfer_meta`; the same root
 as the datasets), bounded to `MAX_CACHE_BYTES` by least-recently-used eviction at the end of each run, so a fresh
 clone on a machine that has run the suite before starts warm, and a fresh machine starts empty.
-`TRANSFER_META_TEST_JAX_CACHE=DIR` puts it elsewhere (an empty DIR: a cold-cache run), `=off` disables it.
+`TRANSFER_META_TEST_JAX_CACHE=DIR` puts it elsewhere (an empty DIR: a cold-cache run), `=off` disables it;
+`TRANSFER_META_TEST_MIN_COMPILE_SECS=S` caches only compiles over S seconds (default 0: all).
 Subprocesses inherit it through the JAX_* environment variables (read by jax at import).
 """
 
@@ -58,6 +59,22 @@ def cache_dir(environ: Mapping[str, str]) -> str | None:
   return os.path.join(os.path.expanduser(root), "jax_compilation_cache", "tests")
 
 
+MIN_COMPILE_ENV = "TRANSFER_META_TEST_MIN_COMPILE_SECS"
+
+
+def min_compile_secs(environ: Mapping[str, str]) -> float:
+  """The suite's persistent-cache threshold: 0.0 (every compile cached; reading a small program back is cheaper
+  than compiling it again, README "Eighth stop"), or TRANSFER_META_TEST_MIN_COMPILE_SECS (>= 0) to measure another."""
+  text = environ.get(MIN_COMPILE_ENV, "0")
+  try:
+    value = float(text)
+  except ValueError:
+    raise ValueError(f"{MIN_COMPILE_ENV}={text!r} is not a number of seconds") from None
+  if not value >= 0:
+    raise ValueError(f"{MIN_COMPILE_ENV}={text!r} must be >= 0")
+  return value
+
+
 def pytest_configure(config: pytest.Config) -> None:
   path = cache_dir(os.environ)
   if path is None:
@@ -65,10 +82,10 @@ def pytest_configure(config: pytest.Config) -> None:
   os.makedirs(path, exist_ok=True)
   # Every compile is worth caching here: the suite's programs are small and compiled many times over.
   os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(min_compile_secs(os.environ))
   os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = "-1"  # unbounded while running (subprocesses too); pruned below
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs(os.environ))
   jax.config.update("jax_compilation_cache_max_size", -1)
 
 

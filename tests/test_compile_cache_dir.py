@@ -7,6 +7,7 @@ import os
 import compile_cache_prune
 import conftest
 import jax
+import pytest
 from conftest import CACHE_ENV, MAX_CACHE_BYTES, cache_dir
 
 
@@ -42,3 +43,11 @@ def test_this_run_compiles_through_it_unbounded_and_prunes_at_the_end(tmp_path, 
   monkeypatch.setenv(CACHE_ENV, "off")
   conftest.pytest_unconfigure(None)
   assert len(seen) == 1
+
+
+def test_min_compile_threshold_defaults_to_every_compile_and_refuses_bad_values():
+  assert conftest.min_compile_secs({}) == 0.0
+  assert conftest.min_compile_secs({conftest.MIN_COMPILE_ENV: "0.1"}) == 0.1
+  for bad in ("fast", "-1", "nan"):
+    with pytest.raises(ValueError, match=conftest.MIN_COMPILE_ENV):
+      conftest.min_compile_secs({conftest.MIN_COMPILE_ENV: bad})
