@@ -18,6 +18,7 @@ from jax.flatten_util import ravel_pytree
 from test_learners import FAST_COMPILE, LEARNER_MODELS, S, make_task, tiny_model
 
 from transfer_meta.learners import LEARNERS, get_learner
+from transfer_meta.learners.inner import inner_sgd
 
 LR = 0.05
 ALL, DECISION, HEAD = ("body", "head", "context", "item_emb"), ("body", "head"), ("head",)
@@ -168,6 +169,32 @@ def test_remat_changes_nothing(name):
   plain = task_grad(name, params, t, inner_steps=3, remat=False)
   remat = task_grad(name, params, t, inner_steps=3, remat=True)
   chex.assert_trees_all_close(plain, remat, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_inner_sgd_vmapped_over_tasks_equals_a_loop_of_hand_sgd(steps):
+  """`inner_sgd` runs its first step outside the scan (under `vmap` that step's parameters are the shared
+  meta-initialisation); vmapped over tasks, its adapted parameters, metrics and second-order meta-gradients
+  equal a Python loop over the tasks of the hand-unrolled SGD."""
+  params = params0()
+  tasks = [task(seed) for seed in (1, 2, 3)]
+  batch = jax.tree.map(lambda *xs: np.stack(xs), *tasks)
+  mask = {"params": {mod: {n: mod in DECISION for n in leaves} for mod, leaves in params["params"].items()}}
+
+  def ours(p, t):
+    s = t["support"]
+    phi, metrics = inner_sgd(lambda q: hand_loss(q, s, s), p, mask, LR, steps)
+    return hand_loss(phi, t["query"], s), (phi, metrics)
+
+  def by_hand(p, t):
+    s = t["support"]
+    phi = hand_sgd(p, lambda q: hand_loss(q, s, s), LR, steps, DECISION)
+    before, after = hand_loss(p, s, s), hand_loss(phi, s, s)
+    return hand_loss(phi, t["query"], s), (phi, {"inner_loss_before": before, "inner_loss_after": after})
+
+  got = jit(jax.vmap(jax.value_and_grad(ours, has_aux=True), in_axes=(None, 0)))(params, batch)
+  loop = jit(lambda p: [jax.value_and_grad(by_hand, has_aux=True)(p, t) for t in tasks])(params)
+  chex.assert_trees_all_close(got, jax.tree.map(lambda *xs: np.stack(xs), *loop), rtol=1e-10, atol=1e-13)
 
 
 def test_inner_loss_metrics_are_support_losses_before_and_after():

@@ -128,7 +128,14 @@ def inner_sgd(
 
   if remat:
     step = jax.checkpoint(step)
-  adapted, losses = jax.lax.scan(step, adapted, None, length=check_steps(steps))
+  before = None
+  if check_steps(steps):
+    # The first step runs outside the scan: under `vmap` over tasks its parameters are still the shared
+    # meta-initialisation, so the support's forward and backward matmuls are one GEMM over every task's rows
+    # instead of a batched GEMM against the weights broadcast per task (a scan carry is batched from the start).
+    adapted, before = step(adapted, None)
+  if steps > 1:
+    adapted, _ = jax.lax.scan(step, adapted, None, length=steps - 1)
   after = adapted_loss(adapted)
-  before = losses[0] if steps else after
+  before = after if before is None else before
   return combine(adapted, frozen, mask), {"inner_loss_before": before, "inner_loss_after": after}
