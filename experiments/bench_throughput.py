@@ -21,6 +21,8 @@ tasks sorted by support length into G fixed-size groups, each padded to its own 
   loop      our own loop-over-tasks variant of the same step: a Python loop calling a jitted single-task
             `task_grad`, summing the gradients, then the optimiser update (batches <= --loop_max only).
 
+  ops       with --op_profile=K, one more repetition is traced after the timed ones and the K kinds of HLO op
+            with the most exclusive time are printed (`experiments/op_profile.py`; shares land in the CSV row).
   flops     each case also reports the machine's matmul peak, measured in the same process between the timed
             repetitions (`bench_flops.peak_matmul_flops`, a 2048^2 f32 matmul), and the step's useful FLOP/s
             (matmul FLOPs of the real tasks at their real support/query lengths, counted on the jaxpr by
@@ -65,6 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--hidden", default="64,64")
   p.add_argument("--devices", type=int, default=1, help="host devices on the 'tasks' mesh axis (fake CPU devices)")
   p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the case processes (e.g. thread settings)")
+  p.add_argument(
+    "--op_profile",
+    type=int,
+    default=0,
+    help="> 0: trace one more repetition and print the K op kinds that took the most time (experiments/op_profile.py)",
+  )
   p.add_argument("--no_csv", action="store_true", help="print only, append nothing to bench.csv")
   return p.parse_args(argv)
 
@@ -314,6 +322,25 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     f"{figures['peak_gflop_s']:.0f} GFLOP/s matmul peak (executed {figures['executed_frac_of_peak']:.0%})",
     flush=True,
   )
+  if args.op_profile > 0:  # after the timed repetitions: the tracer's overhead stays out of every figure above
+    import tempfile
+
+    from experiments import op_profile
+
+    with tempfile.TemporaryDirectory() as directory:
+      with op_profile.traced(directory):
+        t0 = time.perf_counter()
+        run_steps()
+        traced_s = (time.perf_counter() - t0) / steps
+      rows = op_profile.summarize(op_profile.exclusive_times(op_profile.load_events(directory)), steps, args.op_profile)
+    print(
+      f"{case:>10}  op time by kind over {steps} traced steps ({traced_s * 1e3:.2f} ms/step under the tracer, "
+      f"{step_s * 1e3:.2f} untraced; ops on the intra-op pool overlap):\n{op_profile.format_rows(rows)}",
+      flush=True,
+    )
+    figures["op_profile"] = {r["kind"]: round(r["share"], 4) for r in rows}
+    figures["op_ms_per_step"] = sum(r["ms_per_step"] for r in rows)
+    figures["traced_ms_per_step"] = traced_s * 1e3
   if not args.no_csv:
     name = (
       f"{variant}:{batch_size}" + (f" chunk={chunk}" if chunk else "") + (f" groups={n_groups}" if n_groups else "")

@@ -861,8 +861,9 @@ def test_eager_catalogue_is_a_callback_free_program_once_per_evaluation(tiny, mo
 def test_meta_step_takes_the_catalogue_inputs_as_arguments(tiny, monkeypatch):
   """The trainer's jitted meta-step (`step.jit_meta_step`) takes the tail's trimmed inputs as arguments (the
   model's `step_inputs` hook), so a table too large to inline reaches it without a `pure_callback` (a program jax's
-  persistent compilation cache keeps); two steps give the same state and metrics, bit for bit, as the same step
-  jitted by hand, whose tail reads its inputs through the callback."""
+  persistent compilation cache keeps); two steps give the same state and metrics as the same step jitted by hand,
+  whose tail reads its inputs through the callback (to float32 rounding: the two programs are compiled apart, and XLA
+  may order a sum differently in each)."""
   import optax
 
   from transfer_meta import sharding, step
@@ -872,7 +873,9 @@ def test_meta_step_takes_the_catalogue_inputs_as_arguments(tiny, monkeypatch):
   monkeypatch.setattr(catalogue_tail, "INLINE_BYTES", 0)  # as ML-100K's: the hand-jitted step streams by callback
   model = last_layer.with_text_tail(_probe(2 + TINY.hidden + 1), table, column=2)
   learner = get_learner("melu", model, inner_steps=1, inner_lr=0.1, adapt_regex=W)
-  tx = optax.adam(1e-2)
+  # SGD, not Adam: the key bias's gradient is 0 in exact arithmetic (softmax ignores a shift shared by the keys),
+  # and Adam would turn its rounding noise, which differs between two programs, into whole steps of +-lr.
+  tx = optax.sgd(1e-1)
   batch = {**_tail_tasks(table), "task_id": np.arange(3, dtype=np.int32)}
   example = {part: jax.tree.map(lambda a: a[:1], batch[part]) for part in ("support", "query")}
   mesh = sharding.make_mesh(jax.devices()[:1])
@@ -898,7 +901,7 @@ def test_meta_step_takes_the_catalogue_inputs_as_arguments(tiny, monkeypatch):
   state = init(keys)
   for got in runs:
     state, metrics = by_callback(state, stacked, keys)
-    chex.assert_trees_all_equal(got, (jax.device_get(state), jax.device_get(metrics)))
+    chex.assert_trees_all_close(got, (jax.device_get(state), jax.device_get(metrics)), rtol=1e-6, atol=1e-7)
   assert len(callbacks) == 2  # the reference read the table through the callback, once per step
   meta = runs[1][0]["meta_params"]
   (path,) = catalogue_tail.tail_paths(meta)
