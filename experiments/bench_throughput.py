@@ -323,16 +323,9 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     flush=True,
   )
   if args.op_profile > 0:  # after the timed repetitions: the tracer's overhead stays out of every figure above
-    import tempfile
-
     from experiments import op_profile
 
-    with tempfile.TemporaryDirectory() as directory:
-      with op_profile.traced(directory):
-        t0 = time.perf_counter()
-        run_steps()
-        traced_s = (time.perf_counter() - t0) / steps
-      rows = op_profile.summarize(op_profile.exclusive_times(op_profile.load_events(directory)), steps, args.op_profile)
+    rows, traced_s = op_profile.profile(run_steps, steps, args.op_profile)
     print(
       f"{case:>10}  op time by kind over {steps} traced steps ({traced_s * 1e3:.2f} ms/step under the tracer, "
       f"{step_s * 1e3:.2f} untraced; ops on the intra-op pool overlap):\n{op_profile.format_rows(rows)}",

@@ -5,9 +5,8 @@
 `bench_throughput --op_profile=K` traces one extra repetition of a case's steps (after the timed ones, so the
 tracer's overhead never reaches the tasks/s) and prints the K kinds of op that took the most time. Used on its own:
 
-    with op_profile.traced(directory):
-      run_steps()
-    rows = op_profile.summarize(op_profile.exclusive_times(op_profile.load_events(directory)), steps=n)
+    rows, traced_s = op_profile.profile(run_steps, steps=n, top=12)   # run_steps: n steps, blocked until ready
+    print(op_profile.format_rows(rows))
 
 Only events the XLA runtime tags with the op they ran (`args.hlo_op`: one per thunk, on the thread that ran it)
 count; host-side events (dispatch, Python) do not. Exclusive time is an op's duration minus that of the ops nested
@@ -24,7 +23,9 @@ import gzip
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 _SUFFIX = re.compile(r"(\.\d+)+$")
 
@@ -105,6 +106,20 @@ def summarize(times: Mapping[str, float], steps: int, top: int = 12) -> list[dic
   if rest:
     rows.append({"kind": "other", "ms_per_step": rest / steps / 1e3, "share": rest / total})
   return rows
+
+
+def profile(run: Callable[[], object], steps: int, top: int = 12) -> tuple[list[dict], float]:
+  """Runs `run` (`steps` steps, finished when it returns) once under the tracer, in a temporary directory.
+
+  Returns:
+    (`summarize` rows of the `top` kinds, wall seconds per step under the tracer).
+  """
+  with tempfile.TemporaryDirectory() as directory:
+    with traced(directory):
+      t0 = time.perf_counter()
+      run()
+      seconds = (time.perf_counter() - t0) / steps
+    return summarize(exclusive_times(load_events(directory)), steps, top), seconds
 
 
 def format_rows(rows: Iterable[Mapping]) -> str:

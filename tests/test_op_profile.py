@@ -89,3 +89,13 @@ def test_a_real_trace_of_a_scan(tmp_path):
   np.testing.assert_allclose(sum(times.values()), sum(e["dur"] for e in top), rtol=1e-6)  # exclusive adds up
   rows = op_profile.summarize(times, steps=2)
   np.testing.assert_allclose(sum(r["share"] for r in rows), 1.0)
+
+
+def test_profile_runs_once_under_the_tracer():
+  f = jax.jit(lambda w, x: jnp.tanh(x @ w).sum())
+  w, x = jnp.full((32, 32), 0.01), jnp.ones((8, 32))
+  f(w, x).block_until_ready()
+  calls = []
+  rows, seconds = op_profile.profile(lambda: calls.append(f(w, x).block_until_ready()), steps=1, top=3)
+  assert len(calls) == 1 and seconds > 0
+  np.testing.assert_allclose(sum(r["share"] for r in rows), 1.0)

@@ -1,4 +1,5 @@
-"""The inner loop every learner shares: masked SGD on one task, as `jax.grad` inside `lax.scan`.
+"""The inner loop every learner shares: masked SGD on one task, as `jax.grad` (the first step, then the rest
+inside `lax.scan`).
 
 Only the ADAPTED leaves (an `adapt_mask` over the model parameters) are differentiated and stepped;
 the others pass through unchanged. Splitting the tree (`partition`) rather than masking a full gradient
@@ -128,7 +129,6 @@ def inner_sgd(
 
   if remat:
     step = jax.checkpoint(step)
-  before = None
   if check_steps(steps):
     # The first step runs outside the scan: under `vmap` over tasks its parameters are still the shared
     # meta-initialisation, so the support's forward and backward matmuls are one GEMM over every task's rows
@@ -137,5 +137,4 @@ def inner_sgd(
   if steps > 1:
     adapted, _ = jax.lax.scan(step, adapted, None, length=steps - 1)
   after = adapted_loss(adapted)
-  before = after if before is None else before
-  return combine(adapted, frozen, mask), {"inner_loss_before": before, "inner_loss_after": after}
+  return combine(adapted, frozen, mask), {"inner_loss_before": before if steps else after, "inner_loss_after": after}
