@@ -121,12 +121,25 @@ def load_avg() -> float:
   return round(os.getloadavg()[0], 2)
 
 
+# Environment variables that move a step's speed by far more than the run-to-run spread, so every row says them:
+# glibc's allocator tunables (the meta-step 1.6-2x slower with `glibc.malloc.arena_max=1` in bench_throughput;
+# `make run` 40% cheaper with the Makefile's set) and the size of XLA's CPU thread pool and its flags.
+ENVIRON_KEYS = ("GLIBC_TUNABLES", "PJRT_NPROC", "NPROC", "XLA_FLAGS")
+
+
+def run_environ(environ=None) -> dict:
+  """The ENVIRON_KEYS set in `environ` (default `os.environ`), name -> value (absent ones left out)."""
+  environ = os.environ if environ is None else environ
+  return {k: environ[k] for k in ENVIRON_KEYS if k in environ}
+
+
 def append_row(
   bench: str, case: str, value: float, unit: str, figures: dict, params: dict, path: str = CSV_PATH
 ) -> dict:
   """Appends one result row (creating the file with its header); returns the row.
 
-  Raises ValueError if an existing file has a different header (rows are never written under wrong columns).
+  `params` is stored with an "environ" entry added (`run_environ()`). Raises ValueError if an existing file has a
+  different header (rows are never written under wrong columns).
   """
   row = {
     "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -135,7 +148,7 @@ def append_row(
     "value": _round(value),
     "unit": unit,
     "figures": json.dumps({k: _round(v) for k, v in figures.items()}, sort_keys=True),
-    "params": json.dumps(params, sort_keys=True, default=str),
+    "params": json.dumps({**params, "environ": run_environ()}, sort_keys=True, default=str),
     **machine(),
     "load_avg_1m": load_avg(),
     "peak_rss_mib": peak_rss_mib(),

@@ -50,3 +50,17 @@ def test_run_cases_isolated_reads_this_process_arguments_by_default(tmp_path, mo
 
   assert bench_common.run_cases_isolated("case_probe", ["1m"], drop=("--sizes",)) == 0
   assert json.loads((tmp_path / "1m.json").read_text())["argv"] == ["--batch=8", "--case=1m"]
+
+
+def test_each_row_records_the_allocator_and_thread_environment(tmp_path, monkeypatch):
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+  monkeypatch.setenv("PJRT_NPROC", "1")
+  monkeypatch.delenv("NPROC", raising=False)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  path = str(tmp_path / "bench.csv")
+  row = bench_common.append_row("probe", "c", 1.0, "ms", {"x": 2.0}, {"steps": 3}, path=path)
+  params = json.loads(row["params"])
+  assert params == {"steps": 3, "environ": {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1", "PJRT_NPROC": "1"}}
+  with open(path) as f:
+    assert f.read().count("arena_max=1") == 1  # written to the file, once
+  assert bench_common.run_environ({"XLA_FLAGS": "--a", "HOME": "/x"}) == {"XLA_FLAGS": "--a"}

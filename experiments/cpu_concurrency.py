@@ -1,0 +1,155 @@
+"""Does XLA:CPU spread a meta-step's per-task work over the cores? A probe on one batched per-task matmul chain.
+
+    python -m experiments.cpu_concurrency                  # one CPU device, every core this process may use
+    taskset -c 0 python -m experiments.cpu_concurrency     # the same pinned to one core
+    python -m experiments.cpu_concurrency --devices=2      # the task axis sharded over 2 fake CPU devices
+
+Under `vmap` over tasks, every layer after the inner step multiplies each task's rows by that task's own adapted
+weights: a batched matmul [T, S, D] x [T, D, D]. This times `depth` such layers (with a tanh between) over T tasks
+six ways on one device: the whole batch (also summed over tasks, as a meta-gradient is); half of it (T / 2 tasks);
+both halves as two independent branches of ONE program; two calls of the half program dispatched back to back before
+waiting (async dispatch); and two Python threads each calling the half program. If the runtime ran independent work
+on two cores, the last three would take about one half's time; if it runs them one after the other, about two
+halves'. `concurrency` = 2 x half / variant (2.0: two cores fully used; 1.0: one after the other). With
+`--devices=D` it times the whole and the summed program with the task axis sharded over D fake devices instead (the
+sum is then an all-reduce), to compare with one device's.
+Rows go to experiments/results/bench.csv (`bench=cpu_concurrency`) with the machine, its load and the cores the
+process may use (`taskset` shows as `cores`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from collections.abc import Callable
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--tasks", type=int, default=64, help="tasks in the whole batch (T; even)")
+  p.add_argument("--support", type=int, default=100, help="rows per task (S)")
+  p.add_argument("--width", type=int, default=96, help="layer width (D)")
+  p.add_argument("--depth", type=int, default=6, help="batched matmul layers in the chain")
+  p.add_argument("--calls", type=int, default=30, help="calls per timed repetition")
+  p.add_argument("--reps", type=int, default=5, help="timed repetitions (the best is reported)")
+  p.add_argument("--devices", type=int, default=1, help=">= 2: shard the task axis over that many fake CPU devices")
+  p.add_argument("--no_csv", action="store_true", help="print only, append nothing to bench.csv")
+  args = p.parse_args(argv)
+  if args.tasks < 2 or args.tasks % 2 or min(args.support, args.width, args.depth, args.calls, args.reps) < 1:
+    p.error("--tasks must be an even number >= 2 and every other size >= 1")
+  if args.devices < 1 or args.tasks % args.devices:
+    p.error(f"--devices={args.devices} must be >= 1 and divide --tasks={args.tasks}")
+  return args
+
+
+def chain(x, w, depth: int):
+  """`depth` per-task layers: x [T, S, D], w [T, D, D] -> tanh(x_t @ w_t), `depth` times; [T, S, D]."""
+  import jax.numpy as jnp
+
+  for _ in range(depth):
+    x = jnp.tanh(jnp.einsum("tsd,tde->tse", x, w))
+  return x
+
+
+def single_device_variants(x, w, depth: int) -> dict[str, Callable[[], list]]:
+  """Name -> zero-argument call that runs that variant to completion and returns its outputs, a list of device
+  arrays (`rows` joins them): the whole batch's rows in task order, the first half's for `half`, the sum over
+  tasks [S, D] for `whole_summed`. Nothing is copied to the host inside a call."""
+  import jax
+  import jax.numpy as jnp
+
+  one = jax.jit(lambda a, b: chain(a, b, depth))
+  summed = jax.jit(lambda a, b: jnp.sum(chain(a, b, depth), axis=0))
+  two = jax.jit(lambda a, b, c, d: (chain(a, b, depth), chain(c, d, depth)))
+  h = x.shape[0] // 2
+  xa, xb, wa, wb = x[:h], x[h:], w[:h], w[h:]
+
+  def threads():
+    out = [None, None]
+
+    def run(i, a, b):
+      out[i] = jax.block_until_ready(one(a, b))
+
+    workers = [threading.Thread(target=run, args=(0, xa, wa)), threading.Thread(target=run, args=(1, xb, wb))]
+    for t in workers:
+      t.start()
+    for t in workers:
+      t.join()
+    return out
+
+  return {
+    "whole": lambda: [jax.block_until_ready(one(x, w))],
+    "whole_summed": lambda: [jax.block_until_ready(summed(x, w))],
+    "half": lambda: [jax.block_until_ready(one(xa, wa))],
+    "two_branches": lambda: list(jax.block_until_ready(two(xa, wa, xb, wb))),
+    "two_async_calls": lambda: list(jax.block_until_ready((one(xa, wa), one(xb, wb)))),
+    "two_threads": threads,
+  }
+
+
+def rows(outputs: list):
+  """A variant's outputs as one host array (the halves joined along the task axis)."""
+  import numpy as np
+
+  return np.concatenate([np.asarray(o) for o in outputs])
+
+
+def best_ms(fn: Callable[[], object], calls: int, reps: int) -> float:
+  """Best over `reps` repetitions of the mean wall milliseconds of `calls` calls of `fn` (after one warm-up)."""
+  fn()
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+      fn()
+    best = min(best, (time.perf_counter() - t0) / calls)
+  return best * 1e3
+
+
+def inputs(tasks: int, support: int, width: int):
+  import jax
+
+  kx, kw = jax.random.split(jax.random.PRNGKey(0))
+  return jax.random.normal(kx, (tasks, support, width)), jax.random.normal(kw, (tasks, width, width)) * 0.1
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  if args.devices > 1:  # before jax creates its CPU backend
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}"
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  from experiments import bench_common
+
+  x, w = inputs(args.tasks, args.support, args.width)
+  if args.devices > 1:
+    mesh = Mesh(jax.devices()[: args.devices], ("tasks",))
+    x, w = (jax.device_put(a, NamedSharding(mesh, PartitionSpec("tasks"))) for a in (x, w))
+    calls = {
+      f"whole_on_{args.devices}_devices": jax.jit(lambda a, b: chain(a, b, args.depth)),
+      f"whole_summed_on_{args.devices}_devices": jax.jit(lambda a, b: jnp.sum(chain(a, b, args.depth), axis=0)),
+    }
+    variants = {name: (lambda f=f: [jax.block_until_ready(f(x, w))]) for name, f in calls.items()}
+  else:
+    variants = single_device_variants(x, w, args.depth)
+  ms = {name: best_ms(fn, args.calls, args.reps) for name, fn in variants.items()}
+  facts = bench_common.machine()
+  print(
+    f"{args.depth} layers of [{args.tasks}, {args.support}, {args.width}] x [{args.tasks}, {args.width}, "
+    f"{args.width}] per call; {facts['cpu']}, {facts['cores']} usable cores, load {bench_common.load_avg()}"
+  )
+  for name, t in ms.items():
+    conc = f"  concurrency {2 * ms['half'] / t:.2f}" if name.startswith("two_") else ""
+    print(f"  {name:28s} {t:8.3f} ms{conc}")
+    if not args.no_csv:
+      figures = {"concurrency": 2 * ms["half"] / t} if name.startswith("two_") else {}
+      params = {k: getattr(args, k) for k in ("tasks", "support", "width", "depth", "calls", "reps", "devices")}
+      bench_common.append_row("cpu_concurrency", name, t, "ms/call", figures, params)
+
+
+if __name__ == "__main__":
+  main()
