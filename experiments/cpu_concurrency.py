@@ -13,6 +13,8 @@ on two cores, the last three would take about one half's time; if it runs them o
 halves'. `concurrency` = 2 x half / variant (2.0: two cores fully used; 1.0: one after the other). With
 `--devices=D` it times the whole and the summed program with the task axis sharded over D fake devices instead (the
 sum is then an all-reduce), to compare with one device's.
+`--op_profile=K` traces each variant's calls once more and prints
+the K kinds of op with the most exclusive time and how many ops ran at once on average (op time / wall time).
 Rows go to experiments/results/bench.csv (`bench=cpu_concurrency`) with the machine, its load and the cores the
 process may use (`taskset` shows as `cores`).
 """
@@ -35,10 +37,18 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--calls", type=int, default=30, help="calls per timed repetition")
   p.add_argument("--reps", type=int, default=5, help="timed repetitions (the best is reported)")
   p.add_argument("--devices", type=int, default=1, help=">= 2: shard the task axis over that many fake CPU devices")
+  p.add_argument(
+    "--op_profile",
+    type=int,
+    default=0,
+    help="> 0: trace each variant's calls once more; print the K op kinds taking most time (experiments/op_profile)",
+  )
   p.add_argument("--no_csv", action="store_true", help="print only, append nothing to bench.csv")
   args = p.parse_args(argv)
   if args.tasks < 2 or args.tasks % 2 or min(args.support, args.width, args.depth, args.calls, args.reps) < 1:
     p.error("--tasks must be an even number >= 2 and every other size >= 1")
+  if args.op_profile < 0:
+    p.error(f"--op_profile={args.op_profile} must be >= 0")
   if args.devices < 1 or args.tasks % args.devices:
     p.error(f"--devices={args.devices} must be >= 1 and divide --tasks={args.tasks}")
   return args
@@ -123,7 +133,7 @@ def main(argv=None) -> None:
   import jax.numpy as jnp
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-  from experiments import bench_common
+  from experiments import bench_common, op_profile
 
   x, w = inputs(args.tasks, args.support, args.width)
   if args.devices > 1:
@@ -149,6 +159,14 @@ def main(argv=None) -> None:
       figures = {"concurrency": 2 * ms["half"] / t} if name.startswith("two_") else {}
       params = {k: getattr(args, k) for k in ("tasks", "support", "width", "depth", "calls", "reps", "devices")}
       bench_common.append_row("cpu_concurrency", name, t, "ms/call", figures, params)
+  for name, fn in variants.items() if args.op_profile else ():
+    rows, traced_s = op_profile.profile(lambda fn=fn: [fn() for _ in range(args.calls)], args.calls, args.op_profile)
+    op_ms = sum(r["ms_per_step"] for r in rows)
+    print(
+      f"  {name}: {op_ms:.3f} ms of op time per call in {traced_s * 1e3:.3f} ms under the tracer "
+      f"({op_ms / (traced_s * 1e3):.2f} ops running at once on average)"
+    )
+    print(op_profile.format_rows(rows))
 
 
 if __name__ == "__main__":
