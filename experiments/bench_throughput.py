@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from experiments import bench_common, bench_flops
+from experiments import bench_common, bench_flops, op_profile
 
 VARIANTS = {"fo1": (True, 1), "so1": (False, 1), "so5": (False, 5)}  # name -> (first_order, inner_steps)
 DEFAULT_CASES = "fo1:32,fo1:256,fo1:1024,fo1:1024:32,so1:32,so1:256,so1:1024:32,so5:32,so5:256,so5:256:32"
@@ -67,12 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--hidden", default="64,64")
   p.add_argument("--devices", type=int, default=1, help="host devices on the 'tasks' mesh axis (fake CPU devices)")
   p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the case processes (e.g. thread settings)")
-  p.add_argument(
-    "--op_profile",
-    type=int,
-    default=0,
-    help="> 0: trace one more repetition and print the K op kinds that took the most time (experiments/op_profile.py)",
-  )
+  op_profile.add_flag(p, "one more repetition")
   p.add_argument("--no_csv", action="store_true", help="print only, append nothing to bench.csv")
   return p.parse_args(argv)
 
@@ -323,8 +318,6 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     flush=True,
   )
   if args.op_profile > 0:  # after the timed repetitions: the tracer's overhead stays out of every figure above
-    from experiments import op_profile
-
     rows, traced_s = op_profile.profile(run_steps, steps, args.op_profile)
     print(
       f"{case:>10}  op time by kind over {steps} traced steps ({traced_s * 1e3:.2f} ms/step under the tracer, "

@@ -27,6 +27,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from experiments import op_profile
+
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -37,18 +39,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--calls", type=int, default=30, help="calls per timed repetition")
   p.add_argument("--reps", type=int, default=5, help="timed repetitions (the best is reported)")
   p.add_argument("--devices", type=int, default=1, help=">= 2: shard the task axis over that many fake CPU devices")
-  p.add_argument(
-    "--op_profile",
-    type=int,
-    default=0,
-    help="> 0: trace each variant's calls once more; print the K op kinds taking most time (experiments/op_profile)",
-  )
+  op_profile.add_flag(p, "each variant's calls once more")
   p.add_argument("--no_csv", action="store_true", help="print only, append nothing to bench.csv")
   args = p.parse_args(argv)
   if args.tasks < 2 or args.tasks % 2 or min(args.support, args.width, args.depth, args.calls, args.reps) < 1:
     p.error("--tasks must be an even number >= 2 and every other size >= 1")
-  if args.op_profile < 0:
-    p.error(f"--op_profile={args.op_profile} must be >= 0")
   if args.devices < 1 or args.tasks % args.devices:
     p.error(f"--devices={args.devices} must be >= 1 and divide --tasks={args.tasks}")
   return args
@@ -133,7 +128,7 @@ def main(argv=None) -> None:
   import jax.numpy as jnp
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-  from experiments import bench_common, op_profile
+  from experiments import bench_common
 
   x, w = inputs(args.tasks, args.support, args.width)
   if args.devices > 1:

@@ -17,6 +17,7 @@ the op's name without its trailing `.N` (`broadcast.12` -> `broadcast`; XLA:CPU'
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
 import gzip
@@ -28,6 +29,24 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 _SUFFIX = re.compile(r"(\.\d+)+$")
+
+
+def _top(text: str) -> int:
+  value = int(text)
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"{value} must be >= 0 (0: no profile)")
+  return value
+
+
+def add_flag(parser: argparse.ArgumentParser, what: str) -> None:
+  """Adds `--op_profile=K` (an int >= 0, default 0: off) to a benchmark's parser; `what` says what is traced once
+  more after the timed runs (e.g. 'one more repetition')."""
+  parser.add_argument(
+    "--op_profile",
+    type=_top,
+    default=0,
+    help=f"> 0: trace {what} and print the K op kinds with the most time (experiments/op_profile.py)",
+  )
 
 
 def kind(op_name: str) -> str:

@@ -28,7 +28,7 @@ def test_every_variant_computes_the_whole_batch_rows():
     (["--tasks=3"], "even number"),
     (["--depth=0"], "even number"),
     (["--devices=3"], "divide --tasks=64"),
-    (["--op_profile=-1"], "--op_profile=-1 must be >= 0"),
+    (["--op_profile=-1"], "--op_profile: -1 must be >= 0"),
   ],
 )
 def test_bad_sizes_are_refused(argv, message, capsys):
