@@ -28,7 +28,7 @@ $(TEST_STAMP): $(RUN_STAMP) requirements-tfds.txt requirements-text.txt requirem
 # transparent huge pages, 2 MB at a time instead of 4 KB (20x fewer page faults; results unchanged). README, issue 13.
 # mmap_max=0, trim_threshold=4G, arena_max=1: those buffers come from one heap that glibc keeps between steps, so
 # the kernel stops mapping and zeroing ~200 MB a step (system time about halved; results.json identical).
-# Only here: the throughput benchmark's un-synced steps run 20-35% slower with arena_max=1, and this job 40% cheaper
+# Only here: the throughput benchmark's un-synced steps run 14-34% slower with arena_max=1, and this job 40% cheaper
 # with the set (85.8-95.9 vs 147.8-149.8 CPU-s; experiments/README.md, "The allocator and the second core").
 RUN_MALLOC := glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:glibc.malloc.arena_max=1
 # --xla_cpu_multi_thread_eigen=false: the job's matmuls are small (supports of <= 100 rows against 96-64-64 layers),
