@@ -122,8 +122,8 @@ def load_avg() -> float:
 
 
 # Environment variables that move a step's speed by far more than the run-to-run spread, so every row says them:
-# glibc's allocator tunables (the meta-step 1.6-2x slower with `glibc.malloc.arena_max=1` in bench_throughput;
-# `make run` 40% cheaper with the Makefile's set) and the size of XLA's CPU thread pool and its flags.
+# glibc's allocator tunables (bench_throughput's steps 14-34% slower with the Makefile's set, 1.4-2.4x with
+# `arena_max=1` alone; `make run` ~40% cheaper with the set) and the size of XLA's CPU thread pool and its flags.
 ENVIRON_KEYS = ("GLIBC_TUNABLES", "PJRT_NPROC", "NPROC", "XLA_FLAGS")
 
 

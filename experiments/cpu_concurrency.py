@@ -24,10 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import threading
-import time
 from collections.abc import Callable
 
-from experiments import op_profile
+from experiments import bench_common, op_profile
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,15 +57,21 @@ def chain(x, w, depth: int):
   return x
 
 
+def programs(depth: int) -> tuple[Callable, Callable]:
+  """The jitted chain (x, w) -> [T, S, D] and the same summed over tasks, (x, w) -> [S, D]."""
+  import jax
+  import jax.numpy as jnp
+
+  return jax.jit(lambda a, b: chain(a, b, depth)), jax.jit(lambda a, b: jnp.sum(chain(a, b, depth), axis=0))
+
+
 def single_device_variants(x, w, depth: int) -> dict[str, Callable[[], list]]:
   """Name -> zero-argument call that runs that variant to completion and returns its outputs, a list of device
   arrays (`rows` joins them): the whole batch's rows in task order, the first half's for `half`, the sum over
   tasks [S, D] for `whole_summed`. Nothing is copied to the host inside a call."""
   import jax
-  import jax.numpy as jnp
 
-  one = jax.jit(lambda a, b: chain(a, b, depth))
-  summed = jax.jit(lambda a, b: jnp.sum(chain(a, b, depth), axis=0))
+  one, summed = programs(depth)
   two = jax.jit(lambda a, b, c, d: (chain(a, b, depth), chain(c, d, depth)))
   h = x.shape[0] // 2
   xa, xb, wa, wb = x[:h], x[h:], w[:h], w[h:]
@@ -102,15 +107,9 @@ def rows(outputs: list):
 
 
 def best_ms(fn: Callable[[], object], calls: int, reps: int) -> float:
-  """Best over `reps` repetitions of the mean wall milliseconds of `calls` calls of `fn` (after one warm-up)."""
-  fn()
-  best = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    for _ in range(calls):
-      fn()
-    best = min(best, (time.perf_counter() - t0) / calls)
-  return best * 1e3
+  """Best over `reps` repetitions of the mean wall milliseconds of `calls` calls of `fn`, after one warm-up
+  repetition (`bench_common.time_calls`)."""
+  return float(bench_common.time_calls(lambda: [fn() for _ in range(calls)], reps).min()) / calls * 1e3
 
 
 def inputs(tasks: int, support: int, width: int):
@@ -125,19 +124,14 @@ def main(argv=None) -> None:
   if args.devices > 1:  # before jax creates its CPU backend
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}"
   import jax
-  import jax.numpy as jnp
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-  from experiments import bench_common
 
   x, w = inputs(args.tasks, args.support, args.width)
   if args.devices > 1:
     mesh = Mesh(jax.devices()[: args.devices], ("tasks",))
     x, w = (jax.device_put(a, NamedSharding(mesh, PartitionSpec("tasks"))) for a in (x, w))
-    calls = {
-      f"whole_on_{args.devices}_devices": jax.jit(lambda a, b: chain(a, b, args.depth)),
-      f"whole_summed_on_{args.devices}_devices": jax.jit(lambda a, b: jnp.sum(chain(a, b, args.depth), axis=0)),
-    }
+    one, summed = programs(args.depth)
+    calls = {f"whole_on_{args.devices}_devices": one, f"whole_summed_on_{args.devices}_devices": summed}
     variants = {name: (lambda f=f: [jax.block_until_ready(f(x, w))]) for name, f in calls.items()}
   else:
     variants = single_device_variants(x, w, args.depth)
@@ -155,13 +149,13 @@ def main(argv=None) -> None:
       params = {k: getattr(args, k) for k in ("tasks", "support", "width", "depth", "calls", "reps", "devices")}
       bench_common.append_row("cpu_concurrency", name, t, "ms/call", figures, params)
   for name, fn in variants.items() if args.op_profile else ():
-    rows, traced_s = op_profile.profile(lambda fn=fn: [fn() for _ in range(args.calls)], args.calls, args.op_profile)
-    op_ms = sum(r["ms_per_step"] for r in rows)
+    kinds, traced_s = op_profile.profile(lambda fn=fn: [fn() for _ in range(args.calls)], args.calls, args.op_profile)
+    op_ms = sum(r["ms_per_step"] for r in kinds)
     print(
       f"  {name}: {op_ms:.3f} ms of op time per call in {traced_s * 1e3:.3f} ms under the tracer "
       f"({op_ms / (traced_s * 1e3):.2f} ops running at once on average)"
     )
-    print(op_profile.format_rows(rows))
+    print(op_profile.format_rows(kinds))
 
 
 if __name__ == "__main__":
