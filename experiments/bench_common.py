@@ -71,7 +71,10 @@ def _ram_gib() -> float:
 
 
 def git_commit() -> str:
-  """HEAD's short hash, with '+dirty' when the working tree has changes (read-only git calls)."""
+  """HEAD's short hash, with '+dirty' when the working tree has changes (read-only git calls); $BENCH_COMMIT when
+  set (a copy of the tree without its .git, e.g. on a lent accelerator, names the commit it was copied from)."""
+  if os.environ.get("BENCH_COMMIT"):
+    return os.environ["BENCH_COMMIT"]
   try:
     head = subprocess.run(
       ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10

@@ -118,9 +118,20 @@ class TaskFlops:
     return useful, executed
 
 
-def peak_matmul_flops(n: int = 2048, reps: int = 5) -> float:
+def peak_matmul_size() -> int:
+  """The side of the square matmul that measures this process's peak: 2048 on CPU (~0.2 s at the ~100 GFLOP/s of
+  a few cores), 8192 on an accelerator (a 2048^2 product takes ~40 us on a GPU, much of it launch)."""
+  return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+def peak_matmul_flops(n: int | None = None, reps: int = 5) -> float:
   """f32 FLOP/s of a jitted [n, n] @ [n, n] on this process's default device: the best of `reps` timed calls
-  (2 n^3 FLOPs each) after a warm-up; all the process's threads take part, as in the benchmarked step."""
+  (2 n^3 FLOPs each) after a warm-up; all the process's threads take part, as in the benchmarked step.
+
+  n: the side; None takes `peak_matmul_size()`. The matmul runs at JAX's default precision, as the benchmarked
+  steps do (on an NVIDIA GPU since Ampere that is TF32 for f32 inputs unless jax_default_matmul_precision says
+  otherwise), so the peak and the step are measured alike."""
+  n = peak_matmul_size() if n is None else n
   a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
   matmul = jax.jit(lambda x, y: x @ y)
   matmul(a, a).block_until_ready()

@@ -24,7 +24,8 @@ tasks sorted by support length into G fixed-size groups, each padded to its own 
   ops       with --op_profile=K, one more repetition is traced after the timed ones and the K kinds of HLO op
             with the most exclusive time are printed (`experiments/op_profile.py`; shares land in the CSV row).
   flops     each case also reports the machine's matmul peak, measured in the same process between the timed
-            repetitions (`bench_flops.peak_matmul_flops`, a 2048^2 f32 matmul), and the step's useful FLOP/s
+            repetitions (`bench_flops.peak_matmul_flops`: a 2048^2 f32 matmul on CPU, 8192^2 on a GPU,
+            at JAX's default precision like the step), and the step's useful FLOP/s
             (matmul FLOPs of the real tasks at their real support/query lengths, counted on the jaxpr by
             `bench_flops.TaskFlops`) and executed FLOP/s (every task slot at the padded widths), each as a
             fraction of that peak. CPU model, cores and load land in the CSV row (`bench_common.machine`).
@@ -277,6 +278,8 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     "steps_per_rep": steps,
     "cpu_share": cpu_share,
     "peak_gflop_s": peak / 1e9,
+    "peak_matmul_n": bench_flops.peak_matmul_size(),
+    "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
     "useful_gflop_s": useful / step_s / 1e9,
     "executed_gflop_s": executed / step_s / 1e9,
     "useful_frac_of_peak": useful / step_s / peak,

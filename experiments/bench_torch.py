@@ -2,6 +2,7 @@
 
     /work/benchenv/bin/python -m experiments.bench_torch            # the issue's cases at task batches 32, 256, 466
     /work/benchenv/bin/python -m experiments.bench_torch --cases=fo1:32,so5:466 --reps=3
+    JAX_DEFAULT_MATMUL_PRECISION=highest python -m experiments.bench_torch --torch_device=cuda --chunk=0  # a GPU
 
 torch is NOT a dependency of the library: run this from a separate environment (`requirements-bench.txt`).
 
@@ -17,6 +18,9 @@ steps, mean-squared error, and one Adam update per step:
           differentiating through it; first order detaches the inner gradients) + `torch.func.vmap` over tasks,
           then `torch.optim.Adam`; timed with 1 thread (the issue's table) and optionally more
           (`--torch_threads=1,2`; `torch.set_num_threads`). Our step uses every core (XLA's thread pool).
+          `--torch_device=cuda` runs torch.func on the GPU (timed to `torch.cuda.synchronize()`) beside ours on
+          JAX's GPU; both must then compute f32 matmuls alike for the gradient check: torch's CUDA default is
+          full f32, JAX's is TF32, so run ours with JAX_DEFAULT_MATMUL_PRECISION=highest (the row records it).
 
   grouped `--groups=2` (default; 0 for none) adds our length-grouped step (`transfer_meta.length_groups`: each
           batch's tasks sorted by support length into G fixed-size groups, each padded to its own multiple of 16;
@@ -54,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=0, help="steps per repetition (0: about 512 tasks, 1..8 steps)")
   p.add_argument(
     "--torch_threads", default="1", help="comma list of torch thread counts timed, e.g. 1,2 ('all': every core)"
+  )
+  p.add_argument(
+    "--torch_device", default="cpu", help="where torch.func runs: cpu, or cuda (ours runs on JAX's default device)"
   )
   p.add_argument("--chunk", default="auto", help="our chunk size: 'auto', 0 (plain vmap) or a divisor of the batch")
   p.add_argument("--groups", default="2", help="comma list of length-group counts G also timed (0: none)")
@@ -157,15 +164,20 @@ def torch_step_fn(model, first_order: bool, inner_steps: int, inner_lr: float):
   return mean_grads, step, grouped_mean_grads
 
 
-def to_torch(x: dict) -> dict:
-  """An examples dict [T, L, ...] (numpy) -> the torch tensors the model reads."""
+def to_torch(x: dict, device: str = "cpu") -> dict:
+  """An examples dict [T, L, ...] (numpy) -> the torch tensors the model reads, on `device`."""
   import torch
 
   keys = ("user_cat", "item_cat", "item_multi", "target", "mask")
   out = {k: torch.from_numpy(np.ascontiguousarray(x[k])) for k in keys}
   out["mask"] = out["mask"].float()
   out["user_cat"], out["item_cat"] = out["user_cat"].long(), out["item_cat"].long()
-  return out
+  return {k: v.to(device) for k, v in out.items()}
+
+
+def to_numpy(t) -> np.ndarray:
+  """A torch tensor on any device -> numpy."""
+  return t.detach().cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -221,9 +233,11 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
   with torch.no_grad():
     for n, p in tmodel.named_parameters():
       p.copy_(torch.from_numpy(np.array(weights[n])))
+  dev = args.torch_device
+  tmodel.to(dev)  # before the optimiser is built: Adam's state follows the parameters' device
   mean_grads, torch_step, torch_grouped_grads = torch_step_fn(tmodel, first_order, inner_steps, args.inner_lr)
   real = lambda b, part: {k: v[b["task_mask"]] for k, v in b[part].items()}
-  tbatches = [(to_torch(real(b, "support")), to_torch(real(b, "query"))) for b in host]
+  tbatches = [(to_torch(real(b, "support"), dev), to_torch(real(b, "query"), dev)) for b in host]
   group_counts = [int(g) for g in args.groups.split(",") if int(g)]
   # Length groups of the same batches: ours (every slot, padded ones masked) and torch's (real tasks only).
   grouped = {
@@ -232,7 +246,7 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
   }
   tgrouped = {
     g: [
-      [(to_torch(real(p, "support")), to_torch(real(p, "query"))) for p in parts if p["task_mask"].any()]
+      [(to_torch(real(p, "support"), dev), to_torch(real(p, "query"), dev)) for p in parts if p["task_mask"].any()]
       for parts in batches
     ]
     for g, batches in grouped.items()
@@ -247,7 +261,8 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
   )
   jflat = jax_to_torch_names(traverse_util.flatten_dict(jax.device_get(jgrads)))
   tgrads = mean_grads({n: p.detach() for n, p in tmodel.named_parameters()}, *tbatches[0])
-  diff = max(float(np.max(np.abs(jflat[n] - tgrads[n].numpy()))) for n in jflat)
+  tgrads = {n: to_numpy(g) for n, g in tgrads.items()}
+  diff = max(float(np.max(np.abs(jflat[n] - tgrads[n]))) for n in jflat)
   scale = max(float(np.max(np.abs(jflat[n]))) for n in jflat)
   if not diff <= args.grad_tol:
     raise SystemExit(f"{case}: meta-gradients differ by {diff:.3g} > {args.grad_tol} (largest |grad| {scale:.3g})")
@@ -258,9 +273,9 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
     )
     gflat = jax_to_torch_names(traverse_util.flatten_dict(jax.device_get(ggrads)))
     tg = torch_grouped_grads({n: p.detach() for n, p in tmodel.named_parameters()}, tgrouped[g][0])
+    tg = {n: to_numpy(v) for n, v in tg.items()}
     group_diff[g] = max(
-      max(float(np.max(np.abs(gflat[n] - tgrads[n].numpy()))), float(np.max(np.abs(tg[n].numpy() - tgrads[n].numpy()))))
-      for n in gflat
+      max(float(np.max(np.abs(gflat[n] - tgrads[n]))), float(np.max(np.abs(tg[n] - tgrads[n])))) for n in gflat
     )
     if not group_diff[g] <= args.grad_tol:
       raise SystemExit(f"{case} groups={g}: grouped meta-gradients differ by {group_diff[g]:.3g} > {args.grad_tol}")
@@ -296,6 +311,8 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
       for i in range(steps):
         b = batches[i % len(batches)]
         torch_step(*b) if isinstance(b, tuple) else torch_step(b)
+      if dev != "cpu":
+        torch.cuda.synchronize()  # the steps ran asynchronously on the GPU: time them to completion
 
     return run
 
@@ -335,11 +352,14 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
     "first_order": first_order,
     "inner_lr": args.inner_lr,
     "torch": torch.__version__,
+    "torch_device": dev,
+    "jax_device": str(jax.devices()[0].device_kind),
+    "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
     "data": "ml-100k recbole_metarec train (466 tasks), supports padded to 100",
   }
   torch_rates = "  ".join(f"{k.split('_')[1]} thr {v:7.0f}" for k, v in rate.items() if k.startswith("torch_"))
   print(
-    f"{case:>8}  ours {rate['ours']:8.0f} tasks/s  torch.func {torch_rates} tasks/s  ratio vs best torch "
+    f"{case:>8}  ours {rate['ours']:8.0f} tasks/s  torch.func ({dev}) {torch_rates} tasks/s  ratio vs best torch "
     f"{figures['ratio_vs_best_torch']:5.2f}x  chunk {chunk} of {slots} slots  |dgrad| {diff:.1e} (|grad| <= "
     f"{scale:.2g})  load {load0} -> {bench_common.load_avg()}",
     flush=True,
