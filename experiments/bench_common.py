@@ -48,15 +48,25 @@ COLUMNS = (
 )
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+def cpu_model(cpuinfo: str | None = None) -> str:
+  """The CPU's model name with its family and model numbers, e.g. 'AMD EPYC (family 25 model 17)': a VM's model
+  name alone can hide which generation it is ('AMD EPYC' has been Zen 4 and Zen 5 here, and the same benchmark
+  differs between them). `cpuinfo`: the text of /proc/cpuinfo (read when None)."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      return platform.processor() or platform.machine()
+  fields = {}
+  for line in cpuinfo.splitlines():
+    key, sep, value = line.partition(":")
+    if sep and key.strip() not in fields:  # the first processor's fields
+      fields[key.strip()] = value.strip()
+  name = fields.get("model name") or platform.processor() or platform.machine()
+  if "cpu family" in fields and "model" in fields:
+    return f"{name} (family {fields['cpu family']} model {fields['model']})"
+  return name
 
 
 def _ram_gib() -> float:
@@ -95,7 +105,7 @@ def machine() -> dict:
   dev = jax.devices()[0]
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return {
-    "cpu": _cpu_model(),
+    "cpu": cpu_model(),
     "cores": cores,
     "ram_gib": _ram_gib(),
     "device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}",

@@ -64,3 +64,30 @@ def test_each_row_records_the_allocator_and_thread_environment(tmp_path, monkeyp
   with open(path) as f:
     assert f.read().count("arena_max=1") == 1  # written to the file, once
   assert bench_common.run_environ({"XLA_FLAGS": "--a", "HOME": "/x"}) == {"XLA_FLAGS": "--a"}
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu vme
+
+processor\t: 1
+cpu family\t: 26
+model\t\t: 2
+model name\t: other
+"""
+
+
+def test_cpu_model_names_family_and_model_of_the_first_processor():
+  assert bench_common.cpu_model(CPUINFO) == "AMD EPYC (family 25 model 17)"
+  assert bench_common.cpu_model("model name\t: Some ARM core\n") == "Some ARM core"  # no family: the name alone
+  assert bench_common.cpu_model().strip()  # this machine's, whatever it is
+
+
+def test_bench_commit_names_a_tree_copied_without_git(monkeypatch):
+  monkeypatch.setenv("BENCH_COMMIT", "abc123def456")
+  assert bench_common.git_commit() == "abc123def456"
+  monkeypatch.delenv("BENCH_COMMIT")
+  assert bench_common.git_commit() != "abc123def456"

@@ -22,6 +22,17 @@ def test_every_variant_computes_the_whole_batch_rows():
   assert cpu_concurrency.best_ms(variants["half"], calls=2, reps=2) > 0
 
 
+def test_every_weight_gradient_form_computes_x_transpose_d():
+  x, _ = cpu_concurrency.inputs(tasks=3, support=4, width=5)
+  d = cpu_concurrency.inputs(tasks=3, support=4, width=2)[0]
+  variants = cpu_concurrency.weight_grad_variants(x, d)
+  assert list(variants) == ["einsum", "pretransposed", "inline_swapaxes", "barrier_transpose"]
+  xs, ds = np.asarray(x, np.float64), np.asarray(d, np.float64)
+  expected = np.stack([xs[t].T @ ds[t] for t in range(3)])  # [T, I, O], task by task
+  for name, fn in variants.items():
+    np.testing.assert_allclose(cpu_concurrency.rows(fn()), expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.parametrize(
   "argv, message",
   [
@@ -29,6 +40,7 @@ def test_every_variant_computes_the_whole_batch_rows():
     (["--depth=0"], "even number"),
     (["--devices=3"], "divide --tasks=64"),
     (["--op_profile=-1"], "--op_profile: -1 must be >= 0"),
+    (["--weight_grads", "--devices=2"], "one device"),
   ],
 )
 def test_bad_sizes_are_refused(argv, message, capsys):
