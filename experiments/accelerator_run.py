@@ -6,7 +6,8 @@ gathered under --out (to be appended to the local bench.csv afterwards, e.g. wit
     python -m experiments.accelerator_run --out=/tmp/dry --quick           # a CPU dry run of the same plumbing
     python -m experiments.accelerator_run --merge=/path/to/bench_rows.csv  # append fetched rows to bench.csv
 
-Stages, in order of importance (a stage that fails or runs out of time leaves the others running):
+Stages, in order of importance (a stage that fails or runs out of time leaves the later ones to run, except
+where env or smoke fails):
   env         versions (python, jax, jaxlib, flax, optax, chex, orbax, numpy, torch), devices, `nvidia-smi -L`
   smoke       one small throughput case, nothing recorded: if it (or env) fails, the run stops there, so a
               library that breaks on the device's JAX costs seconds of the lease, not minutes
@@ -19,8 +20,10 @@ Stages, in order of importance (a stage that fails or runs out of time leaves th
   scale       `bench_scale`: one meta-epoch on synthetic data at ML-100K / ML-1M / ML-25M sizes
 
 Written under --out: one `<stage>.log` each, `bench_rows.csv` (the header and every row the stages appended) and
-`summary.json` (per stage: command, exit code, seconds, whether it timed out). Data comes from the cache named by
-$TRANSFER_META_CACHE (carry it: the device reaches no network).
+`summary.json` (per stage: command, exit code, seconds, whether it timed out). The stages append to
+experiments/results/bench.csv, except with `--quick`: a dry run's rows go to `<out>/quick_bench.csv` ($BENCH_CSV,
+`bench_common.CSV_PATH`), not into the record. Data comes from the cache named by $TRANSFER_META_CACHE (carry it:
+the device reaches no network).
 """
 
 from __future__ import annotations
@@ -36,8 +39,6 @@ import time
 from pathlib import Path
 
 from experiments import bench_common
-
-BENCH_CSV = Path(__file__).resolve().parent / "results" / "bench.csv"
 
 # The issue's batch first, then the large batches an accelerator is for (each case compiles in its own process).
 THROUGHPUT_CASES = "fo1:32,so1:32,so5:32,fo1:256,so5:256,fo1:4096,so5:4096,fo1:16384,so5:16384,fo1:1024"
@@ -55,11 +56,12 @@ VERSIONS = (
 def stages(quick: bool) -> list[tuple[str, list[str], dict, int]]:
   """(name, argv, extra environment, time limit in s) per stage; `quick` shrinks every stage for a CPU dry run."""
   py = [sys.executable, "-m"]
+  smoke = [*py, "experiments.bench_throughput", "--cases=fo1:8", "--reps=1", "--steps=1", "--no_csv"]
   gpu_env = {"JAX_DEFAULT_MATMUL_PRECISION": "highest", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
   if quick:
     return [
       ("env", [sys.executable, "-c", VERSIONS], {}, 60),
-      ("smoke", [*py, "experiments.bench_throughput", "--cases=fo1:8", "--reps=1", "--steps=1", "--no_csv"], {}, 120),
+      ("smoke", smoke, {}, 120),
       ("throughput", [*py, "experiments.bench_throughput", "--cases=fo1:32,so1:32", "--reps=1", "--steps=2"], {}, 300),
       ("torch", [*py, "experiments.bench_torch", "--cases=fo1:32", "--reps=1", "--steps=1", "--groups=0"], {}, 300),
       ("latency", [*py, "experiments.bench_latency", "--ks=5", "--inner_steps=1", "--calls=20"], {}, 300),
@@ -67,7 +69,7 @@ def stages(quick: bool) -> list[tuple[str, list[str], dict, int]]:
     ]
   return [
     ("env", [sys.executable, "-c", VERSIONS + "import subprocess; subprocess.run(['nvidia-smi', '-L'])\n"], {}, 40),
-    ("smoke", [*py, "experiments.bench_throughput", "--cases=fo1:8", "--reps=1", "--steps=1", "--no_csv"], {}, 60),
+    ("smoke", smoke, {}, 60),
     ("throughput", [*py, "experiments.bench_throughput", f"--cases={THROUGHPUT_CASES}", "--reps=3"], {}, 230),
     (
       "torch",
@@ -116,19 +118,25 @@ def run_stage(name: str, argv: list[str], env: dict, limit_s: int, out: Path) ->
   return {"stage": name, "argv": argv, "env": env, "rc": proc.returncode, "seconds": seconds, "timed_out": timed_out}
 
 
+def csv_lines(csv: Path) -> list[str]:
+  """The lines of `csv` (none when it does not exist yet), line ends kept."""
+  return csv.read_text().splitlines(keepends=True) if csv.exists() else []
+
+
 def new_rows(csv: Path, start_lines: int) -> list[str]:
   """The header plus the lines appended to `csv` after its first `start_lines` lines."""
-  lines = csv.read_text().splitlines(keepends=True)
-  return lines[:1] + lines[start_lines:]
+  lines = csv_lines(csv)
+  return lines[:1] + lines[max(start_lines, 1) :]
 
 
-def merge(rows_csv: Path, csv: Path = BENCH_CSV) -> int:
-  """Appends the rows of a fetched bench_rows.csv to `csv`, refusing a header that differs; returns rows added."""
-  rows = rows_csv.read_text().splitlines(keepends=True)
-  header = csv.read_text().splitlines(keepends=True)[0]
+def merge(rows_csv: Path, csv: Path | None = None) -> int:
+  """Appends the rows of a fetched bench_rows.csv to `csv` (default `bench_common.CSV_PATH`), refusing a header
+  that differs; returns rows added."""
+  csv = Path(csv or bench_common.CSV_PATH)
+  rows, text = csv_lines(rows_csv), csv.read_text()
+  header = text.splitlines(keepends=True)[0]
   if not rows or rows[0] != header:
     raise SystemExit(f"{rows_csv}: header {rows[:1]} differs from {csv}'s {header!r}")
-  text = csv.read_text()
   with open(csv, "a") as f:
     f.write(("" if text.endswith("\n") else "\n") + "".join(rows[1:]))
   return len(rows) - 1
@@ -142,7 +150,7 @@ def main(argv=None) -> int:
   p.add_argument("--merge", default=None, help="append this fetched bench_rows.csv to bench.csv and exit")
   args = p.parse_args(argv)
   if args.merge:
-    print(f"appended {merge(Path(args.merge))} rows to {BENCH_CSV}")
+    print(f"appended {merge(Path(args.merge))} rows to {bench_common.CSV_PATH}")
     return 0
   if not args.out:
     raise SystemExit("--out is required (or --merge)")
@@ -153,19 +161,23 @@ def main(argv=None) -> int:
   wanted = args.stages.split(",") if args.stages else known
   if unknown := sorted(set(wanted) - set(known)):
     raise SystemExit(f"unknown stages {unknown}; valid: {known}")
-  start_lines = len(BENCH_CSV.read_text().splitlines())
+  csv = out / "quick_bench.csv" if args.quick else Path(bench_common.CSV_PATH)
+  if args.quick:
+    csv.unlink(missing_ok=True)
+    os.environ["BENCH_CSV"] = str(csv)  # the stages' bench_common appends there
+  start_lines = len(csv_lines(csv))
   print(f"load {bench_common.load_avg()}, {bench_common.cores()} cores, cache {os.environ.get('TRANSFER_META_CACHE')}")
   summary = []
   for name, stage_argv, env, limit in plan:
     if name in wanted:
       summary.append(run_stage(name, stage_argv, env, limit, out))
-      (out / "bench_rows.csv").write_text("".join(new_rows(BENCH_CSV, start_lines)))
+      (out / "bench_rows.csv").write_text("".join(new_rows(csv, start_lines)))
       (out / "summary.json").write_text(json.dumps(summary, indent=1))
       if name in GATES and summary[-1]["rc"] != 0:
         print(f"=== stopping: stage {name} failed, the stages after it would fail alike", flush=True)
         break
   failed = [s["stage"] for s in summary if s["rc"] != 0]
-  print(f"stages failed: {failed or 'none'}; {len(new_rows(BENCH_CSV, start_lines)) - 1} bench rows", flush=True)
+  print(f"stages failed: {failed or 'none'}; {len(new_rows(csv, start_lines)) - 1} bench rows", flush=True)
   return int(bool(failed))
 
 

@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSV_PATH = os.path.join(ROOT, "experiments", "results", "bench.csv")
+# $BENCH_CSV moves the rows elsewhere (accelerator_run --quick: a dry run's rows stay out of the record).
+CSV_PATH = os.environ.get("BENCH_CSV") or os.path.join(ROOT, "experiments", "results", "bench.csv")
 COLUMNS = (
   "timestamp",
   "bench",
@@ -124,6 +125,13 @@ def cpu_seconds() -> float:
   """User + system CPU seconds used by this process (all threads) so far."""
   r = resource.getrusage(resource.RUSAGE_SELF)
   return r.ru_utime + r.ru_stime
+
+
+def matmul_precision() -> str:
+  """JAX's default matmul precision as set for this process ('default': the backend's own, TF32 on recent GPUs)."""
+  import jax
+
+  return str(jax.config.jax_default_matmul_precision or "default")
 
 
 def cores() -> int:

@@ -279,7 +279,7 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     "cpu_share": cpu_share,
     "peak_gflop_s": peak / 1e9,
     "peak_matmul_n": bench_flops.peak_matmul_size(),
-    "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
+    "matmul_precision": bench_common.matmul_precision(),
     "useful_gflop_s": useful / step_s / 1e9,
     "executed_gflop_s": executed / step_s / 1e9,
     "useful_frac_of_peak": useful / step_s / peak,

@@ -60,7 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--torch_threads", default="1", help="comma list of torch thread counts timed, e.g. 1,2 ('all': every core)"
   )
   p.add_argument(
-    "--torch_device", default="cpu", help="where torch.func runs: cpu, or cuda (ours runs on JAX's default device)"
+    "--torch_device",
+    default="cpu",
+    choices=("cpu", "cuda"),
+    help="where torch.func runs (ours runs on JAX's default device)",
   )
   p.add_argument("--chunk", default="auto", help="our chunk size: 'auto', 0 (plain vmap) or a divisor of the batch")
   p.add_argument("--groups", default="2", help="comma list of length-group counts G also timed (0: none)")
@@ -354,7 +357,7 @@ def run_case(args: argparse.Namespace, case: str, shared: dict) -> dict:
     "torch": torch.__version__,
     "torch_device": dev,
     "jax_device": str(jax.devices()[0].device_kind),
-    "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
+    "matmul_precision": bench_common.matmul_precision(),
     "data": "ml-100k recbole_metarec train (466 tasks), supports padded to 100",
   }
   torch_rates = "  ".join(f"{k.split('_')[1]} thr {v:7.0f}" for k, v in rate.items() if k.startswith("torch_"))

@@ -43,7 +43,7 @@ def test_run_stage_logs_output_and_kills_a_stage_past_its_limit(tmp_path):
 def test_a_failed_gate_stops_the_run_and_rows_are_gathered(tmp_path, monkeypatch):
   csv = tmp_path / "bench.csv"
   csv.write_text("h1,h2\nold,1\n")
-  monkeypatch.setattr(accelerator_run, "BENCH_CSV", csv)
+  monkeypatch.setattr(accelerator_run.bench_common, "CSV_PATH", str(csv))
   append = f"open({str(csv)!r}, 'a').write('new,2\\n')"
   plan = [
     ("env", [sys.executable, "-c", append], {}, 30),
@@ -72,3 +72,16 @@ def test_merge_appends_fetched_rows_and_refuses_another_header(tmp_path):
   with pytest.raises(SystemExit, match="differs"):
     accelerator_run.merge(rows, csv)
   assert csv.read_text() == "a,b\n1,2\n3,4\n5,6\n"  # nothing appended
+
+
+def test_a_quick_run_keeps_its_rows_out_of_the_record(tmp_path, monkeypatch):
+  record = tmp_path / "bench.csv"
+  record.write_text("h1,h2\nold,1\n")
+  monkeypatch.setattr(accelerator_run.bench_common, "CSV_PATH", str(record))
+  monkeypatch.delenv("BENCH_CSV", raising=False)  # restored afterwards: main sets it for its stages
+  child = "import os; open(os.environ['BENCH_CSV'], 'a').write('h1,h2\\nquick,2\\n')"
+  monkeypatch.setattr(accelerator_run, "stages", lambda quick: [("env", [sys.executable, "-c", child], {}, 30)])
+  assert accelerator_run.main([f"--out={tmp_path / 'out'}", "--quick"]) == 0
+  assert (tmp_path / "out" / "bench_rows.csv").read_text() == "h1,h2\nquick,2\n"
+  assert (tmp_path / "out" / "quick_bench.csv").exists()
+  assert record.read_text() == "h1,h2\nold,1\n"  # the record untouched
